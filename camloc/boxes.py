@@ -1,0 +1,101 @@
+"""Heatmaps → boxes → scores, for all classes of an image at once.
+
+For each normalised map ``m ∈ [0,1]^{H×W}`` (the classic CAM recipe):
+
+1. ``u8 = uint8(255 · m)`` (truncation, as ``np.uint8``);
+2. foreground ``u8 > t`` with ``t`` from Otsu (``cv2.THRESH_OTSU``), or ``u8 ≥ f · 255`` for a
+   fixed fraction ``f`` of the maximum;
+3. ``cv2.findContours(RETR_EXTERNAL)`` and ``cv2.boundingRect`` of each outer contour
+   (``mode="largest"`` keeps the contour of largest ``cv2.contourArea``);
+4. ``heat`` = mean of ``m`` inside the box; the detection score is ``heat × p(class)``.
+
+A map with no foreground (all zero, constant) yields the whole image as its box, so every class
+gives at least one box. All K maps are binarised at once and traced by a single
+``findContours`` call on a stack of the maps separated by empty rows; box means are float64 sums over each box. Boxes are ``[x, y, w, h]`` in the maps' pixel grid (the original image's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+BOX_MODES = ("all", "largest")
+
+
+@dataclass(frozen=True)
+class BoxSet:
+    """Boxes of several classes: row ``i`` is class ``class_index[i]``, box ``xywh[i]``, ``heat[i]``."""
+
+    class_index: np.ndarray  # (n,) int64, position in the maps' class axis
+    xywh: np.ndarray  # (n, 4) int64, [x, y, w, h] in pixels
+    heat: np.ndarray  # (n,) float64, mean normalised heat inside the box
+
+    def __len__(self) -> int:
+        return len(self.class_index)
+
+
+def parse_threshold(threshold: str | float) -> str | float:
+    """``"otsu"`` or a fraction in (0, 1]; anything else is a ``ValueError``."""
+    if isinstance(threshold, str) and threshold.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        fraction = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1], got {threshold!r}") from None
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"threshold fraction must be in (0, 1], got {fraction}")
+    return fraction
+
+
+def to_uint8(maps: np.ndarray) -> np.ndarray:
+    """``uint8(255 · m)`` with truncation, as the classic ``np.uint8(255 * cam)``."""
+    return (np.asarray(maps, dtype=np.float32) * np.float32(255)).astype(np.uint8)
+
+
+def foreground(u8: np.ndarray, threshold: str | float = "otsu") -> np.ndarray:
+    """Binary foreground ``(K,H,W)`` of uint8 maps: ``u8 > otsu(u8)`` per map, or ``u8 ≥ f·255``."""
+    threshold = parse_threshold(threshold)
+    if threshold == "otsu":
+        levels = np.array([cv2.threshold(m, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0] for m in u8])
+        return u8 > levels.reshape(-1, 1, 1)
+    return u8 >= np.float32(threshold) * np.float32(255)
+
+
+def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: str = "all") -> BoxSet:
+    """Boxes of the normalised maps ``(K, H, W)`` (values in [0, 1]); see the module docstring."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3 or 0 in maps.shape:
+        raise ValueError(f"maps must be (K, H, W) with K, H, W ≥ 1, got shape {maps.shape}")
+    if mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    num, height, width = maps.shape
+    stride = height + 1
+    # Stack the K masks vertically with one empty row after each: contours cannot cross tiles.
+    stacked = np.zeros((num, stride, width), dtype=np.uint8)
+    stacked[:, :height] = foreground(to_uint8(maps), threshold)
+    contours, _ = cv2.findContours(stacked.reshape(num * stride, width), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    owner = rects[:, 1] // stride
+    rects[:, 1] -= owner * stride
+    if mode == "largest" and len(rects):
+        areas = np.array([cv2.contourArea(c) for c in contours])
+        order = np.lexsort((-areas, owner))  # by class, then largest area first (stable)
+        first = np.unique(owner[order], return_index=True)[1]
+        keep = np.sort(order[first])
+        rects, owner = rects[keep], owner[keep]
+    empty = np.setdiff1d(np.arange(num), owner)
+    rects = np.concatenate([rects, np.tile([0, 0, width, height], (len(empty), 1))])
+    owner = np.concatenate([owner, empty])
+    order = np.argsort(owner, kind="stable")
+    rects, owner = rects[order], owner[order]
+    return BoxSet(owner, rects, box_means(maps, owner, rects))
+
+
+def box_means(maps: np.ndarray, class_index: np.ndarray, xywh: np.ndarray) -> np.ndarray:
+    """Mean of ``maps[k]`` over each box ``[x, y, w, h]``, accumulated in float64."""
+    return np.array([maps[k, y:y + h, x:x + w].mean(dtype=np.float64)
+                     for k, (x, y, w, h) in zip(class_index.tolist(), xywh.tolist())])

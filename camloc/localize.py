@@ -1,0 +1,218 @@
+"""``Localizer``: images in, COCO-results detections out — the one object the app, CLIs and users call.
+
+``predict(image)`` = preprocess → one forward pass → maps of the requested classes → boxes →
+scores. :meth:`Localizer.analyze` and :meth:`Localizer.detections` expose the two halves so that
+an interactive caller runs the network once per image and re-derives boxes as settings change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from camloc.boxes import BOX_MODES, BoxSet, heatmaps_to_boxes, parse_threshold
+from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
+from camloc.images import ImageSource, load_image
+from camloc.models import CamModel, load_model, probabilities
+
+TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+def parse_class_selection(selection: str | Sequence[int]) -> tuple[str, float] | list[int]:
+    """``"all"``, ``"topk:N"``, ``"prob:P"`` or explicit class indices → a normalised selection."""
+    if not isinstance(selection, str):
+        return [int(k) for k in selection]
+    kind, _, value = selection.strip().lower().partition(":")
+    try:
+        if kind == "all" and not value:
+            return ("all", 0.0)
+        if kind == "topk" and int(value) >= 1:
+            return ("topk", float(int(value)))
+        if kind == "prob" and 0.0 <= float(value) <= 1.0:
+            return ("prob", float(value))
+    except ValueError:
+        pass
+    raise ValueError(f"class selection must be 'all', 'topk:N' (N ≥ 1) or 'prob:P' (0 ≤ P ≤ 1), got {selection!r}")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One image after the forward pass: probabilities of every class and raw maps of some."""
+
+    size: tuple[int, int]  # original (H, W)
+    probs: Tensor  # (K,) every class's probability
+    classes: Tensor  # (k,) the class indices whose maps are held
+    raw_maps: Tensor  # (k, h, w) raw maps (no ReLU / normalisation)
+
+    def heatmaps(self, classes: Sequence[int] | None = None) -> Tensor:
+        """Normalised maps ``(k, H, W)`` in [0, 1] at the original size, for ``classes`` (default: all held)."""
+        rows = self.rows(classes) if classes is not None else slice(None)
+        return normalize_maps(self.raw_maps[rows], self.size)
+
+    def rows(self, classes: Sequence[int]) -> list[int]:
+        """Positions in ``raw_maps`` of the given class indices (a ``ValueError`` if one is not held)."""
+        where = {int(k): i for i, k in enumerate(self.classes.tolist())}
+        missing = [int(k) for k in classes if int(k) not in where]
+        if missing:
+            raise ValueError(f"no map computed for class indices {missing}")
+        return [where[int(k)] for k in classes]
+
+
+class Localizer:
+    """Weakly-supervised localisation with class activation maps.
+
+    Options: ``method`` cam | gradcam | gradcampp; ``threshold`` "otsu" or a fraction of the max;
+    ``boxes`` all | largest; ``classes`` all | topk:N | prob:P | index list; ``img_size`` (default:
+    the checkpoint's ``input_size``); ``tta`` averages maps and probabilities over scales
+    0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name (default: the feature layer).
+    """
+
+    def __init__(self, model: CamModel, meta: dict[str, Any], method: str = "cam", threshold: str | float = "otsu",
+                 boxes: str = "all", classes: str | Sequence[int] = "all", img_size: int | None = None,
+                 tta: bool = False, device: str | torch.device | None = None, gradcam_layer: str | None = None):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if boxes not in BOX_MODES:
+            raise ValueError(f"boxes must be one of {BOX_MODES}, got {boxes!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.method, self.threshold, self.box_mode = method, parse_threshold(threshold), boxes
+        self.selection = parse_class_selection(classes)
+        self.img_size = int(img_size or meta["input_size"])
+        self.tta = tta
+        self.layer = self.model.net.get_submodule(gradcam_layer or meta["feature_layer"])
+        self.class_names: list[str] = list(meta["class_names"])
+        self.category_ids: list[int] = list(meta.get("coco_category_ids", range(meta["num_classes"])))
+        unsupported = set(meta.get("unsupported_classes", ()))
+        self.supported = torch.tensor([n not in unsupported for n in self.class_names], device=self.device)
+        self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(meta["std"], device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **options: Any) -> Localizer:
+        """Load a checkpoint (see :func:`camloc.models.load_model`) and wrap it."""
+        model, meta = load_model(path)
+        return cls(model, meta, **options)
+
+    # ------------------------------------------------------------------ preprocessing
+    def to_tensor(self, images: Sequence[Image.Image], size: int | None = None) -> Tensor:
+        """RGB PIL images → normalised batch ``(B, 3, S, S)`` on the device (bilinear, antialiased)."""
+        size = size or self.img_size
+        batch = [TF.resize(TF.pil_to_tensor(im), [size, size], antialias=True) for im in images]
+        x = torch.stack(batch).to(self.device, non_blocking=True).float().div_(255)
+        return (x - self._mean) / self._std
+
+    # ------------------------------------------------------------------ forward + maps
+    def _maps(self, x: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all) and logits ``(B, K)`` for a batch."""
+        if self.method == "cam":
+            with torch.inference_mode():
+                logits, features = self.model(x)
+                maps = class_activation_maps(*self.model.cam_terms(features)[:2], classes)
+            return maps, logits
+        if classes is None:
+            classes = torch.arange(len(self.class_names), device=self.device)
+        return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
+
+    def _maps_tta(self, images: Sequence[Image.Image], classes: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Raw maps and probabilities averaged over TTA views (one view without TTA)."""
+        views = [(s, f) for s in TTA_SCALES for f in (False, True)] if self.tta else [(1.0, False)]
+        total_maps, total_probs, grid = None, None, None
+        for scale, flip in views:
+            x = self.to_tensor(images, max(32, round(self.img_size * scale)))
+            if flip:
+                x = x.flip(-1)
+            maps, logits = self._maps(x, classes)
+            if flip:
+                maps = maps.flip(-1)
+            grid = grid or maps.shape[-2:]
+            if maps.shape[-2:] != grid:
+                maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
+            probs = probabilities(logits, self.meta["activation"])
+            total_maps = maps if total_maps is None else total_maps + maps
+            total_probs = probs if total_probs is None else total_probs + probs
+        return total_maps / len(views), total_probs / len(views)
+
+    def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None) -> list[Analysis]:
+        """One forward pass (per TTA view) over a batch; maps of ``classes`` (CAM default: all classes).
+
+        Gradient methods cost one batched backward per class, so without ``classes`` they compute the
+        maps of the classes the Localizer's ``classes`` option selects.
+        """
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        pil = [load_image(im) for im in batch]
+        wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
+        if wanted is None and self.method != "cam":
+            probs = self._maps_tta_probs_only(pil)
+            wanted = torch.nonzero(self.select(probs).any(0)).flatten()
+        maps, probs = self._maps_tta(pil, wanted)
+        held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
+        return [Analysis((im.height, im.width), probs[b], held, maps[b]) for b, im in enumerate(pil)]
+
+    def _maps_tta_probs_only(self, images: Sequence[Image.Image]) -> Tensor:
+        with torch.inference_mode():
+            logits, _ = self.model(self.to_tensor(images))
+        return probabilities(logits, self.meta["activation"])
+
+    def select(self, probs: Tensor) -> Tensor:
+        """Boolean ``(B, K)``: the classes the ``classes`` option picks per image (supported ones only)."""
+        selection = self.selection
+        if isinstance(selection, list):
+            mask = torch.zeros_like(probs, dtype=torch.bool)
+            mask[:, selection] = True
+        elif selection[0] == "all":
+            mask = torch.ones_like(probs, dtype=torch.bool)
+        elif selection[0] == "topk":
+            ranked = probs.masked_fill(~self.supported, -1.0)
+            top = ranked.topk(min(int(selection[1]), probs.shape[1]), dim=1).indices
+            mask = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, top, True)
+        else:
+            mask = probs >= selection[1]
+        return mask & self.supported
+
+    # ------------------------------------------------------------------ boxes + detections
+    def boxes(self, analysis: Analysis, classes: Sequence[int], threshold: str | float | None = None,
+              mode: str | None = None) -> BoxSet:
+        """Boxes of ``classes`` (indices held by ``analysis``) with the given or default settings;
+        ``BoxSet.class_index`` refers to positions in ``classes``."""
+        heat = analysis.heatmaps(classes).cpu().numpy()
+        return heatmaps_to_boxes(heat, self.threshold if threshold is None else threshold, mode or self.box_mode)
+
+    def detections(self, analysis: Analysis, image_id: int | None = None, classes: Sequence[int] | None = None,
+                   threshold: str | float | None = None, mode: str | None = None) -> list[dict[str, Any]]:
+        """COCO-results dicts for one analysed image: ``bbox`` [x, y, w, h] in original pixels and
+        ``score = mean heat in box × class probability``."""
+        if classes is None:
+            chosen = self.select(analysis.probs.unsqueeze(0))[0]
+            held = set(analysis.classes.tolist())
+            classes = [k for k in torch.nonzero(chosen).flatten().tolist() if k in held]
+        if not classes:
+            return []
+        found = self.boxes(analysis, classes, threshold, mode)
+        class_of_box = np.asarray(classes)[found.class_index]
+        probs = analysis.probs.double().cpu().numpy()[class_of_box]
+        scores = found.heat * probs
+        head = {} if image_id is None else {"image_id": image_id}
+        return [{**head, "category_id": self.category_ids[k], "bbox": [float(v) for v in box], "score": float(s)}
+                for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), scores.tolist())]
+
+    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
+        """Detections for each image of a batch (one forward pass for the whole batch)."""
+        ids = list(image_ids) if image_ids is not None else [None] * len(images)
+        if len(ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ids)} image ids")
+        return [self.detections(a, i) for a, i in zip(self.analyze(list(images)), ids)]
+
+    def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
+        """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
+        return self.predict_batch([image], None if image_id is None else [image_id])[0]
