@@ -11,7 +11,8 @@ For each normalised map ``m ∈ [0,1]^{H×W}`` (the classic CAM recipe):
 
 A map with no foreground (all zero, constant) yields the whole image as its box, so every class
 gives at least one box. All K maps are binarised at once and traced by a single
-``findContours`` call on a stack of the maps separated by empty rows; box means are float64 sums over each box. Boxes are ``[x, y, w, h]`` in the maps' pixel grid (the original image's).
+``findContours`` call on a stack of the maps separated by empty rows; box means are float64
+sums over each box. Boxes are ``[x, y, w, h]`` in the maps' pixel grid (the original image's).
 """
 
 from __future__ import annotations

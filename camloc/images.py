@@ -6,6 +6,7 @@ and what to do; nothing here lets a decompression bomb allocate its pixels.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -100,8 +101,6 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
         image = _open(bytes(source) if not isinstance(source, (str, Path)) else source, label)
     else:
         raise ImageError(f"{label}: cannot read an image from a {type(source).__name__}")
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not make the image unusable
         image = ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unusable
-        pass
     return _to_rgb(image)

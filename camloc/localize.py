@@ -143,7 +143,8 @@ class Localizer:
             total_probs = probs if total_probs is None else total_probs + probs
         return total_maps / len(views), total_probs / len(views)
 
-    def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None) -> list[Analysis]:
+    def analyze(self, images: Sequence[ImageSource] | ImageSource,
+                classes: Sequence[int] | None = None) -> list[Analysis]:
         """One forward pass (per TTA view) over a batch; maps of ``classes`` (CAM default: all classes).
 
         Gradient methods cost one batched backward per class, so without ``classes`` they compute the
@@ -153,13 +154,13 @@ class Localizer:
         pil = [load_image(im) for im in batch]
         wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         if wanted is None and self.method != "cam":
-            probs = self._maps_tta_probs_only(pil)
+            probs = self._probabilities(pil)
             wanted = torch.nonzero(self.select(probs).any(0)).flatten()
         maps, probs = self._maps_tta(pil, wanted)
         held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
         return [Analysis((im.height, im.width), probs[b], held, maps[b]) for b, im in enumerate(pil)]
 
-    def _maps_tta_probs_only(self, images: Sequence[Image.Image]) -> Tensor:
+    def _probabilities(self, images: Sequence[Image.Image]) -> Tensor:
         with torch.inference_mode():
             logits, _ = self.model(self.to_tensor(images))
         return probabilities(logits, self.meta["activation"])

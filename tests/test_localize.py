@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camloc.classes import COCO_CATEGORY_IDS
+from camloc.localize import Localizer, parse_class_selection
+from tests.helpers import gradient_image, image_bytes, random_head_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_head_model("resnet18")
+
+
+def test_every_class_yields_boxes_in_original_pixels(tiny):
+    localizer = Localizer(*tiny, img_size=64)
+    image = gradient_image(90, 130)
+    dets = localizer.predict(image, image_id=7)
+    assert len(dets) >= 80 and {d["category_id"] for d in dets} == set(COCO_CATEGORY_IDS)
+    for det in dets:
+        x, y, w, h = det["bbox"]
+        assert det["image_id"] == 7 and x >= 0 and y >= 0 and w >= 1 and h >= 1
+        assert x + w <= 130 and y + h <= 90 and 0.0 <= det["score"] <= 1.0
+
+
+def test_score_is_mean_heat_times_probability(tiny):
+    localizer = Localizer(*tiny, img_size=64)
+    analysis = localizer.analyze(gradient_image(50, 70))[0]
+    dets = localizer.detections(analysis, classes=[3])
+    heat = analysis.heatmaps([3])[0].numpy()
+    with torch.no_grad():
+        prob = torch.sigmoid(tiny[0](localizer.to_tensor([Image.fromarray(gradient_image(50, 70))]))[0])
+    for det in dets:
+        x, y, w, h = map(int, det["bbox"])
+        expected = heat[y:y + h, x:x + w].mean(dtype=np.float64) * prob[0, 3].item()
+        assert det["score"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_equals_one_by_one_and_images_never_collide(tiny):
+    localizer = Localizer(*tiny, img_size=64)
+    first, second = gradient_image(60, 80, seed=1), gradient_image(60, 80, seed=2)[::-1].copy()
+    batch = localizer.analyze([first, second])
+    assert not torch.allclose(batch[0].raw_maps, batch[1].raw_maps)
+    for image, expected in [(first, batch[0]), (second, batch[1])]:
+        single = localizer.analyze(image)[0]
+        torch.testing.assert_close(single.raw_maps, expected.raw_maps, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(single.probs, expected.probs, atol=1e-5, rtol=1e-5)
+    dets = localizer.predict_batch([first, second], image_ids=[1, 2])
+    assert {d["image_id"] for d in dets[0]} == {1} and {d["image_id"] for d in dets[1]} == {2}
+    assert [d["bbox"] for d in dets[0]] != [d["bbox"] for d in dets[1]]
+
+
+def test_class_selection(tiny):
+    image = image_bytes(gradient_image(40, 40))
+    top3 = Localizer(*tiny, img_size=64, classes="topk:3").predict(image)
+    assert len({d["category_id"] for d in top3}) == 3
+    probs = Localizer(*tiny, img_size=64).analyze(image)[0].probs
+    ranked = probs.sort(descending=True).values
+    floor = float(ranked[4] + ranked[5]) / 2
+    above = Localizer(*tiny, img_size=64, classes=f"prob:{floor}").predict(image)
+    assert len({d["category_id"] for d in above}) == int((probs >= floor).sum()) >= 5
+    assert parse_class_selection([1, 2]) == [1, 2]
+    for bad in ["top:3", "topk:0", "prob:2", "some"]:
+        with pytest.raises(ValueError, match="class selection"):
+            parse_class_selection(bad)
+
+
+@pytest.mark.parametrize("options", [{"method": "gradcam"}, {"method": "gradcampp"}, {"tta": True},
+                                     {"threshold": 0.5, "boxes": "largest"}])
+def test_methods_and_options_run(tiny, options):
+    dets = Localizer(*tiny, img_size=64, classes="topk:4", **options).predict(gradient_image(70, 50))
+    assert len({d["category_id"] for d in dets}) == 4
+    if options.get("boxes") == "largest":
+        assert len(dets) == 4
+
+
+def test_bad_options_are_value_errors(tiny):
+    for options in [{"method": "scorecam"}, {"threshold": "mean"}, {"boxes": "some"}]:
+        with pytest.raises(ValueError):
+            Localizer(*tiny, **options)

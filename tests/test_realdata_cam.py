@@ -1,0 +1,62 @@
+"""Real COCO images with real labels: the shared MobileNetV2 COCO-80 on coco-mini/val2017."""
+
+import json
+from collections import defaultdict
+
+import pytest
+
+from camloc.classes import id_to_index
+from camloc.localize import Localizer
+from tests.conftest import COCO80, VAL_ANN, VAL_IMAGES
+
+pytestmark = pytest.mark.realdata
+
+
+def inside(x: float, y: float, box: list[float]) -> bool:
+    return box[0] <= x < box[0] + box[2] and box[1] <= y < box[1] + box[3]
+
+
+def peak_hit_rates(localizer: Localizer) -> tuple[float, float, int]:
+    """For each image, the most confident class among those present: does its CAM peak (and, as a
+    baseline, the image centre) fall inside one of that class's ground-truth boxes?"""
+    gt = json.loads(VAL_ANN.read_text())
+    boxes = defaultdict(list)
+    for ann in gt["annotations"]:
+        if not ann["iscrowd"]:
+            boxes[ann["image_id"]].append((id_to_index(ann["category_id"]), ann["bbox"]))
+    peak_hits = centre_hits = count = 0
+    for image in gt["images"]:
+        if not boxes[image["id"]]:
+            continue
+        analysis = localizer.analyze(VAL_IMAGES / image["file_name"])[0]
+        best = max({k for k, _ in boxes[image["id"]]}, key=lambda k: analysis.probs[k].item())
+        heat = analysis.heatmaps([best])[0]
+        y, x = divmod(int(heat.argmax()), heat.shape[1])
+        own = [box for k, box in boxes[image["id"]] if k == best]
+        peak_hits += any(inside(x + 0.5, y + 0.5, b) for b in own)
+        centre_hits += any(inside(image["width"] / 2, image["height"] / 2, b) for b in own)
+        count += 1
+    return peak_hits / count, centre_hits / count, count
+
+
+@pytest.mark.slow
+def test_cam_peak_of_the_top_present_class_is_inside_its_box():
+    rate, centre, count = peak_hit_rates(Localizer.from_checkpoint(COCO80))
+    tta_rate, _, _ = peak_hit_rates(Localizer.from_checkpoint(COCO80, tta=True))
+    print(f"\nCAM peak inside a GT box of the class: {rate:.1%} plain, {tta_rate:.1%} with TTA, "
+          f"image centre {centre:.1%} ({count} images)")
+    assert count >= 100
+    assert rate > 0.5 and rate > centre
+    assert tta_rate >= 0.6  # a clear majority with flip/scale averaging (these weights are shifted, see shared/README)
+
+
+def test_every_real_image_yields_at_least_80_detections():
+    gt = json.loads(VAL_ANN.read_text())
+    localizer = Localizer.from_checkpoint(COCO80)
+    images = gt["images"][:16]
+    results = localizer.predict_batch([VAL_IMAGES / im["file_name"] for im in images], [im["id"] for im in images])
+    for image, dets in zip(images, results):
+        assert len(dets) >= 80
+        assert len({d["category_id"] for d in dets}) == 80
+        assert all(d["bbox"][0] + d["bbox"][2] <= image["width"] and d["bbox"][1] + d["bbox"][3] <= image["height"]
+                   for d in dets)
