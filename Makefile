@@ -23,8 +23,20 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) bench/cam_speed.py
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/cam_speed.py
+	$(BENCH_VENV)/bin/python bench/eval_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache
+
+# Benchmarks run in .venv-bench: the project's .venv (shared through a .pth file, so torch is
+# not installed twice) plus the libraries we compare against, kept out of the project's env.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(VENV)/bin/python -c "import site; print(site.getsitepackages()[0])" > \
+	  $$($(BENCH_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/camloc_base.pth
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)

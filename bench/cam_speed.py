@@ -1,0 +1,126 @@
+"""CAM speed, measured side by side in one run (``make bench``; figures quoted in the README).
+
+ResNet-50, 448×448, batch 8, all 80 COCO classes:
+
+1. (forward + all 80 CAMs) / (forward alone)                                   target ≤ 1.05
+2. all-80 maps in one matmul vs the course's per-class, per-channel Python loop,
+   and vs pytorch-grad-cam's GradCAM called once per target class               target ≥ 50×
+3. box extraction (upsample, normalise, Otsu, contours, scores) of 80 classes of a
+   640×480 image / one image's forward pass                                     target ≤ 0.25
+
+The two slow references are timed on a few classes and scaled linearly to 80 (their cost per
+class is constant: one Python loop or one forward + backward per class); the script says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from camloc.boxes import heatmaps_to_boxes
+from camloc.cam import class_activation_maps, normalize_maps
+from camloc.classes import COCO_NAMES
+from camloc.models import build_model
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` calls after one warm-up call, in seconds."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def course_loop_maps(features: torch.Tensor, weight: torch.Tensor, classes: list[int]) -> np.ndarray:
+    """The classic per-class, per-channel CAM loop (one image)."""
+    feats = features.numpy()
+    maps = []
+    for k in classes:
+        cam = np.zeros(feats.shape[1:], dtype=np.float32)
+        for c, w in enumerate(weight[k].detach().numpy()):
+            cam += w * feats[c]
+        maps.append(cam)
+    return np.stack(maps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sample-classes", type=int, default=4, help="classes timed for the slow references")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, _ = build_model("resnet50", list(COCO_NAMES))
+    model.eval()
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-50 {args.size}² batch {args.batch}")
+
+    with torch.inference_mode():
+        forward = timed(lambda: model(images), args.repeat)
+
+        def forward_and_cams() -> torch.Tensor:
+            logits, features = model(images)
+            cam_input, weight, _ = model.cam_terms(features)
+            return class_activation_maps(cam_input, weight)
+
+        forward_cams = timed(forward_and_cams, args.repeat)
+        _, features = model(images)
+        cam_input, weight, _ = model.cam_terms(features)
+        ours = timed(lambda: class_activation_maps(cam_input, weight), 20)
+
+    sample = list(range(args.sample_classes))
+    loop_per_image = timed(lambda: course_loop_maps(features[0], weight, sample), 3) / len(sample) * 80
+    loop = loop_per_image * args.batch
+    print(f"\n1. forward {forward * 1e3:.0f} ms, forward + 80 CAMs {forward_cams * 1e3:.0f} ms: "
+          f"ratio {forward_cams / forward:.3f} (target ≤ 1.05)")
+    print(f"2. all 80 CAMs of the batch, one matmul: {ours * 1e3:.2f} ms")
+    print(f"   course-style loop (per class, per channel): {loop:.2f} s (timed on {len(sample)} classes × 1 image, "
+          f"scaled to 80 × {args.batch}) → camloc is {loop / ours:,.0f}× faster")
+    print(f"   incl. the forward pass: camloc {forward_cams:.2f} s vs course {forward + loop:.2f} s "
+          f"→ {(forward + loop) / forward_cams:.1f}× faster")
+
+    try:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        print("   pytorch-grad-cam not installed (make bench installs it in .venv-bench): skipped")
+    else:
+        net = model.net
+        grad_cam = GradCAM(model=net, target_layers=[net.layer4])
+
+        def grad_cam_sample() -> None:
+            for k in sample:
+                grad_cam(input_tensor=images, targets=[ClassifierOutputTarget(k)] * args.batch)
+
+        theirs = timed(grad_cam_sample, 1) / len(sample) * 80
+        print(f"   pytorch-grad-cam GradCAM, 80 targets: {theirs:.1f} s (timed on {len(sample)} targets, scaled "
+              f"to 80) → camloc (forward + 80 CAMs) is {theirs / forward_cams:.0f}× faster")
+
+    raw = torch.randn(80, 14, 14)
+    probs = np.random.default_rng(0).random(80)
+
+    def extract() -> None:
+        heat = normalize_maps(raw, (480, 640)).numpy()
+        found = heatmaps_to_boxes(heat)
+        _ = found.heat * probs[found.class_index]
+
+    boxes = timed(extract, args.repeat)
+    one_image = torch.randn(1, 3, args.size, args.size)
+    with torch.inference_mode():
+        single = timed(lambda: model(one_image), args.repeat)
+    print(f"3. boxes for 80 classes of a 640×480 image: {boxes * 1e3:.0f} ms; one image's forward "
+          f"{single * 1e3:.0f} ms (batch 1), {forward / args.batch * 1e3:.0f} ms (per image in batch {args.batch}) "
+          f"→ ratio {boxes / single:.2f} / {boxes / (forward / args.batch):.2f} (target ≤ 0.25)")
+
+
+if __name__ == "__main__":
+    main()
