@@ -207,6 +207,19 @@ class Localizer:
         return [{**head, "category_id": self.category_ids[k], "bbox": [float(v) for v in box], "score": float(s)}
                 for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), scores.tolist())]
 
+    def baseline_detections(self, analysis: Analysis, kind: str, image_id: int | None = None) -> list[dict[str, Any]]:
+        """Boxes that ignore the maps, for comparison: ``"full"`` (the whole image) or ``"center"``
+        (the central half in each dimension), one per selected class, scored by its probability."""
+        height, width = analysis.size
+        boxes = {"full": [0.0, 0.0, float(width), float(height)],
+                 "center": [width / 4, height / 4, width / 2, height / 2]}
+        if kind not in boxes:
+            raise ValueError(f"baseline must be one of {sorted(boxes)}, got {kind!r}")
+        chosen = torch.nonzero(self.select(analysis.probs.unsqueeze(0))[0]).flatten().tolist()
+        head = {} if image_id is None else {"image_id": image_id}
+        return [{**head, "category_id": self.category_ids[k], "bbox": list(boxes[kind]),
+                 "score": float(analysis.probs[k])} for k in chosen]
+
     def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
         """Detections for each image of a batch (one forward pass for the whole batch)."""
         ids = list(image_ids) if image_ids is not None else [None] * len(images)

@@ -11,9 +11,7 @@ Checkpoints are data, never code: every load uses ``torch.load(..., weights_only
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torchvision
 from torch import Tensor, nn
 
 from camloc.classes import COCO_CATEGORY_IDS, COCO_NAMES, is_coco_head
+from camloc.io_utils import atomic_output
 from camloc.imagenet_coco import UNSUPPORTED_COCO_CLASSES, coco_groups
 
 CHECKPOINT_FORMAT = "camloc"
@@ -361,17 +360,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`camloc.io_utils.atomic_output`: never a half-written file."""
+    with atomic_output(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def checkpoint_payload(model: CamModel, meta: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""``python -m eval``: localisation mAP of CAM boxes on a COCO split (val2017 by default).
+
+Writes ``OUT/detections.json`` (COCO results, loads unchanged in pycocotools' ``loadRes``) and
+``OUT/metrics.json`` (COCO 12 stats, VOC mAP@0.5, per-class APs, PR curves for the app), both
+atomically. Finished images are appended to ``OUT/.progress.jsonl`` as it runs, so an
+interrupted run continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from camloc.boxes import parse_threshold
+from camloc.data import CocoImages, as_list
+from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth, localization_metrics
+from camloc.io_utils import atomic_output, atomic_write_json
+from camloc.localize import Localizer, parse_class_selection
+from camloc.models import ModelError
+
+PROGRESS = ".progress.jsonl"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", required=True, type=Path, help="folder with the split's images")
+    parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the split")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="camloc checkpoint or state_dict + .json")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--method", default="cam", choices=["cam", "gradcam", "gradcampp"])
+    parser.add_argument("--threshold", default="otsu", help="'otsu' or a fraction of the map's max, e.g. 0.2")
+    parser.add_argument("--boxes", default="all", choices=["all", "largest"], help="all contours or the largest")
+    parser.add_argument("--classes", default="all", help="all | topk:N | prob:P (classes boxed per image)")
+    parser.add_argument("--baseline", choices=["full", "center"], help="ignore the maps: full-image or centre boxes")
+    parser.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's)")
+    parser.add_argument("--tta", action="store_true", help="average maps over scales 0.75/1/1.25 and flips")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--limit", type=int, help="only the first N images (by image id)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    args = parser.parse_args(argv)
+    try:
+        parse_threshold(args.threshold)
+        parse_class_selection(args.classes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
+        parser.error("--batch-size and --limit must be ≥ 1, --workers ≥ 0")
+    return args
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What determines the detections: a resumed run must have the same."""
+    keys = ("checkpoint", "ann", "method", "threshold", "boxes", "classes", "baseline", "img_size", "tta", "limit")
+    return {k: str(getattr(args, k)) for k in keys}
+
+
+def read_progress(path: Path, settings: dict[str, Any]) -> dict[int, list[dict]]:
+    """Finished images of an interrupted run (a torn last line is dropped)."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0])
+    except (IndexError, json.JSONDecodeError):
+        return {}
+    if header.get("settings") != settings:
+        raise CliError(f"{path.parent} holds a run with other settings; use a new --out or run without --resume")
+    done: dict[int, list[dict]] = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done[record["image_id"]] = record["detections"]
+    return done
+
+
+def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
+    if not args.images.is_dir():
+        raise CliError(f"--images {args.images} is not a folder")
+    try:
+        truth = GroundTruth(args.ann)
+    except EvaluationError as exc:
+        raise CliError(f"--ann: {exc}") from None
+    images = sorted(truth.data["images"], key=lambda im: im["id"])[: args.limit]
+    if not images:
+        raise CliError(f"--ann {args.ann} lists no images")
+    missing = CocoImages(args.images, images).missing()
+    if missing:
+        raise CliError(f"{len(missing)} of {len(images)} images listed in {args.ann.name} are not in {args.images} "
+                       f"(e.g. {missing[0]}); check --images/--ann")
+    return truth, images
+
+
+def build_localizer(args: argparse.Namespace) -> Localizer:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, threshold=args.threshold,
+                                              boxes=args.boxes, classes=args.classes, img_size=args.img_size,
+                                              tta=args.tta, device=device)
+    except (ModelError, RuntimeError) as exc:
+        raise CliError(f"--checkpoint: {exc}") from None
+    if "coco_category_ids" not in localizer.meta:
+        raise CliError(f"--checkpoint {args.checkpoint}: its {localizer.meta['num_classes']} classes are not COCO's "
+                       "80; evaluate a COCO model (or derive a COCO head from an ImageNet one)")
+    if device.startswith("cuda"):
+        localizer.model.to(memory_format=torch.channels_last)
+    return localizer
+
+
+def print_report(metrics: dict[str, Any]) -> None:
+    rows = sorted((r for r in metrics["per_class"] if r["AP"] is not None), key=lambda r: -r["AP"])
+    print(f"\n{'class':<16}{'#gt':>6}{'AP':>8}{'AP50':>8}{'AP75':>8}{'VOC50':>8}")
+    for r in rows:
+        print(f"{r['name']:<16}{r['num_gt']:>6}{r['AP']:>8.3f}{r['AP50']:>8.3f}{r['AP75']:>8.3f}{r['voc_AP50']:>8.3f}")
+    print()
+    for name in STAT_NAMES:
+        print(f"  {name:<6} {metrics['coco'][name]:.4f}")
+    print(f"  VOC mAP@0.5 {metrics['voc_map50']:.4f}" if metrics["voc_map50"] is not None else "")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    truth, images = load_split(args)
+    localizer = build_localizer(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress_path = args.out / PROGRESS
+    settings = settings_of(args)
+    done = read_progress(progress_path, settings) if args.resume else {}
+    todo = [im for im in images if im["id"] not in done]
+    if not args.resume or not progress_path.is_file():
+        with atomic_output(progress_path) as handle:
+            handle.write(json.dumps({"settings": settings}) + "\n")
+    loader = DataLoader(CocoImages(args.images, todo), batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=as_list, persistent_workers=False)
+    failed: list[str] = []
+    start = time.perf_counter()
+    with progress_path.open("a") as log, tqdm(total=len(images), initial=len(done), unit="img",
+                                              desc="eval", file=sys.stderr) as bar:
+        for batch in loader:
+            readable = [(i, im) for i, im, err in batch if im is not None]
+            failed += [err for _, im, err in batch if im is None]
+            analyses = localizer.analyze([im for _, im in readable]) if readable else []
+            for (image_id, _), analysis in zip(readable, analyses):
+                dets = (localizer.baseline_detections(analysis, args.baseline, image_id) if args.baseline
+                        else localizer.detections(analysis, image_id))
+                done[image_id] = dets
+                log.write(json.dumps({"image_id": image_id, "detections": dets}) + "\n")
+            log.flush()
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - start
+    if failed:
+        print(f"warning: {len(failed)} images could not be read and have no detections (first: {failed[0]})",
+              file=sys.stderr)
+    detections = [d for im in images for d in done.get(im["id"], [])]
+    metrics = localization_metrics(truth, detections, [im["id"] for im in images])
+    metrics["settings"] = settings
+    metrics["unreadable_images"] = len(failed)
+    metrics["images_per_second"] = round(len(todo) / elapsed, 3) if todo and elapsed > 0 else None
+    atomic_write_json(args.out / "detections.json", detections)
+    atomic_write_json(args.out / "metrics.json", metrics, indent=1)
+    progress_path.unlink(missing_ok=True)
+    print_report(metrics)
+    print(f"\nwrote {args.out / 'detections.json'} ({len(detections)} detections) and {args.out / 'metrics.json'}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out / PROGRESS})",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,105 @@
+"""`python -m eval` end to end on real COCO images with the shared COCO-80 weights."""
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from camloc.localize import Localizer
+from eval.cli import main
+from tests.conftest import COCO80, IMAGENET1001, ROOT, VAL_ANN, VAL_IMAGES
+
+pytestmark = pytest.mark.realdata
+
+
+def eval_args(out, *extra):
+    return ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(COCO80), "--out", str(out),
+            "--workers", "1", *extra]
+
+
+@pytest.mark.slow
+def test_end_to_end_metrics_equal_pycocotools_and_beat_the_full_image_baseline(tmp_path):
+    assert main(eval_args(tmp_path / "cam", "--limit", "64")) == 0
+    dets = json.loads((tmp_path / "cam" / "detections.json").read_text())
+    metrics = json.loads((tmp_path / "cam" / "metrics.json").read_text())
+    per_image = {}
+    for d in dets:
+        per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
+    assert len(per_image) == 64 and min(per_image.values()) >= 80
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(VAL_ANN))
+        evaluator = COCOeval(coco, coco.loadRes(str(tmp_path / "cam" / "detections.json")), "bbox")
+        evaluator.params.imgIds = sorted(per_image)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert metrics["coco_stats"] == list(evaluator.stats)
+    assert set(metrics["coco"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
+                                    "ARm", "ARl"}
+    assert 0 <= metrics["voc_map50"] <= 1 and len(metrics["per_class"]) == 80
+    curves = metrics["pr_curves"]
+    assert len(curves["recall"]) == 101 and all(len(c["iou50"]) == 101 for c in curves["classes"].values())
+    assert main(eval_args(tmp_path / "full", "--limit", "64", "--baseline", "full")) == 0
+    baseline = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    print(f"\nAP50 on 64 coco-mini val images: CAM {metrics['coco']['AP50']:.4f}, "
+          f"full-image baseline {baseline['coco']['AP50']:.4f}")
+    assert metrics["coco"]["AP50"] > baseline["coco"]["AP50"]
+    assert not (tmp_path / "cam" / ".progress.jsonl").exists()
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch, capsys):
+    assert main(eval_args(tmp_path / "whole", "--limit", "12", "--batch-size", "4")) == 0
+    expected = json.loads((tmp_path / "whole" / "detections.json").read_text())
+
+    original = Localizer.analyze
+    calls = []
+
+    def interrupt_after_two_batches(self, images, classes=None):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, images, classes)
+
+    monkeypatch.setattr(Localizer, "analyze", interrupt_after_two_batches)
+    out = tmp_path / "cut"
+    assert main(eval_args(out, "--limit", "12", "--batch-size", "4")) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / "detections.json").exists() and not (out / "metrics.json").exists()
+    calls.clear()
+    assert main(eval_args(out, "--limit", "12", "--batch-size", "4", "--resume")) == 0
+    assert calls == [4]  # only the last batch was computed
+    assert json.loads((out / "detections.json").read_text()) == expected
+    with pytest.raises(SystemExit):  # an invalid option is argparse's one-line error
+        main(eval_args(out, "--threshold", "median"))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "eval", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    ann = json.loads(VAL_ANN.read_text())
+    for im in ann["images"][:3]:
+        shutil.copy(VAL_IMAGES / im["file_name"], images / im["file_name"])
+    cases = {
+        "images listed in": ["--images", str(images), "--ann", str(VAL_ANN), "--checkpoint", str(COCO80)],
+        "not valid JSON": ["--images", str(VAL_IMAGES), "--ann", str(COCO80.with_suffix(".pth")),
+                           "--checkpoint", str(COCO80)],
+        "are not COCO's": ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(IMAGENET1001)],
+        "no such checkpoint": ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(tmp_path)],
+    }
+    for message, args in cases.items():
+        out = tmp_path / "out"
+        result = run_cli(*args, "--out", str(out))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+        assert not (out / "detections.json").exists() and not (out / "metrics.json").exists()
