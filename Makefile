@@ -24,8 +24,8 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 bench: $(BENCH_STAMP)
-	$(BENCH_VENV)/bin/python bench/cam_speed.py
-	$(BENCH_VENV)/bin/python bench/eval_speed.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/cam_speed.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/eval_speed.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache

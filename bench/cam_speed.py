@@ -68,7 +68,7 @@ def main() -> None:
         forward = timed(lambda: model(images), args.repeat)
 
         def forward_and_cams() -> torch.Tensor:
-            logits, features = model(images)
+            _, features = model(images)
             cam_input, weight, _ = model.cam_terms(features)
             return class_activation_maps(cam_input, weight)
 

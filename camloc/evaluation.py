@@ -23,6 +23,7 @@ The protocol, as pycocotools implements it:
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -94,7 +95,7 @@ def _detection_arrays(detections: str | Path | Sequence[dict]) -> tuple[np.ndarr
         bbox = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
         score = np.array([d["score"] for d in dets], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise EvaluationError(f"a detection lacks a valid image_id/category_id/bbox (4 numbers)/score ({exc})") from None
+        raise EvaluationError(f"a detection lacks a valid image_id/category_id/bbox/score ({exc})") from None
     if len(bbox) != len(score):
         raise EvaluationError("every detection bbox must have exactly 4 numbers [x, y, w, h]")
     bad = ~np.isfinite(score) | ~np.isfinite(bbox).all(1)
@@ -137,7 +138,7 @@ def _match(det_rank: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, pair
     rank_of_pair = det_rank[pair_det]
     bounds = np.searchsorted(rank_of_pair, np.arange(rank_of_pair.max() + 2 if len(rank_of_pair) else 1))
     thr = IOU_THRESHOLDS[None, :, None]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         if lo == hi:
             continue
         dets, gts, ious = pair_det[lo:hi], pair_gt[lo:hi], pair_iou[lo:hi]
@@ -209,7 +210,7 @@ def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: str | Path | 
     if not np.isin(img_ids, truth.image_ids).all():
         raise EvaluationError("image_ids lists images that are not in the annotation file")
     cat_ids = truth.category_ids
-    num_img, num_cat = len(img_ids), len(cat_ids)
+    num_cat = len(cat_ids)
     thresholds, recalls, areas, max_dets = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETS)
 
     # Ground truth of the evaluated images and categories, grouped by (image, category), file order.

@@ -22,8 +22,8 @@ import torchvision
 from torch import Tensor, nn
 
 from camloc.classes import COCO_CATEGORY_IDS, COCO_NAMES, is_coco_head
-from camloc.io_utils import atomic_output
 from camloc.imagenet_coco import UNSUPPORTED_COCO_CLASSES, coco_groups
+from camloc.io_utils import atomic_output
 
 CHECKPOINT_FORMAT = "camloc"
 CHECKPOINT_VERSION = 1
