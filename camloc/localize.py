@@ -92,7 +92,7 @@ class Localizer:
         self.tta = tta
         self.layer = self.model.net.get_submodule(gradcam_layer or meta["feature_layer"])
         self.class_names: list[str] = list(meta["class_names"])
-        self.category_ids: list[int] = list(meta.get("coco_category_ids", range(meta["num_classes"])))
+        self.category_ids: list[int] = list(meta.get("category_ids", range(meta["num_classes"])))
         unsupported = set(meta.get("unsupported_classes", ()))
         self.supported = torch.tensor([n not in unsupported for n in self.class_names], device=self.device)
         self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1)

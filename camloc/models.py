@@ -187,7 +187,11 @@ class CamModel(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 def complete_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """Fill the keys DESIGN.md promises (``feature_layer``, ``coco_category_ids``, ``activation``)."""
+    """Fill the keys DESIGN.md promises (``feature_layer``, ``coco_category_ids``, ``activation``).
+
+    ``category_ids`` (the dataset's category id of each output) equals ``coco_category_ids`` for
+    COCO heads; a head trained on another COCO-format dataset stores its own.
+    """
     meta = dict(meta)
     for key in ("arch", "num_classes", "class_names"):
         if key not in meta:
@@ -203,6 +207,8 @@ def complete_meta(meta: dict[str, Any]) -> dict[str, Any]:
     meta.setdefault("head", "linear")
     if is_coco_head(meta["class_names"]):
         meta.setdefault("coco_category_ids", list(COCO_CATEGORY_IDS))
+    if "coco_category_ids" in meta:
+        meta.setdefault("category_ids", list(meta["coco_category_ids"]))
     # Multi-label (BCE) COCO heads score with a sigmoid, single-label heads with a softmax.
     meta.setdefault("activation", "sigmoid" if "coco_category_ids" in meta else "softmax")
     return meta
@@ -290,7 +296,7 @@ def derive_coco_head(model: CamModel, meta: dict[str, Any]) -> tuple[CamModel, d
         raise ModelError("mobilenet_v3's ImageNet head is not GAP + linear; it cannot be mapped to COCO")
     _set(model.net, model.family.head, GroupedImageNetHead(head, coco_groups(head.out_features)))
     new_meta = dict(meta, num_classes=len(COCO_NAMES), class_names=list(COCO_NAMES),
-                    coco_category_ids=list(COCO_CATEGORY_IDS), activation="exp",
+                    coco_category_ids=list(COCO_CATEGORY_IDS), category_ids=list(COCO_CATEGORY_IDS), activation="exp",
                     head="imagenet_groups", imagenet_outputs=head.out_features,
                     unsupported_classes=list(UNSUPPORTED_COCO_CLASSES))
     return model, new_meta

@@ -106,7 +106,7 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     return truth, images
 
 
-def build_localizer(args: argparse.Namespace) -> Localizer:
+def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, threshold=args.threshold,
@@ -114,9 +114,10 @@ def build_localizer(args: argparse.Namespace) -> Localizer:
                                               tta=args.tta, device=device)
     except (ModelError, RuntimeError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
-    if "coco_category_ids" not in localizer.meta:
+    known = set(truth.category_ids.tolist())
+    if "category_ids" not in localizer.meta or not set(localizer.category_ids) <= known:
         raise CliError(f"--checkpoint {args.checkpoint}: its {localizer.meta['num_classes']} classes are not COCO's "
-                       "80; evaluate a COCO model (or derive a COCO head from an ImageNet one)")
+                       f"or {args.ann.name}'s; evaluate a model trained on these categories")
     if device.startswith("cuda"):
         localizer.model.to(memory_format=torch.channels_last)
     return localizer
@@ -135,7 +136,7 @@ def print_report(metrics: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     truth, images = load_split(args)
-    localizer = build_localizer(args)
+    localizer = build_localizer(args, truth)
     args.out.mkdir(parents=True, exist_ok=True)
     progress_path = args.out / PROGRESS
     settings = settings_of(args)
