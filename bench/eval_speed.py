@@ -130,9 +130,11 @@ def cli_benchmark(limit: int, batch: int) -> None:
         return
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
-        main(["--images", str(val), "--ann", str(ann), "--checkpoint", str(weights), "--out", out,
+        code = main(["--images", str(val), "--ann", str(ann), "--checkpoint", str(weights), "--out", out,
               "--limit", str(limit), "--batch-size", str(batch), "--workers", "1"])
         cli = limit / (time.perf_counter() - start)
+    if code != 0:
+        raise SystemExit(f"python -m eval failed with exit code {code}")
     localizer = Localizer.from_checkpoint(weights, device="cpu")
     x = torch.randn(batch, 3, localizer.img_size, localizer.img_size)
     with torch.inference_mode():
