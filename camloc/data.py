@@ -68,8 +68,9 @@ def collate_skipping(batch: list) -> tuple[Any, int]:
 
 
 def train_transform(size: int, mean: list[float], std: list[float]) -> Callable:
-    """Random resized crop (scale 0.35–1), horizontal flip, mild colour jitter, normalise."""
-    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+    """Random resized crop (scale 0.7–1: mild, so that labelled objects are rarely cropped out),
+    horizontal flip, mild colour jitter, normalise."""
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
                        v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 

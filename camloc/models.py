@@ -81,21 +81,34 @@ def _set(module: nn.Module, path: str, child: nn.Module) -> None:
     setattr(module.get_submodule(parent) if parent else module, name, child)
 
 
-def build_torchvision(arch: str, num_classes: int) -> nn.Module:
+def dilation_kwargs(arch: str) -> dict[str, Any]:
+    """Builder arguments that turn the last stride-2 stage into a dilated one (output stride 16):
+    twice the CAM resolution for the same input, with the same weights."""
+    if arch.startswith(("resnet", "resnext", "wide_resnet")) and arch not in ("resnet18", "resnet34"):
+        return {"replace_stride_with_dilation": [False, False, True]}
+    if arch.startswith("mobilenet_v3"):
+        return {"dilated": True}
+    raise ModelError(f"dilation is available for bottleneck ResNets (resnet50+, resnext, wide_resnet) and "
+                     f"mobilenet_v3, not {arch}")
+
+
+def build_torchvision(arch: str, num_classes: int, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """An untrained torchvision ``arch`` whose head is ``nn.Linear(C, num_classes)`` right after GAP.
 
     MobileNetV3's two-layer classifier is replaced by a single linear layer so that the model is
     GAP + linear, the structure CAM needs; every other family is torchvision's own.
+    ``arch_kwargs`` go to the torchvision builder (e.g. :func:`dilation_kwargs`).
     """
     family = family_of(arch)
+    kwargs = dict(arch_kwargs or {})
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(f"torchvision has no classifier named {arch!r}")
     if arch.startswith("mobilenet_v3"):
-        net = torchvision.models.get_model(arch, weights=None)
+        net = torchvision.models.get_model(arch, weights=None, **kwargs)
         in_features = net.classifier[0].in_features
         net.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(in_features, num_classes))
         return net
-    net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     if not isinstance(_get(net, family.head), nn.Linear):
         raise ModelError(f"{arch}: expected a linear head at {family.head!r}")
     return net
@@ -249,15 +262,18 @@ def _backbone_only(state: dict[str, Tensor], head: str) -> dict[str, Tensor]:
 
 
 def build_model(arch: str, class_names: list[str] | tuple[str, ...], weights: str | Path | None = None,
-                input_size: int = 448, activation: str | None = None) -> tuple[CamModel, dict[str, Any]]:
+                input_size: int = 448, activation: str | None = None,
+                dilate: bool = False) -> tuple[CamModel, dict[str, Any]]:
     """A new :class:`CamModel` with a fresh ``len(class_names)``-way linear head.
 
     ``weights``: ``None`` (random init), ``"imagenet"`` (torchvision's default weights, see
     :func:`imagenet_state_dict`) or a path to a camloc checkpoint / torchvision ``state_dict`` +
-    JSON sidecar, whose backbone is copied (its head is dropped).
+    JSON sidecar, whose backbone is copied (its head is dropped). ``dilate``: see
+    :func:`dilation_kwargs`.
     """
     family = family_of(arch)
-    net = build_torchvision(arch, len(class_names))
+    arch_kwargs = dilation_kwargs(arch) if dilate else {}
+    net = build_torchvision(arch, len(class_names), arch_kwargs)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if weights is not None:
         if str(weights) == "imagenet":
@@ -277,7 +293,7 @@ def build_model(arch: str, class_names: list[str] | tuple[str, ...], weights: st
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     meta = {"arch": arch, "num_classes": len(class_names), "class_names": list(class_names),
-            "mean": list(mean), "std": list(std), "input_size": input_size}
+            "mean": list(mean), "std": list(std), "input_size": input_size, "arch_kwargs": arch_kwargs}
     if activation:
         meta["activation"] = activation
     return CamModel(net, arch), complete_meta(meta)
@@ -347,11 +363,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     else:
         raise ModelError(f"{path}: neither a camloc checkpoint nor a torchvision state_dict")
     meta = complete_meta(meta)
+    arch_kwargs = meta.get("arch_kwargs") or {}
     if meta["head"] == "imagenet_groups":
-        net = build_torchvision(meta["arch"], meta["imagenet_outputs"])
+        net = build_torchvision(meta["arch"], meta["imagenet_outputs"], arch_kwargs)
         model, meta = derive_coco_head(CamModel(net, meta["arch"]), dict(meta, head="linear"))
     else:
-        model = CamModel(build_torchvision(meta["arch"], meta["num_classes"]), meta["arch"])
+        model = CamModel(build_torchvision(meta["arch"], meta["num_classes"], arch_kwargs), meta["arch"])
     head_key = f"{model.family.head}.weight" if meta["head"] == "linear" else None
     if head_key in state and state[head_key].shape[0] != meta["num_classes"]:
         raise ModelError(f"{path}: the head has {state[head_key].shape[0]} outputs but the metadata "

@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--img-size", type=int, default=448)
     p.add_argument("--freeze-backbone", action="store_true", help="train the linear head only")
+    p.add_argument("--dilate", action="store_true",
+                   help="dilate the last stage (output stride 16: finer maps; resnet*, mobilenet_v3*)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -228,7 +230,7 @@ def initial_model(args: argparse.Namespace, index: CocoIndex) -> tuple[CamModel,
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise TrainingError(f"--weights {weights}: no such file (use imagenet, none or a checkpoint path)")
     model, meta = build_model(args.arch, index.class_names, weights=weights, input_size=args.img_size,
-                              activation="sigmoid" if args.mode == "multilabel" else "softmax")
+                              activation="sigmoid" if args.mode == "multilabel" else "softmax", dilate=args.dilate)
     meta["category_ids"] = list(index.category_ids)
     meta["training"] = {k: str(v) for k, v in vars(args).items()}
     if args.freeze_backbone:
