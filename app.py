@@ -1,8 +1,12 @@
-"""camloc app entry point: `streamlit run app.py` (or `make demo`)."""
+"""camloc app: `streamlit run app.py` (or `make demo`). Pages live in pages/, logic in camloc/."""
 
 import streamlit as st
 
 st.set_page_config(page_title="camloc", page_icon="🔥", layout="wide")
-st.title("camloc — class activation maps for object localisation")
-st.info("The interactive explorer is on its way. Meanwhile use the library: "
-        "`camloc.localize.Localizer.from_checkpoint(path).predict(image)`.")
+navigation = st.navigation([
+    st.Page("pages/explore.py", title="Explore", icon="🔍", default=True),
+    st.Page("pages/all_classes.py", title="All classes", icon="🎨"),
+    st.Page("pages/pr_curves.py", title="PR curves", icon="📈"),
+    st.Page("pages/dataset.py", title="Dataset browser", icon="🗂️"),
+])
+navigation.run()

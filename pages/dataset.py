@@ -1,0 +1,90 @@
+"""Dataset browser: a COCO images folder + annotations (+ optional detections), box by box."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from camloc.demo import EXAMPLES
+from camloc.images import ImageError, load_image
+from camloc.viz import draw_boxes
+from pages.explore_math import best_iou
+
+
+@st.cache_data(max_entries=8)
+def read_json(path: str, mtime: float):
+    return json.loads(Path(path).read_text())
+
+
+def load(path: Path, what: str):
+    if not path.is_file():
+        st.error(f"{what} {path} does not exist.")
+        return None
+    try:
+        return read_json(str(path), path.stat().st_mtime)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        st.error(f"{what} {path} is not valid JSON ({exc}).")
+        return None
+
+
+st.title("Dataset browser")
+side = st.sidebar
+folder = Path(side.text_input("Images folder", str(EXAMPLES), key="ds_images"))
+ann_path = Path(side.text_input("Annotations (COCO instances JSON)", str(EXAMPLES / "annotations.json"),
+                                key="ds_ann"))
+det_text = side.text_input("Detections (COCO results JSON, optional)", "", key="ds_dets")
+if not folder.is_dir():
+    st.error(f"{folder} is not a folder.")
+    st.stop()
+gt = load(ann_path, "Annotation file")
+if gt is None:
+    st.stop()
+if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= gt.keys():
+    st.error(f"{ann_path} is not a COCO instances file (images, annotations, categories).")
+    st.stop()
+detections = []
+if det_text.strip():
+    loaded = load(Path(det_text.strip()), "Detections file")
+    if loaded is None or not isinstance(loaded, list):
+        if loaded is not None:
+            st.error("The detections file must be a list of COCO results.")
+        st.stop()
+    detections = loaded
+
+names = {c["id"]: c["name"] for c in gt["categories"]}
+wanted = side.multiselect("Classes", sorted(names.values()), key="ds_classes",
+                          help="Only images with these classes, and only their boxes (empty: all)")
+wanted_ids = {cid for cid, n in names.items() if n in wanted} or set(names)
+min_score = side.slider("Minimum detection score", 0.0, 1.0, 0.1, 0.01, key="ds_min_score")
+by_image: dict[int, list] = {}
+for ann in gt["annotations"]:
+    by_image.setdefault(ann["image_id"], []).append(ann)
+images = [im for im in sorted(gt["images"], key=lambda im: im["id"])
+          if not wanted or any(a["category_id"] in wanted_ids for a in by_image.get(im["id"], []))]
+if not images:
+    st.warning("No image matches the filter." if wanted else f"{ann_path} lists no images.")
+    st.stop()
+index = st.number_input(f"Image (1–{len(images)})", 1, len(images), 1, key="ds_index") - 1
+info = images[index]
+try:
+    image = load_image(folder / info["file_name"])
+except ImageError as exc:
+    st.error(str(exc))
+    st.stop()
+
+truth = [a for a in by_image.get(info["id"], []) if a["category_id"] in wanted_ids]
+preds = [d for d in detections if d.get("image_id") == info["id"] and d.get("category_id") in wanted_ids
+         and d.get("score", 0) >= min_score]
+cols = st.columns(2)
+cols[0].image(draw_boxes(image, [dict(a, score=1.0) for a in truth], names, color=(255, 255, 255)),
+              caption=f"{info['file_name']}: {len(truth)} ground-truth box(es)")
+cols[1].image(draw_boxes(image, preds, names), caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}")
+rows = [{"class": names.get(d["category_id"], d["category_id"]), "score": round(d["score"], 4),
+         "box": [round(v) for v in d["bbox"]],
+         "IoU": round(best_iou(d["bbox"], [a["bbox"] for a in truth if a["category_id"] == d["category_id"]]), 3)}
+        for d in preds]
+st.dataframe(pd.DataFrame(rows or [{"class": "—", "score": None, "box": None, "IoU": None}]), hide_index=True,
+             key="ds_table")

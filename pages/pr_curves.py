@@ -1,0 +1,74 @@
+"""PR curves: per-class precision-recall from a `python -m eval` output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_CHOICES = {"0.50": "iou50", "0.75": "iou75", "0.50:0.95": "iou50_95"}
+AP_KEY = {"iou50": "AP50", "iou75": "AP75", "iou50_95": "AP"}
+
+
+def read_metrics(folder: Path) -> dict | None:
+    """``metrics.json`` of an eval folder, or ``None`` after a one-line error."""
+    path = folder / "metrics.json"
+    if not folder.is_dir():
+        st.error(f"{folder} is not a folder; give the --out folder of `python -m eval`.")
+        return None
+    if not path.is_file():
+        st.error(f"{folder} has no metrics.json; run `python -m eval ... --out {folder}` first.")
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        curves = metrics["pr_curves"]
+        if not isinstance(curves["recall"], list) or not isinstance(curves["classes"], dict):
+            raise TypeError("pr_curves")
+        for key in ("coco", "per_class"):
+            metrics[key]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        st.error(f"{path} is not an eval metrics file ({exc.__class__.__name__}: {exc}); re-run `python -m eval`.")
+        return None
+    return metrics
+
+
+st.title("Precision-recall curves")
+folder = Path(st.text_input("Evaluation folder (the --out of python -m eval)", key="eval_folder"))
+if not str(folder) or str(folder) == ".":
+    st.info("Enter the output folder of `python -m eval` to plot its curves.")
+    st.stop()
+metrics = read_metrics(folder)
+if metrics is None:
+    st.stop()
+
+curves = metrics["pr_curves"]
+iou_label = st.radio("IoU", list(IOU_CHOICES), horizontal=True, key="iou")
+key = IOU_CHOICES[iou_label]
+rows = [r for r in metrics["per_class"] if r.get("AP") is not None and str(r["category_id"]) in curves["classes"]]
+rows.sort(key=lambda r: -(r.get(AP_KEY[key]) or 0))
+names = [r["name"] for r in rows]
+chosen = st.multiselect("Classes", names, default=names[:5], key="pr_classes")
+
+figure = go.Figure()
+for row in rows:
+    if row["name"] in chosen:
+        precision = curves["classes"][str(row["category_id"])][key]
+        figure.add_trace(go.Scatter(x=curves["recall"], y=precision, mode="lines",
+                                    name=f"{row['name']} (AP={row[AP_KEY[key]]:.3f})"))
+figure.update_layout(xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1], yaxis_range=[0, 1.02],
+                     legend_title_text=f"IoU {iou_label}", height=480)
+st.plotly_chart(figure, key="pr_chart")
+
+st.subheader("COCO summary")
+coco = metrics["coco"]
+st.dataframe(pd.DataFrame({"metric": list(STAT_NAMES), "value": [round(coco[n], 4) for n in STAT_NAMES]}),
+             hide_index=True, key="coco_stats")
+if metrics.get("voc_map50") is not None:
+    st.caption(f"VOC mAP@0.5 (all-point): {metrics['voc_map50']:.4f}")
+st.subheader("Per-class AP")
+st.dataframe(pd.DataFrame([{k: r.get(k) for k in ("name", "num_gt", "AP", "AP50", "AP75", "voc_AP50")}
+                           for r in rows]), hide_index=True, key="per_class_table")
