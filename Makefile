@@ -26,6 +26,7 @@ test: $(STAMP) lint
 bench: $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/cam_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/eval_speed.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/synthetic_settings.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache
