@@ -28,8 +28,9 @@ def read_metrics(folder: Path) -> dict | None:
         curves = metrics["pr_curves"]
         if not isinstance(curves["recall"], list) or not isinstance(curves["classes"], dict):
             raise TypeError("pr_curves")
-        for key in ("coco", "per_class"):
-            metrics[key]
+        missing = [key for key in ("coco", "per_class") if key not in metrics]
+        if missing:
+            raise KeyError(", ".join(missing))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         st.error(f"{path} is not an eval metrics file ({exc.__class__.__name__}: {exc}); re-run `python -m eval`.")
         return None

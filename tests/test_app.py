@@ -135,6 +135,7 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     names = [trace["name"] for trace in spec["data"]]
     assert names and all("(AP=" in n for n in names)
     assert len(at.dataframe[0].value) == 12
+    assert not at.json  # nothing but the intended elements (no stray "magic" output)
     at.radio(key="iou").set_value("0.75").run()
     spec_75 = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec_75["data"] != spec["data"] or spec_75["layout"] != spec["layout"]

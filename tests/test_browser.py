@@ -2,6 +2,7 @@
 class and the threshold, and check that the rendered boxes change. Screenshots go to the test's
 folder (and to $CAMLOC_SCREENSHOT_DIR when set, for the README)."""
 
+import json
 import os
 import shutil
 import socket
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import COCO80, ROOT, VAL_IMAGES
+from camloc.evaluation import localization_metrics
+from camloc.localize import Localizer
+from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.realdata, pytest.mark.slow,
@@ -97,11 +100,11 @@ def shoot(page, tmp_path: Path, name: str) -> None:
     target = os.environ.get("CAMLOC_SCREENSHOT_DIR")
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=False)
+        page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
 
 
 def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path):
-    page.goto(server)
+    page.goto(server, wait_until="domcontentloaded")
     page.wait_for_selector('[data-testid="stImage"]')
     settle(page)
     choose(page, "Model", COCO80.name)
@@ -129,9 +132,24 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
 
 
 def test_every_page_renders_without_exceptions(page, server, tmp_path):
+    # an evaluation folder for the PR page: real detections of the shared model on 24 val images
+    gt = json.loads(VAL_ANN.read_text())
+    images = sorted(gt["images"], key=lambda im: im["id"])[:24]
+    localizer = Localizer.from_checkpoint(COCO80)
+    dets = [d for batch in localizer.predict_batch([VAL_IMAGES / im["file_name"] for im in images],
+                                                   [im["id"] for im in images]) for d in batch]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(
+        json.dumps(localization_metrics(gt, dets, [im["id"] for im in images])))
     for path, name in [("all_classes", "all_classes"), ("pr_curves", "pr_curves"), ("dataset", "dataset")]:
-        page.goto(f"{server}/{path}")
+        page.goto(f"{server}/{path}", wait_until="domcontentloaded")
         page.wait_for_selector("h1")
         settle(page)
+        if name == "pr_curves":
+            field = page.locator('input[aria-label="Evaluation folder (the --out of python -m eval)"]')
+            field.fill(str(tmp_path / "eval"))
+            field.press("Enter")
+            settle(page)
+            page.wait_for_selector(".js-plotly-plot")
         assert page.locator('[data-testid="stException"]').count() == 0
         shoot(page, tmp_path, name)
