@@ -55,13 +55,17 @@ def to_uint8(maps: np.ndarray) -> np.ndarray:
     return (np.asarray(maps, dtype=np.float32) * np.float32(255)).astype(np.uint8)
 
 
-def foreground(u8: np.ndarray, threshold: str | float = "otsu") -> np.ndarray:
-    """Binary foreground ``(K,H,W)`` of uint8 maps: ``u8 > otsu(u8)`` per map, or ``u8 ≥ f·255``."""
+def foreground(u8: np.ndarray, threshold: str | float = "otsu", out: np.ndarray | None = None) -> np.ndarray:
+    """Binary foreground (0/1 uint8) of uint8 maps ``(K,H,W)``: ``u8 > otsu(u8)`` per map, or
+    ``u8 ≥ f·255``. ``out`` (``(K,H,W)`` uint8, may be a view) receives the masks in place."""
     threshold = parse_threshold(threshold)
-    if threshold == "otsu":
-        levels = np.array([cv2.threshold(m, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0] for m in u8])
-        return u8 > levels.reshape(-1, 1, 1)
-    return u8 >= np.float32(threshold) * np.float32(255)
+    out = np.empty(u8.shape, np.uint8) if out is None else out
+    # u8 ≥ f·255  ⟺  u8 > ⌈f·255⌉ − 1 for integer u8; one OpenCV call per map binarises in place
+    level = 0 if threshold == "otsu" else float(np.ceil(np.float32(threshold) * np.float32(255)) - 1)
+    flags = cv2.THRESH_BINARY | (cv2.THRESH_OTSU if threshold == "otsu" else 0)
+    for k in range(len(u8)):
+        cv2.threshold(u8[k], level, 1, flags, dst=out[k])
+    return out
 
 
 def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: str = "all") -> BoxSet:
@@ -77,7 +81,7 @@ def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: s
     stride = height + 1
     # Stack the K masks vertically with one empty row after each: contours cannot cross tiles.
     stacked = np.zeros((num, stride, width), dtype=np.uint8)
-    stacked[:, :height] = foreground(to_uint8(maps), threshold)
+    foreground(to_uint8(maps), threshold, out=stacked[:, :height])
     contours, _ = cv2.findContours(stacked.reshape(num * stride, width), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
     owner = rects[:, 1] // stride
