@@ -72,7 +72,7 @@ class GroundTruth:
         self.image_ids = np.array(sorted({int(im["id"]) for im in data["images"]}), dtype=np.int64)
         self.category_ids = np.array(sorted({int(c["id"]) for c in data["categories"]}), dtype=np.int64)
         self.category_names = {int(c["id"]): c.get("name", str(c["id"])) for c in data["categories"]}
-        anns = [a for a in data["annotations"]]
+        anns = data["annotations"]
         try:
             self.ann_image = np.array([a["image_id"] for a in anns], dtype=np.int64)
             self.ann_category = np.array([a["category_id"] for a in anns], dtype=np.int64)

@@ -326,10 +326,11 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(f"{path}: refused, the file holds code or objects other than tensors "
-                         f"(loaded with weights_only=True: {first[:120]}); use a camloc or "
-                         "torchvision state_dict checkpoint") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("Unsupported")]
+        detail = f" ({lines[0][:100]})" if lines else ""
+        raise ModelError(f"{path}: refused, not a tensors-only checkpoint{detail}: it is corrupt or holds code or "
+                         "objects other than tensors (weights_only=True); use a camloc checkpoint or a torchvision "
+                         "state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); "
                          "is the file complete?") from None

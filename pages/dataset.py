@@ -11,7 +11,7 @@ import streamlit as st
 from camloc.demo import EXAMPLES
 from camloc.images import ImageError, load_image
 from camloc.viz import draw_boxes
-from pages.explore_math import best_iou
+from pages.geometry import best_iou
 
 
 @st.cache_data(max_entries=8)

@@ -12,7 +12,7 @@ import streamlit as st
 from camloc.boxes import heatmaps_to_boxes
 from camloc.viz import COLORMAPS, draw_boxes, overlay_heatmap
 from pages.common import METHODS, analyze_bytes, choose_images, decode, example_annotations, localizer_for, pick_model
-from pages.explore_math import best_iou
+from pages.geometry import best_iou
 
 
 def png_bytes(image) -> bytes:

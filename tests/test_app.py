@@ -179,3 +179,15 @@ def test_dataset_browser_on_coco_mini(monkeypatch):
     at.sidebar.multiselect(key="ds_classes").set_value(["dog"]).run()
     no_exception(at)
     assert "(1–" in at.number_input(key="ds_index").label
+
+
+def test_a_broken_checkpoint_is_a_message_not_a_traceback(monkeypatch, tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"definitely not a checkpoint")
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    at.sidebar.selectbox(key="model_label").set_value("broken.pt").run()
+    no_exception(at)
+    assert any("Cannot load broken.pt" in e.value and "refused, not a tensors-only checkpoint" in e.value
+               for e in at.error)
+    at.sidebar.selectbox(key="model_label").set_value(at.sidebar.selectbox(key="model_label").options[0]).run()
+    no_exception(at)
+    assert not at.error  # the app keeps working

@@ -109,17 +109,23 @@ def setup_distributed(device: str) -> Dist:
     return Dist(rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 
-def build_datasets(args: argparse.Namespace, mean: list[float], std: list[float]):
+def load_indexes(args: argparse.Namespace) -> tuple[CocoIndex, CocoIndex | None]:
+    """Parse and check the training (and validation) annotations once, before building the model."""
     train_index = CocoIndex(args.ann, args.images)
-    kind = CocoMultiLabel if args.mode == "multilabel" else CocoCrops
-    train_set = kind(train_index, train_transform(args.img_size, mean, std), args.limit)
     val_index = CocoIndex(args.val_ann, args.val_images) if args.val_ann else None
-    val_set = kind(val_index, eval_transform(args.img_size, mean, std)) if val_index else None
     if val_index and val_index.category_ids != train_index.category_ids:
         raise DataError("--val-ann has other categories than --ann")
+    return train_index, val_index
+
+
+def build_datasets(args: argparse.Namespace, train_index: CocoIndex, val_index: CocoIndex | None,
+                   mean: list[float], std: list[float]):
+    kind = CocoMultiLabel if args.mode == "multilabel" else CocoCrops
+    train_set = kind(train_index, train_transform(args.img_size, mean, std), args.limit)
+    val_set = kind(val_index, eval_transform(args.img_size, mean, std)) if val_index else None
     if len(train_set) == 0:
         raise DataError(f"{args.ann} gives no training samples")
-    return train_index, train_set, val_index, val_set
+    return train_set, val_set
 
 
 def param_groups(model: CamModel, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -243,9 +249,9 @@ def initial_model(args: argparse.Namespace, index: CocoIndex) -> tuple[CamModel,
 
 def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    train_index, _, _, _ = build_datasets(args, [0, 0, 0], [1, 1, 1])  # validates inputs before model building
+    train_index, val_index = load_indexes(args)
     model, meta = initial_model(args, train_index)
-    _, train_set, val_index, val_set = build_datasets(args, meta["mean"], meta["std"])
+    train_set, val_set = build_datasets(args, train_index, val_index, meta["mean"], meta["std"])
     model.to(node.device)
     if node.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
