@@ -22,9 +22,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from camloc.boxes import heatmaps_to_boxes
-from camloc.cam import class_activation_maps, normalize_maps
+from camloc.cam import class_activation_maps
 from camloc.classes import COCO_NAMES
+from camloc.localize import boxes_from_raw_maps
 from camloc.models import build_model
 
 
@@ -109,8 +109,7 @@ def main() -> None:
     probs = np.random.default_rng(0).random(80)
 
     def extract() -> None:
-        heat = normalize_maps(raw, (480, 640)).numpy()
-        found = heatmaps_to_boxes(heat)
+        found = boxes_from_raw_maps(raw, (480, 640))
         _ = found.heat * probs[found.class_index]
 
     boxes = timed(extract, args.repeat)

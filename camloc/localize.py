@@ -25,6 +25,22 @@ from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
 
 TTA_SCALES = (0.75, 1.0, 1.25)
+#: Classes normalised and boxed together: 4 full-resolution maps stay in the CPU cache, which
+#: measured ~1.4× faster than all 80 at once for 640×480 images (min 73 ms vs 119 ms here).
+BOX_CHUNK = 4
+
+
+def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str | float = "otsu",
+                        mode: str = "all", chunk: int = BOX_CHUNK) -> BoxSet:
+    """Raw maps ``(k, h, w)`` → upsample/ReLU/normalise to ``size`` → :func:`heatmaps_to_boxes`,
+    a few classes at a time; ``class_index`` refers to positions along ``raw_maps``."""
+    parts = []
+    for start in range(0, len(raw_maps), chunk):
+        found = heatmaps_to_boxes(normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy(), threshold, mode)
+        parts.append(BoxSet(found.class_index + start, found.xywh, found.heat))
+    if not parts:
+        return BoxSet(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0))
+    return BoxSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_index", "xywh", "heat")))
 
 
 def parse_class_selection(selection: str | Sequence[int]) -> tuple[str, float] | list[int]:
@@ -186,8 +202,8 @@ class Localizer:
               mode: str | None = None) -> BoxSet:
         """Boxes of ``classes`` (indices held by ``analysis``) with the given or default settings;
         ``BoxSet.class_index`` refers to positions in ``classes``."""
-        heat = analysis.heatmaps(classes).cpu().numpy()
-        return heatmaps_to_boxes(heat, self.threshold if threshold is None else threshold, mode or self.box_mode)
+        return boxes_from_raw_maps(analysis.raw_maps[analysis.rows(classes)], analysis.size,
+                                   self.threshold if threshold is None else threshold, mode or self.box_mode)
 
     def detections(self, analysis: Analysis, image_id: int | None = None, classes: Sequence[int] | None = None,
                    threshold: str | float | None = None, mode: str | None = None) -> list[dict[str, Any]]:

@@ -3,8 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
+from camloc.boxes import heatmaps_to_boxes
+from camloc.cam import normalize_maps
 from camloc.classes import COCO_CATEGORY_IDS
-from camloc.localize import Localizer, parse_class_selection
+from camloc.localize import Localizer, boxes_from_raw_maps, parse_class_selection
 from tests.helpers import gradient_image, image_bytes, random_head_model
 
 
@@ -79,3 +81,15 @@ def test_bad_options_are_value_errors(tiny):
     for options in [{"method": "scorecam"}, {"threshold": "mean"}, {"boxes": "some"}]:
         with pytest.raises(ValueError):
             Localizer(*tiny, **options)
+
+
+def test_chunked_box_extraction_equals_all_maps_at_once():
+    raw = torch.randn(11, 6, 7)
+    size = (45, 61)
+    once = heatmaps_to_boxes(normalize_maps(raw, size).numpy())
+    for chunk in (1, 3, 4, 11):
+        chunked = boxes_from_raw_maps(raw, size, chunk=chunk)
+        assert chunked.class_index.tolist() == once.class_index.tolist()
+        assert chunked.xywh.tolist() == once.xywh.tolist()
+        np.testing.assert_allclose(chunked.heat, once.heat, rtol=1e-6)
+    assert len(boxes_from_raw_maps(raw[:0], size)) == 0
