@@ -42,6 +42,18 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def timed_pair(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median times of two functions measured alternately (so drifts in machine speed hit both)."""
+    first(), second()
+    a, b = [], []
+    for _ in range(repeat):
+        for fn, samples in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
 def course_loop_maps(features: torch.Tensor, weight: torch.Tensor, classes: list[int]) -> np.ndarray:
     """The classic per-class, per-channel CAM loop (one image)."""
     feats = features.numpy()
@@ -58,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sample-classes", type=int, default=4, help="classes timed for the slow references")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -68,14 +80,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-50 {args.size}² batch {args.batch}")
 
     with torch.inference_mode():
-        forward = timed(lambda: model(images), args.repeat)
 
         def forward_and_cams() -> torch.Tensor:
             _, features = model(images)
             cam_input, weight, _ = model.cam_terms(features)
             return class_activation_maps(cam_input, weight)
 
-        forward_cams = timed(forward_and_cams, args.repeat)
+        forward, forward_cams = timed_pair(lambda: model(images), forward_and_cams, args.repeat)
         _, features = model(images)
         cam_input, weight, _ = model.cam_terms(features)
         ours = timed(lambda: class_activation_maps(cam_input, weight), 20)
