@@ -85,24 +85,34 @@ class GroundTruth:
             raise EvaluationError(f"an annotation lacks a valid image_id/category_id/bbox/id ({exc})") from None
 
 
-def _detection_arrays(detections: str | Path | Sequence[dict]) -> tuple[np.ndarray, ...]:
-    dets = _read_json(detections, "detections") if isinstance(detections, (str, Path)) else detections
-    if not isinstance(dets, list):
-        raise EvaluationError("detections must be a list of {image_id, category_id, bbox, score} (COCO results)")
-    try:
-        image = np.array([d["image_id"] for d in dets], dtype=np.int64)
-        category = np.array([d["category_id"] for d in dets], dtype=np.int64)
-        bbox = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
-        score = np.array([d["score"] for d in dets], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EvaluationError(f"a detection lacks a valid image_id/category_id/bbox/score ({exc})") from None
-    if len(bbox) != len(score):
-        raise EvaluationError("every detection bbox must have exactly 4 numbers [x, y, w, h]")
-    bad = ~np.isfinite(score) | ~np.isfinite(bbox).all(1)
-    if bad.any():
-        raise EvaluationError(f"{int(bad.sum())} detections have a NaN/inf score or bbox "
-                              f"(first at position {int(np.flatnonzero(bad)[0])}); fix the detector output")
-    return image, category, bbox, score
+class Detections:
+    """COCO results (a path or a list of dicts) as flat arrays, parsed and checked once, so that
+    several metrics over the same detections do not parse them again."""
+
+    def __init__(self, source: str | Path | Sequence[dict]):
+        dets = _read_json(source, "detections") if isinstance(source, (str, Path)) else source
+        if not isinstance(dets, list):
+            raise EvaluationError("detections must be a list of {image_id, category_id, bbox, score} (COCO results)")
+        try:
+            self.image = np.array([d["image_id"] for d in dets], dtype=np.int64)
+            self.category = np.array([d["category_id"] for d in dets], dtype=np.int64)
+            self.bbox = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
+            self.score = np.array([d["score"] for d in dets], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EvaluationError(f"a detection lacks a valid image_id/category_id/bbox/score ({exc})") from None
+        if len(self.bbox) != len(self.score):
+            raise EvaluationError("every detection bbox must have exactly 4 numbers [x, y, w, h]")
+        bad = ~np.isfinite(self.score) | ~np.isfinite(self.bbox).all(1)
+        if bad.any():
+            raise EvaluationError(f"{int(bad.sum())} detections have a NaN/inf score or bbox "
+                                  f"(first at position {int(np.flatnonzero(bad)[0])}); fix the detector output")
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @classmethod
+    def of(cls, source: Detections | str | Path | Sequence[dict]) -> Detections:
+        return source if isinstance(source, Detections) else cls(source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ def _mean_valid(values: np.ndarray) -> float | None:
     return float(np.mean(valid)) if len(valid) else None
 
 
-def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: str | Path | Sequence[dict],
+def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: Detections | str | Path | Sequence[dict],
                   image_ids: Iterable[int] | None = None) -> dict[str, Any]:
     """COCO bbox evaluation equal to pycocotools ``COCOeval(gt, gt.loadRes(dets), "bbox")``.
 
@@ -201,7 +211,8 @@ def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: str | Path | 
     kept and never match, as in pycocotools.
     """
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
-    d_image, d_category, d_bbox, d_score = _detection_arrays(detections)
+    dets = Detections.of(detections)
+    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
     unknown = ~np.isin(d_image, truth.image_ids)
     if unknown.any():
         raise EvaluationError(f"{int(unknown.sum())} detections are on images not in the annotation file "
@@ -337,8 +348,9 @@ def voc_average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[change + 1] - mrec[change]) * mpre[change + 1]))
 
 
-def voc_map(gt: str | Path | dict | GroundTruth, detections: str | Path | Sequence[dict], iou_threshold: float = 0.5,
-            image_ids: Iterable[int] | None = None, classes_without_gt: str = "skip") -> dict[str, Any]:
+def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | Path | Sequence[dict],
+            iou_threshold: float = 0.5, image_ids: Iterable[int] | None = None,
+            classes_without_gt: str = "skip") -> dict[str, Any]:
     """VOC-style mAP: per class, all-point interpolated AP at ``IoU > iou_threshold``, then the mean.
 
     Semantics of the course's reference (ALFA ``map_computation.py``), minus its crash on
@@ -359,7 +371,8 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: str | Path | Sequen
     if classes_without_gt not in ("skip", "zero"):
         raise EvaluationError("classes_without_gt must be 'skip' or 'zero'")
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
-    d_image, d_category, d_bbox, d_score = _detection_arrays(detections)
+    dets = Detections.of(detections)
+    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
     img_ids = truth.image_ids if image_ids is None else np.array(sorted(set(image_ids)), dtype=np.int64)
     per_class: dict[int, float | None] = {}
     g_keep = np.isin(truth.ann_image, img_ids)
@@ -414,7 +427,7 @@ def _curve(values: np.ndarray) -> list[float] | None:
     return None if (values < 0).all() else [round(float(v), 6) for v in np.clip(values, 0, None)]
 
 
-def localization_metrics(gt: str | Path | dict | GroundTruth, detections: str | Path | Sequence[dict],
+def localization_metrics(gt: str | Path | dict | GroundTruth, detections: Detections | str | Path | Sequence[dict],
                          image_ids: Iterable[int] | None = None) -> dict[str, Any]:
     """COCO stats, VOC mAP@0.5, per-class APs and PR curves, as plain JSON data.
 
@@ -424,7 +437,7 @@ def localization_metrics(gt: str | Path | dict | GroundTruth, detections: str | 
     (``iou50``), 0.75 (``iou75``) and its mean over 0.50:0.95 (``iou50_95``), area all, 100 dets.
     """
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
-    dets = _read_json(detections, "detections") if isinstance(detections, (str, Path)) else detections
+    dets = Detections.of(detections)
     ids = None if image_ids is None else list(image_ids)
     coco = coco_evaluate(truth, dets, ids)
     voc = voc_map(truth, dets, 0.5, ids)

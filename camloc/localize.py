@@ -210,9 +210,8 @@ class Localizer:
         """COCO-results dicts for one analysed image: ``bbox`` [x, y, w, h] in original pixels and
         ``score = mean heat in box × class probability``."""
         if classes is None:
-            chosen = self.select(analysis.probs.unsqueeze(0))[0]
             held = set(analysis.classes.tolist())
-            classes = [k for k in torch.nonzero(chosen).flatten().tolist() if k in held]
+            classes = [k for k in self._chosen(analysis) if k in held]
         if not classes:
             return []
         found = self.boxes(analysis, classes, threshold, mode)
@@ -231,10 +230,13 @@ class Localizer:
                  "center": [width / 4, height / 4, width / 2, height / 2]}
         if kind not in boxes:
             raise ValueError(f"baseline must be one of {sorted(boxes)}, got {kind!r}")
-        chosen = torch.nonzero(self.select(analysis.probs.unsqueeze(0))[0]).flatten().tolist()
         head = {} if image_id is None else {"image_id": image_id}
         return [{**head, "category_id": self.category_ids[k], "bbox": list(boxes[kind]),
-                 "score": float(analysis.probs[k])} for k in chosen]
+                 "score": float(analysis.probs[k])} for k in self._chosen(analysis)]
+
+    def _chosen(self, analysis: Analysis) -> list[int]:
+        """Class indices the ``classes`` option picks for one analysed image."""
+        return torch.nonzero(self.select(analysis.probs.unsqueeze(0))[0]).flatten().tolist()
 
     def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
         """Detections for each image of a batch (one forward pass for the whole batch)."""

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from camloc.boxes import heatmaps_to_boxes
 from camloc.viz import COLORMAPS, draw_boxes, overlay_heatmap
 from pages.common import METHODS, analyze_bytes, choose_images, decode, example_annotations, localizer_for, pick_model
 from pages.geometry import best_iou
@@ -66,11 +65,8 @@ alpha = side.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
 colormap = side.selectbox("Colormap", sorted(COLORMAPS), index=sorted(COLORMAPS).index("jet"), key="colormap")
 
 heat = analysis.heatmaps([k])[0].numpy()
-found = heatmaps_to_boxes(heat[None], threshold, box_mode)
-scores = found.heat * float(probs[k])
+detections = localizer.detections(analysis, classes=[k], threshold=threshold, mode=box_mode)
 category_id = localizer.category_ids[k]
-detections = [{"category_id": category_id, "bbox": [float(v) for v in box], "score": float(s)}
-              for box, s in zip(found.xywh.tolist(), scores.tolist())]
 overlay = overlay_heatmap(image, heat, alpha, colormap)
 boxed = draw_boxes(overlay, detections, {category_id: class_name})
 

@@ -180,9 +180,9 @@ def validate(model: CamModel, meta: dict[str, Any], val_set, val_index, args, no
         dets = []
         for start in range(0, len(images), args.batch_size):
             chunk = images[start:start + args.batch_size]
-            analyses = localizer.analyze([val_index.images_dir / im["file_name"] for im in chunk])
-            for info, analysis in zip(chunk, analyses):
-                dets += localizer.detections(analysis, info["id"])
+            for found in localizer.predict_batch([val_index.images_dir / im["file_name"] for im in chunk],
+                                                 [im["id"] for im in chunk]):
+                dets += found
         result["val_loc_ap50"] = coco_evaluate(args.val_ann, dets, [im["id"] for im in images])["stats"][1]
     return result
 
