@@ -25,8 +25,9 @@ import torch
 
 from camloc.cam import class_activation_maps
 from camloc.classes import COCO_NAMES
-from camloc.localize import Localizer, boxes_from_raw_maps
+from camloc.localize import Localizer
 from camloc.models import build_model
+from camloc.recipes import boxes_from_raw_maps
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

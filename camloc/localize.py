@@ -19,45 +19,12 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from camloc.boxes import BOX_MODES, BoxSet, heatmaps_to_boxes, parse_threshold
 from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
+from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, make_recipe
 
 TTA_SCALES = (0.75, 1.0, 1.25)
-#: Classes normalised and boxed together: 4 full-resolution maps stay in the CPU cache, which
-#: measured ~1.4× faster than all 80 at once for 640×480 images (min 73 ms vs 119 ms here).
-BOX_CHUNK = 4
-
-
-def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str | float = "otsu",
-                        mode: str = "all", chunk: int = BOX_CHUNK) -> BoxSet:
-    """Raw maps ``(k, h, w)`` → upsample/ReLU/normalise to ``size`` → :func:`heatmaps_to_boxes`,
-    a few classes at a time; ``class_index`` refers to positions along ``raw_maps``."""
-    parts = []
-    for start in range(0, len(raw_maps), chunk):
-        found = heatmaps_to_boxes(normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy(), threshold, mode)
-        parts.append(BoxSet(found.class_index + start, found.xywh, found.heat))
-    if not parts:
-        return BoxSet(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0))
-    return BoxSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_index", "xywh", "heat")))
-
-
-def parse_class_selection(selection: str | Sequence[int]) -> tuple[str, float] | list[int]:
-    """``"all"``, ``"topk:N"``, ``"prob:P"`` or explicit class indices → a normalised selection."""
-    if not isinstance(selection, str):
-        return [int(k) for k in selection]
-    kind, _, value = selection.strip().lower().partition(":")
-    try:
-        if kind == "all" and not value:
-            return ("all", 0.0)
-        if kind == "topk" and int(value) >= 1:
-            return ("topk", float(int(value)))
-        if kind == "prob" and 0.0 <= float(value) <= 1.0:
-            return ("prob", float(value))
-    except ValueError:
-        pass
-    raise ValueError(f"class selection must be 'all', 'topk:N' (N ≥ 1) or 'prob:P' (0 ≤ P ≤ 1), got {selection!r}")
 
 
 @dataclass(frozen=True)
@@ -86,24 +53,26 @@ class Analysis:
 class Localizer:
     """Weakly-supervised localisation with class activation maps.
 
-    Options: ``method`` cam | gradcam | gradcampp; ``threshold`` "otsu" or a fraction of the max;
-    ``boxes`` all | largest; ``classes`` all | topk:N | prob:P | index list; ``img_size`` (default:
-    the checkpoint's ``input_size``); ``tta`` averages maps and probabilities over scales
-    0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name (default: the feature layer).
+    Options: ``method`` cam | gradcam | gradcampp; ``recipe`` the box recipe's name (see
+    :mod:`camloc.recipes`; default :data:`~camloc.recipes.DEFAULT_RECIPE`) or a recipe object;
+    ``threshold``, ``boxes`` (all | largest) and ``classes`` (all | topk:N | prob:P | index list)
+    and any other ``recipe_options`` are parameters of the recipe (``None``: the recipe's
+    default); ``img_size`` (default: the checkpoint's ``input_size``); ``tta`` averages maps and
+    probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name
+    (default: the feature layer).
     """
 
-    def __init__(self, model: CamModel, meta: dict[str, Any], method: str = "cam", threshold: str | float = "otsu",
-                 boxes: str = "all", classes: str | Sequence[int] = "all", img_size: int | None = None,
-                 tta: bool = False, device: str | torch.device | None = None, gradcam_layer: str | None = None):
+    def __init__(self, model: CamModel, meta: dict[str, Any], method: str = "cam",
+                 recipe: str | Recipe = DEFAULT_RECIPE, threshold: str | float | None = None, boxes: str | None = None,
+                 classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
+                 device: str | torch.device | None = None, gradcam_layer: str | None = None, **recipe_options: Any):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if boxes not in BOX_MODES:
-            raise ValueError(f"boxes must be one of {BOX_MODES}, got {boxes!r}")
+        self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes, **recipe_options)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.meta = meta
-        self.method, self.threshold, self.box_mode = method, parse_threshold(threshold), boxes
-        self.selection = parse_class_selection(classes)
+        self.method = method
         self.img_size = int(img_size or meta["input_size"])
         self.tta = tta
         self.layer = self.model.net.get_submodule(gradcam_layer or meta["feature_layer"])
@@ -182,45 +151,42 @@ class Localizer:
         return probabilities(logits, self.meta["activation"])
 
     def select(self, probs: Tensor) -> Tensor:
-        """Boolean ``(B, K)``: the classes the ``classes`` option picks per image (supported ones only)."""
-        selection = self.selection
-        if isinstance(selection, list):
-            mask = torch.zeros_like(probs, dtype=torch.bool)
-            mask[:, selection] = True
-        elif selection[0] == "all":
-            mask = torch.ones_like(probs, dtype=torch.bool)
-        elif selection[0] == "topk":
-            ranked = probs.masked_fill(~self.supported, -1.0)
-            top = ranked.topk(min(int(selection[1]), probs.shape[1]), dim=1).indices
-            mask = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, top, True)
-        else:
-            mask = probs >= selection[1]
-        return mask & self.supported
+        """Boolean ``(B, K)``: the classes the recipe gives boxes per image (supported ones only)."""
+        return self.recipe.select(probs, self.supported)
 
     # ------------------------------------------------------------------ boxes + detections
-    def boxes(self, analysis: Analysis, classes: Sequence[int], threshold: str | float | None = None,
-              mode: str | None = None) -> BoxSet:
-        """Boxes of ``classes`` (indices held by ``analysis``) with the given or default settings;
-        ``BoxSet.class_index`` refers to positions in ``classes``."""
-        return boxes_from_raw_maps(analysis.raw_maps[analysis.rows(classes)], analysis.size,
-                                   self.threshold if threshold is None else threshold, mode or self.box_mode)
+    def recipe_for(self, recipe: str | Recipe | None = None, threshold: str | float | None = None,
+                   mode: str | None = None, **options: Any) -> Recipe:
+        """The Localizer's recipe, or another one by name, with some options changed."""
+        base = self.recipe if recipe is None else recipe
+        if isinstance(base, str) and base == self.recipe.name:
+            base = self.recipe
+        return make_recipe(base, **recipe_box_options(threshold, mode), **options)
+
+    def boxes(self, analysis: Analysis, classes: Sequence[int], recipe: Recipe | None = None) -> ScoredBoxes:
+        """Scored boxes of ``classes`` (indices held by ``analysis``); ``class_index`` refers to
+        positions in ``classes``."""
+        rows = analysis.rows(classes)
+        return (recipe or self.recipe).boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size)
 
     def detections(self, analysis: Analysis, image_id: int | None = None, classes: Sequence[int] | None = None,
-                   threshold: str | float | None = None, mode: str | None = None) -> list[dict[str, Any]]:
-        """COCO-results dicts for one analysed image: ``bbox`` [x, y, w, h] in original pixels and
-        ``score = mean heat in box × class probability``."""
+                   threshold: str | float | None = None, mode: str | None = None, recipe: str | Recipe | None = None,
+                   **options: Any) -> list[dict[str, Any]]:
+        """COCO-results dicts for one analysed image: ``bbox`` [x, y, w, h] in original pixels, scored
+        by the recipe. ``classes`` (class indices) bypasses the recipe's class gating; ``recipe``,
+        ``threshold``, ``mode`` and ``options`` override the Localizer's recipe for this call."""
+        chosen = self.recipe_for(recipe, threshold, mode, **options)
         if classes is None:
             held = set(analysis.classes.tolist())
-            classes = [k for k in self._chosen(analysis) if k in held]
+            gate = chosen.select(analysis.probs.unsqueeze(0), self.supported)[0]
+            classes = [k for k in torch.nonzero(gate).flatten().tolist() if k in held]
         if not classes:
             return []
-        found = self.boxes(analysis, classes, threshold, mode)
+        found = self.boxes(analysis, classes, chosen)
         class_of_box = np.asarray(classes)[found.class_index]
-        probs = analysis.probs.double().cpu().numpy()[class_of_box]
-        scores = found.heat * probs
         head = {} if image_id is None else {"image_id": image_id}
         return [{**head, "category_id": self.category_ids[k], "bbox": [float(v) for v in box], "score": float(s)}
-                for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), scores.tolist())]
+                for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), found.score.tolist())]
 
     def baseline_detections(self, analysis: Analysis, kind: str, image_id: int | None = None) -> list[dict[str, Any]]:
         """Boxes that ignore the maps, for comparison: ``"full"`` (the whole image) or ``"center"``
@@ -248,3 +214,8 @@ class Localizer:
     def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
         """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
         return self.predict_batch([image], None if image_id is None else [image_id])[0]
+
+
+def recipe_box_options(threshold: str | float | None, boxes: str | None) -> dict[str, Any]:
+    """The Localizer's historical ``threshold``/``boxes`` arguments as recipe options."""
+    return {"threshold": threshold, "mode": boxes}

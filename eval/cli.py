@@ -23,8 +23,9 @@ from camloc.boxes import parse_threshold
 from camloc.data import CocoImages, as_list
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth, localization_metrics
 from camloc.io_utils import atomic_output, atomic_write_json
-from camloc.localize import Localizer, parse_class_selection
+from camloc.localize import Localizer
 from camloc.models import ModelError
+from camloc.recipes import parse_class_selection
 
 PROGRESS = ".progress.jsonl"
 

@@ -6,7 +6,8 @@ from PIL import Image
 from camloc.boxes import heatmaps_to_boxes
 from camloc.cam import normalize_maps
 from camloc.classes import COCO_CATEGORY_IDS
-from camloc.localize import Localizer, boxes_from_raw_maps, parse_class_selection
+from camloc.localize import Localizer
+from camloc.recipes import boxes_from_raw_maps, parse_class_selection
 from tests.helpers import gradient_image, image_bytes, random_head_model
 
 
