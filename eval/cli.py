@@ -19,13 +19,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.boxes import parse_threshold
 from camloc.data import CocoImages, as_list
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth, localization_metrics
 from camloc.io_utils import atomic_output, atomic_write_json
 from camloc.localize import Localizer
 from camloc.models import ModelError
-from camloc.recipes import parse_class_selection
+from camloc.recipes import DEFAULT_RECIPE, RECIPES, make_recipe
 
 PROGRESS = ".progress.jsonl"
 
@@ -41,9 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, type=Path, help="camloc checkpoint or state_dict + .json")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--method", default="cam", choices=["cam", "gradcam", "gradcampp"])
-    parser.add_argument("--threshold", default="otsu", help="'otsu' or a fraction of the map's max, e.g. 0.2")
-    parser.add_argument("--boxes", default="all", choices=["all", "largest"], help="all contours or the largest")
-    parser.add_argument("--classes", default="all", help="all | topk:N | prob:P (classes boxed per image)")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                        help=f"box recipe (default {DEFAULT_RECIPE}; seed = the course recipe)")
+    parser.add_argument("--threshold", help="recipe option: 'otsu' or a fraction of the map's max, e.g. 0.2")
+    parser.add_argument("--boxes", choices=["all", "largest"], help="recipe option: all contours or the largest")
+    parser.add_argument("--classes", help="recipe option: all | topk:N | prob:P (classes boxed per image)")
     parser.add_argument("--baseline", choices=["full", "center"], help="ignore the maps: full-image or centre boxes")
     parser.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's)")
     parser.add_argument("--tta", action="store_true", help="average maps over scales 0.75/1/1.25 and flips")
@@ -54,8 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     args = parser.parse_args(argv)
     try:
-        parse_threshold(args.threshold)
-        parse_class_selection(args.classes)
+        make_recipe(args.recipe, threshold=args.threshold, mode=args.boxes, classes=args.classes)
     except ValueError as exc:
         parser.error(str(exc))
     if args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """What determines the detections: a resumed run must have the same."""
-    keys = ("checkpoint", "ann", "method", "threshold", "boxes", "classes", "baseline", "img_size", "tta", "limit")
+    keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "baseline", "img_size", "tta",
+            "limit")
     return {k: str(getattr(args, k)) for k in keys}
 
 
@@ -110,7 +111,8 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
 def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, threshold=args.threshold,
+        localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
+                                              threshold=args.threshold,
                                               boxes=args.boxes, classes=args.classes, img_size=args.img_size,
                                               tta=args.tta, device=device)
     except (ModelError, RuntimeError) as exc:
