@@ -24,12 +24,13 @@ The protocol, as pycocotools implements it:
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -38,86 +39,6 @@ AREA_RANGES = ((0, 1e5**2), (0, 32**2), (32**2, 96**2), (96**2, 1e5**2))
 AREA_LABELS = ("all", "small", "medium", "large")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
-
-class EvaluationError(ValueError):
-    """Ground truth or detections that cannot be evaluated; the message says what is wrong."""
-
-
-# ----------------------------------------------------------------------------------------------
-# input
-# ----------------------------------------------------------------------------------------------
-
-def _read_json(source: str | Path | dict | list, what: str) -> Any:
-    if isinstance(source, (dict, list)):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise EvaluationError(f"{what} file {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{what} file {path} is not valid JSON ({exc})") from None
-
-
-class GroundTruth:
-    """A COCO instances file as flat arrays (annotations in file order)."""
-
-    def __init__(self, source: str | Path | dict):
-        data = _read_json(source, "annotation")
-        if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-            raise EvaluationError("annotation file must be COCO instances JSON with images, annotations, categories")
-        if not data["categories"]:
-            raise EvaluationError("annotation file has no categories")
-        self.data = data
-        self.image_ids = np.array(sorted({int(im["id"]) for im in data["images"]}), dtype=np.int64)
-        self.category_ids = np.array(sorted({int(c["id"]) for c in data["categories"]}), dtype=np.int64)
-        self.category_names = {int(c["id"]): c.get("name", str(c["id"])) for c in data["categories"]}
-        anns = data["annotations"]
-        try:
-            self.ann_image = np.array([a["image_id"] for a in anns], dtype=np.int64)
-            self.ann_category = np.array([a["category_id"] for a in anns], dtype=np.int64)
-            self.ann_bbox = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-            self.ann_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-            self.ann_id = np.array([a["id"] for a in anns], dtype=np.int64)
-            self.ann_area = np.array([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns],
-                                     dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EvaluationError(f"an annotation lacks a valid image_id/category_id/bbox/id ({exc})") from None
-
-
-class Detections:
-    """COCO results (a path or a list of dicts) as flat arrays, parsed and checked once, so that
-    several metrics over the same detections do not parse them again."""
-
-    def __init__(self, source: str | Path | Sequence[dict]):
-        dets = _read_json(source, "detections") if isinstance(source, (str, Path)) else source
-        if not isinstance(dets, list):
-            raise EvaluationError("detections must be a list of {image_id, category_id, bbox, score} (COCO results)")
-        try:
-            self.image = np.array([d["image_id"] for d in dets], dtype=np.int64)
-            self.category = np.array([d["category_id"] for d in dets], dtype=np.int64)
-            self.bbox = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
-            self.score = np.array([d["score"] for d in dets], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EvaluationError(f"a detection lacks a valid image_id/category_id/bbox/score ({exc})") from None
-        if len(self.bbox) != len(self.score):
-            raise EvaluationError("every detection bbox must have exactly 4 numbers [x, y, w, h]")
-        bad = ~np.isfinite(self.score) | ~np.isfinite(self.bbox).all(1)
-        if bad.any():
-            raise EvaluationError(f"{int(bad.sum())} detections have a NaN/inf score or bbox "
-                                  f"(first at position {int(np.flatnonzero(bad)[0])}); fix the detector output")
-
-    def __len__(self) -> int:
-        return len(self.score)
-
-    @classmethod
-    def of(cls, source: Detections | str | Path | Sequence[dict]) -> Detections:
-        return source if isinstance(source, Detections) else cls(source)
-
-
-# ----------------------------------------------------------------------------------------------
-# IoU and matching
-# ----------------------------------------------------------------------------------------------
 
 def box_iou_pairs(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     """IoU of paired boxes ``[x, y, w, h]`` (float64, pycocotools' ``bbIou`` order of operations)."""
@@ -168,10 +89,6 @@ def _match(det_rank: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, pair
         taken[a_idx, t_idx, gts[won]] = True
     return match
 
-
-# ----------------------------------------------------------------------------------------------
-# COCO evaluation
-# ----------------------------------------------------------------------------------------------
 
 def _summarize(precision: np.ndarray, recall: np.ndarray) -> list[float]:
     """The 12 COCO numbers, exactly as ``COCOeval.summarize`` averages them."""
@@ -321,159 +238,3 @@ def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: Detections | 
             "params": {"image_ids": img_ids.tolist(), "category_ids": cat_ids.tolist(),
                        "iou_thresholds": IOU_THRESHOLDS.tolist(), "recall_thresholds": RECALL_THRESHOLDS.tolist(),
                        "max_dets": list(MAX_DETS), "area_ranges": [list(r) for r in AREA_RANGES]}}
-
-
-# ----------------------------------------------------------------------------------------------
-# VOC mAP
-# ----------------------------------------------------------------------------------------------
-
-def _voc_iou_pairs(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """VOC IoU with the +1 pixel convention on corners ``x2 = x + w − 1`` (so a [x, y, w, h] box
-    covers w × h pixels, as in the VOC devkit and ALFA's ``map_computation.py``)."""
-    dx1, dy1, dx2, dy2 = det[:, 0], det[:, 1], det[:, 0] + det[:, 2] - 1, det[:, 1] + det[:, 3] - 1
-    gx1, gy1, gx2, gy2 = gt[:, 0], gt[:, 1], gt[:, 0] + gt[:, 2] - 1, gt[:, 1] + gt[:, 3] - 1
-    iw = np.maximum(np.minimum(gx2, dx2) - np.maximum(gx1, dx1) + 1.0, 0.0)
-    ih = np.maximum(np.minimum(gy2, dy2) - np.maximum(gy1, dy1) + 1.0, 0.0)
-    inter = iw * ih
-    union = (dx2 - dx1 + 1.0) * (dy2 - dy1 + 1.0) + (gx2 - gx1 + 1.0) * (gy2 - gy1 + 1.0) - inter
-    return inter / np.maximum(union, np.finfo(np.float64).eps)
-
-
-def voc_average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """All-point interpolated AP: ``Σ (r_{i+1} − r_i) · p̂_{i+1}`` with ``p̂`` the precision envelope
-    (running max from the right) and sentinels ``r = 0 … 1``, ``p = 0 … 0``."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.maximum.accumulate(np.concatenate(([0.0], precision, [0.0]))[::-1])[::-1]
-    change = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[change + 1] - mrec[change]) * mpre[change + 1]))
-
-
-def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | Path | Sequence[dict],
-            iou_threshold: float = 0.5, image_ids: Iterable[int] | None = None,
-            classes_without_gt: str = "skip") -> dict[str, Any]:
-    """VOC-style mAP: per class, all-point interpolated AP at ``IoU > iou_threshold``, then the mean.
-
-    Semantics of the course's reference (ALFA ``map_computation.py``), minus its crash on
-    NumPy ≥ 1.24 (``np.bool``): detections of a class sorted by score (stable here; ALFA's
-    quicksort leaves ties in arbitrary order); each takes the ground truth of highest IoU in its
-    image (the first on ties) — a true positive if IoU > threshold and that ground truth is not
-    yet detected, a false positive if it is, nothing if it is "difficult" (COCO crowd boxes
-    play that role); ``recall = TP / #non-difficult``, ``precision = TP / (TP + FP)``.
-    ``classes_without_gt``: "skip" leaves classes with no ground truth out of the mean;
-    "zero" counts them as AP 0, as ALFA does.
-
-    Where this differs from COCO's AP50 (and why the numbers differ):
-    IoU must *exceed* 0.5 (COCO: ≥ 0.5); a detection whose best ground truth is taken is a false
-    positive instead of falling back to the next best; the area under the whole interpolated
-    curve is used instead of 101 sampled recall points; there is no 100-per-image cap; no area
-    ranges; and the mean over classes counts each class's AP with the boxes' +1 pixel IoU.
-    """
-    if classes_without_gt not in ("skip", "zero"):
-        raise EvaluationError("classes_without_gt must be 'skip' or 'zero'")
-    truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
-    dets = Detections.of(detections)
-    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
-    img_ids = truth.image_ids if image_ids is None else np.array(sorted(set(image_ids)), dtype=np.int64)
-    per_class: dict[int, float | None] = {}
-    g_keep = np.isin(truth.ann_image, img_ids)
-    d_keep = np.isin(d_image, img_ids)
-    for cid in truth.category_ids.tolist():
-        g_sel = np.flatnonzero(g_keep & (truth.ann_category == cid))
-        d_sel = np.flatnonzero(d_keep & (d_category == cid))
-        npos = int((~truth.ann_crowd[g_sel]).sum())
-        if npos == 0 and classes_without_gt == "skip":
-            per_class[cid] = None
-            continue
-        d_sel = d_sel[np.argsort(-d_score[d_sel], kind="mergesort")]
-        # every (detection, gt of its image) pair, detection-major, gt in file order
-        g_sel = g_sel[np.lexsort((g_sel, truth.ann_image[g_sel]))]
-        g_img = truth.ann_image[g_sel]
-        first = np.searchsorted(g_img, d_image[d_sel], side="left")
-        count = np.searchsorted(g_img, d_image[d_sel], side="right") - first
-        pair_det = np.repeat(np.arange(len(d_sel)), count)
-        pair_gt = np.repeat(first, count) + np.arange(len(pair_det)) - np.repeat(np.cumsum(count) - count, count)
-        overlap = _voc_iou_pairs(d_bbox[d_sel][pair_det], truth.ann_bbox[g_sel][pair_gt])
-        best_iou = np.full(len(d_sel), -np.inf)
-        best_gt = np.full(len(d_sel), -1)
-        if len(pair_det):
-            starts = np.flatnonzero(np.r_[True, pair_det[1:] != pair_det[:-1]])
-            owners = pair_det[starts]
-            best_iou[owners] = np.maximum.reduceat(overlap, starts)
-            is_best = overlap == best_iou[pair_det]
-            first_best = np.minimum.reduceat(np.where(is_best, np.arange(len(pair_det)), len(pair_det)), starts)
-            best_gt[owners] = pair_gt[first_best]
-        hit = best_iou > iou_threshold
-        difficult = hit & truth.ann_crowd[g_sel][np.maximum(best_gt, 0)]
-        claims = np.flatnonzero(hit & ~difficult)
-        # among detections hitting the same ground truth, only the first (highest score) is a TP
-        first_claim = claims[np.unique(best_gt[claims], return_index=True)[1]]
-        tp = np.zeros(len(d_sel))
-        tp[first_claim] = 1.0
-        fp = (~hit | (hit & ~difficult)).astype(float) - tp
-        tp, fp = np.cumsum(tp), np.cumsum(fp)
-        recall = tp / np.maximum(float(npos), np.finfo(np.float64).eps)
-        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        per_class[cid] = voc_average_precision(recall, precision)
-    valid = [ap for ap in per_class.values() if ap is not None]
-    return {"map": float(np.mean(valid)) if valid else None, "per_class": per_class,
-            "iou_threshold": iou_threshold, "num_classes": len(valid)}
-
-
-# ----------------------------------------------------------------------------------------------
-# one JSON-ready report (what `python -m eval` writes and the app's PR page reads)
-# ----------------------------------------------------------------------------------------------
-
-def _curve(values: np.ndarray) -> list[float] | None:
-    return None if (values < 0).all() else [round(float(v), 6) for v in np.clip(values, 0, None)]
-
-
-def localization_metrics(gt: str | Path | dict | GroundTruth, detections: Detections | str | Path | Sequence[dict],
-                         image_ids: Iterable[int] | None = None) -> dict[str, Any]:
-    """COCO stats, VOC mAP@0.5, per-class APs and PR curves, as plain JSON data.
-
-    ``coco``: the 12 stats by name; ``voc_map50``; ``per_class``: a list of
-    ``{category_id, name, num_gt, AP, AP50, AP75, voc_AP50}`` (None without ground truth);
-    ``pr_curves``: ``recall`` (the 101 points) and per category id the precision at IoU 0.50
-    (``iou50``), 0.75 (``iou75``) and its mean over 0.50:0.95 (``iou50_95``), area all, 100 dets.
-    """
-    truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
-    dets = Detections.of(detections)
-    ids = None if image_ids is None else list(image_ids)
-    coco = coco_evaluate(truth, dets, ids)
-    voc = voc_map(truth, dets, 0.5, ids)
-    precision = coco["precision"][:, :, :, 0, -1]  # (T, R, K)
-    t50, t75 = int(np.where(IOU_THRESHOLDS == 0.5)[0][0]), int(np.where(IOU_THRESHOLDS == 0.75)[0][0])
-    per_class, curves = [], {}
-    for k, cid in enumerate(coco["params"]["category_ids"]):
-        row = coco["per_class"][cid]
-        per_class.append({"category_id": cid, "name": row["name"], "num_gt": row["num_gt"], "AP": row["AP"],
-                          "AP50": row["AP50"], "AP75": row["AP75"], "voc_AP50": voc["per_class"][cid]})
-        if row["AP"] is not None:
-            curves[str(cid)] = {"name": row["name"], "iou50": _curve(precision[t50, :, k]),
-                                "iou75": _curve(precision[t75, :, k]),
-                                "iou50_95": _curve(precision[:, :, k].mean(0))}
-    return {"coco": coco["stats_by_name"], "coco_stats": coco["stats"], "voc_map50": voc["map"],
-            "per_class": per_class, "num_images": len(coco["params"]["image_ids"]), "num_detections": len(dets),
-            "pr_curves": {"recall": RECALL_THRESHOLDS.round(2).tolist(), "classes": curves}}
-
-
-# ----------------------------------------------------------------------------------------------
-# image-level classification
-# ----------------------------------------------------------------------------------------------
-
-def classification_ap(scores: np.ndarray, targets: np.ndarray) -> tuple[float | None, np.ndarray]:
-    """Per-class average precision of image-level scores ``(N, K)`` against 0/1 ``targets``.
-
-    ``AP_k = (1/P_k) Σ_{i positive} precision@rank(i)`` with images ranked by descending score
-    (ties keep input order); classes with no positive are NaN and left out of the mean.
-    Returns ``(mean AP or None, per-class AP)``.
-    """
-    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0
-    order = np.argsort(-scores, axis=0, kind="stable")
-    hits = np.take_along_axis(targets, order, axis=0)
-    precision_at = np.cumsum(hits, axis=0) / np.arange(1, len(scores) + 1)[:, None]
-    positives = hits.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(positives > 0, (precision_at * hits).sum(0) / positives, np.nan)
-    valid = ap[~np.isnan(ap)]
-    return (float(valid.mean()) if len(valid) else None), ap

@@ -1,0 +1,26 @@
+"""Detection metrics: the COCO bbox protocol (equal to pycocotools to the last bit), VOC mAP,
+one JSON-ready report, and image-level classification AP.
+
+One job per module: ``inputs`` (ground truth and detections, read and checked once),
+``coco`` (:func:`coco_evaluate` and its matching), ``voc`` (:func:`voc_map`),
+``report`` (:func:`localization_metrics`), ``classification`` (:func:`classification_ap`).
+"""
+
+from camloc.evaluation.classification import classification_ap
+from camloc.evaluation.coco import (
+    AREA_LABELS,
+    AREA_RANGES,
+    IOU_THRESHOLDS,
+    MAX_DETS,
+    RECALL_THRESHOLDS,
+    STAT_NAMES,
+    box_iou_pairs,
+    coco_evaluate,
+)
+from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
+from camloc.evaluation.report import localization_metrics
+from camloc.evaluation.voc import voc_average_precision, voc_map
+
+__all__ = ["AREA_LABELS", "AREA_RANGES", "IOU_THRESHOLDS", "MAX_DETS", "RECALL_THRESHOLDS", "STAT_NAMES",
+           "Detections", "EvaluationError", "GroundTruth", "box_iou_pairs", "classification_ap", "coco_evaluate",
+           "localization_metrics", "voc_average_precision", "voc_map"]

@@ -1,0 +1,103 @@
+"""VOC all-point mAP (the course's ALFA semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
+
+
+def _voc_iou_pairs(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """VOC IoU with the +1 pixel convention on corners ``x2 = x + w − 1`` (so a [x, y, w, h] box
+    covers w × h pixels, as in the VOC devkit and ALFA's ``map_computation.py``)."""
+    dx1, dy1, dx2, dy2 = det[:, 0], det[:, 1], det[:, 0] + det[:, 2] - 1, det[:, 1] + det[:, 3] - 1
+    gx1, gy1, gx2, gy2 = gt[:, 0], gt[:, 1], gt[:, 0] + gt[:, 2] - 1, gt[:, 1] + gt[:, 3] - 1
+    iw = np.maximum(np.minimum(gx2, dx2) - np.maximum(gx1, dx1) + 1.0, 0.0)
+    ih = np.maximum(np.minimum(gy2, dy2) - np.maximum(gy1, dy1) + 1.0, 0.0)
+    inter = iw * ih
+    union = (dx2 - dx1 + 1.0) * (dy2 - dy1 + 1.0) + (gx2 - gx1 + 1.0) * (gy2 - gy1 + 1.0) - inter
+    return inter / np.maximum(union, np.finfo(np.float64).eps)
+
+
+def voc_average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """All-point interpolated AP: ``Σ (r_{i+1} − r_i) · p̂_{i+1}`` with ``p̂`` the precision envelope
+    (running max from the right) and sentinels ``r = 0 … 1``, ``p = 0 … 0``."""
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.maximum.accumulate(np.concatenate(([0.0], precision, [0.0]))[::-1])[::-1]
+    change = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[change + 1] - mrec[change]) * mpre[change + 1]))
+
+
+def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | Path | Sequence[dict],
+            iou_threshold: float = 0.5, image_ids: Iterable[int] | None = None,
+            classes_without_gt: str = "skip") -> dict[str, Any]:
+    """VOC-style mAP: per class, all-point interpolated AP at ``IoU > iou_threshold``, then the mean.
+
+    Semantics of the course's reference (ALFA ``map_computation.py``), minus its crash on
+    NumPy ≥ 1.24 (``np.bool``): detections of a class sorted by score (stable here; ALFA's
+    quicksort leaves ties in arbitrary order); each takes the ground truth of highest IoU in its
+    image (the first on ties) — a true positive if IoU > threshold and that ground truth is not
+    yet detected, a false positive if it is, nothing if it is "difficult" (COCO crowd boxes
+    play that role); ``recall = TP / #non-difficult``, ``precision = TP / (TP + FP)``.
+    ``classes_without_gt``: "skip" leaves classes with no ground truth out of the mean;
+    "zero" counts them as AP 0, as ALFA does.
+
+    Where this differs from COCO's AP50 (and why the numbers differ):
+    IoU must *exceed* 0.5 (COCO: ≥ 0.5); a detection whose best ground truth is taken is a false
+    positive instead of falling back to the next best; the area under the whole interpolated
+    curve is used instead of 101 sampled recall points; there is no 100-per-image cap; no area
+    ranges; and the mean over classes counts each class's AP with the boxes' +1 pixel IoU.
+    """
+    if classes_without_gt not in ("skip", "zero"):
+        raise EvaluationError("classes_without_gt must be 'skip' or 'zero'")
+    truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
+    dets = Detections.of(detections)
+    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
+    img_ids = truth.image_ids if image_ids is None else np.array(sorted(set(image_ids)), dtype=np.int64)
+    per_class: dict[int, float | None] = {}
+    g_keep = np.isin(truth.ann_image, img_ids)
+    d_keep = np.isin(d_image, img_ids)
+    for cid in truth.category_ids.tolist():
+        g_sel = np.flatnonzero(g_keep & (truth.ann_category == cid))
+        d_sel = np.flatnonzero(d_keep & (d_category == cid))
+        npos = int((~truth.ann_crowd[g_sel]).sum())
+        if npos == 0 and classes_without_gt == "skip":
+            per_class[cid] = None
+            continue
+        d_sel = d_sel[np.argsort(-d_score[d_sel], kind="mergesort")]
+        # every (detection, gt of its image) pair, detection-major, gt in file order
+        g_sel = g_sel[np.lexsort((g_sel, truth.ann_image[g_sel]))]
+        g_img = truth.ann_image[g_sel]
+        first = np.searchsorted(g_img, d_image[d_sel], side="left")
+        count = np.searchsorted(g_img, d_image[d_sel], side="right") - first
+        pair_det = np.repeat(np.arange(len(d_sel)), count)
+        pair_gt = np.repeat(first, count) + np.arange(len(pair_det)) - np.repeat(np.cumsum(count) - count, count)
+        overlap = _voc_iou_pairs(d_bbox[d_sel][pair_det], truth.ann_bbox[g_sel][pair_gt])
+        best_iou = np.full(len(d_sel), -np.inf)
+        best_gt = np.full(len(d_sel), -1)
+        if len(pair_det):
+            starts = np.flatnonzero(np.r_[True, pair_det[1:] != pair_det[:-1]])
+            owners = pair_det[starts]
+            best_iou[owners] = np.maximum.reduceat(overlap, starts)
+            is_best = overlap == best_iou[pair_det]
+            first_best = np.minimum.reduceat(np.where(is_best, np.arange(len(pair_det)), len(pair_det)), starts)
+            best_gt[owners] = pair_gt[first_best]
+        hit = best_iou > iou_threshold
+        difficult = hit & truth.ann_crowd[g_sel][np.maximum(best_gt, 0)]
+        claims = np.flatnonzero(hit & ~difficult)
+        # among detections hitting the same ground truth, only the first (highest score) is a TP
+        first_claim = claims[np.unique(best_gt[claims], return_index=True)[1]]
+        tp = np.zeros(len(d_sel))
+        tp[first_claim] = 1.0
+        fp = (~hit | (hit & ~difficult)).astype(float) - tp
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        recall = tp / np.maximum(float(npos), np.finfo(np.float64).eps)
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        per_class[cid] = voc_average_precision(recall, precision)
+    valid = [ap for ap in per_class.values() if ap is not None]
+    return {"map": float(np.mean(valid)) if valid else None, "per_class": per_class,
+            "iou_threshold": iou_threshold, "num_classes": len(valid)}
