@@ -49,6 +49,13 @@ class Analysis:
             raise ValueError(f"no map computed for class indices {missing}")
         return [where[int(k)] for k in classes]
 
+    @staticmethod
+    def average(views: Sequence[Analysis]) -> Analysis:
+        """One image's analysis from its per-view analyses (``Localizer.analyze(image, views=[view])`` for
+        each of ``Localizer.views()``, in that order): the same numbers as analysing all views at once."""
+        maps, probs = average_views([(a.raw_maps[None], a.probs[None]) for a in views])
+        return Analysis(views[0].size, probs[0], views[0].classes, maps[0])
+
 
 class Localizer:
     """Weakly-supervised localisation with class activation maps.
@@ -109,31 +116,34 @@ class Localizer:
             classes = torch.arange(len(self.class_names), device=self.device)
         return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
 
-    def _maps_tta(self, images: Sequence[Image.Image], classes: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Raw maps and probabilities averaged over TTA views (one view without TTA)."""
-        views = [(s, f) for s in TTA_SCALES for f in (False, True)] if self.tta else [(1.0, False)]
-        total_maps, total_probs, grid = None, None, None
-        for scale, flip in views:
-            x = self.to_tensor(images, max(32, round(self.img_size * scale)))
-            if flip:
-                x = x.flip(-1)
-            maps, logits = self._maps(x, classes)
-            if flip:
-                maps = maps.flip(-1)
-            grid = grid or maps.shape[-2:]
-            if maps.shape[-2:] != grid:
-                maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
-            probs = probabilities(logits, self.meta["activation"])
-            total_maps = maps if total_maps is None else total_maps + maps
-            total_probs = probs if total_probs is None else total_probs + probs
-        return total_maps / len(views), total_probs / len(views)
+    def views(self) -> list[tuple[float, bool]]:
+        """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, else one."""
+        return [(s, f) for s in TTA_SCALES for f in (False, True)] if self.tta else [(1.0, False)]
 
-    def analyze(self, images: Sequence[ImageSource] | ImageSource,
-                classes: Sequence[int] | None = None) -> list[Analysis]:
+    def _view(self, images: Sequence[Image.Image], classes: Tensor | None, scale: float,
+              flip: bool) -> tuple[Tensor, Tensor]:
+        """Raw maps (flipped back, at this view's grid) and probabilities of one view."""
+        x = self.to_tensor(images, max(32, round(self.img_size * scale)))
+        if flip:
+            x = x.flip(-1)
+        maps, logits = self._maps(x, classes)
+        if flip:
+            maps = maps.flip(-1)
+        return maps, probabilities(logits, self.meta["activation"])
+
+    def _maps_tta(self, images: Sequence[Image.Image], classes: Tensor | None,
+                  views: Sequence[tuple[float, bool]] | None = None) -> tuple[Tensor, Tensor]:
+        """Raw maps and probabilities averaged over ``views`` (default: :meth:`views`)."""
+        return average_views([self._view(images, classes, s, f) for s, f in (views or self.views())])
+
+    def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None,
+                views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
         """One forward pass (per TTA view) over a batch; maps of ``classes`` (CAM default: all classes).
 
         Gradient methods cost one batched backward per class, so without ``classes`` they compute the
-        maps of the classes the Localizer's ``classes`` option selects.
+        maps of the classes the Localizer's ``classes`` option selects. ``views``: compute only these
+        of :meth:`views` (an interactive caller caches each view and joins them with
+        :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
         pil = [load_image(im) for im in batch]
@@ -141,7 +151,7 @@ class Localizer:
         if wanted is None and self.method != "cam":
             probs = self._probabilities(pil)
             wanted = torch.nonzero(self.select(probs).any(0)).flatten()
-        maps, probs = self._maps_tta(pil, wanted)
+        maps, probs = self._maps_tta(pil, wanted, views)
         held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
         return [Analysis((im.height, im.width), probs[b], held, maps[b]) for b, im in enumerate(pil)]
 
@@ -214,6 +224,18 @@ class Localizer:
     def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
         """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
         return self.predict_batch([image], None if image_id is None else [image_id])[0]
+
+
+def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Mean of per-view ``(raw maps (B, k, h, w), probabilities (B, K))``, maps resized to the first view's grid."""
+    grid = views[0][0].shape[-2:]
+    total_maps, total_probs = None, None
+    for maps, probs in views:
+        if maps.shape[-2:] != grid:
+            maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
+        total_maps = maps if total_maps is None else total_maps + maps
+        total_probs = probs if total_probs is None else total_probs + probs
+    return total_maps / len(views), total_probs / len(views)
 
 
 def recipe_box_options(threshold: str | float | None, boxes: str | None) -> dict[str, Any]:
