@@ -6,7 +6,9 @@ st.set_page_config(page_title="camloc", page_icon="🔥", layout="wide")
 navigation = st.navigation([
     st.Page("pages/explore.py", title="Explore", icon="🔍", default=True),
     st.Page("pages/all_classes.py", title="All classes", icon="🎨"),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
     st.Page("pages/pr_curves.py", title="PR curves", icon="📈"),
+    st.Page("pages/training_runs.py", title="Training runs", icon="📉"),
     st.Page("pages/dataset.py", title="Dataset browser", icon="🗂️"),
 ])
 navigation.run()

@@ -12,6 +12,8 @@ from camloc.demo import EXAMPLES
 from camloc.images import ImageError, load_image
 from camloc.viz import draw_boxes
 from pages.geometry import best_iou
+from pages.state import carry
+from pages.tables import significant
 
 
 @st.cache_data(max_entries=8)
@@ -32,10 +34,12 @@ def load(path: Path, what: str):
 
 st.title("Dataset browser")
 side = st.sidebar
-folder = Path(side.text_input("Images folder", str(EXAMPLES), key="ds_images"))
-ann_path = Path(side.text_input("Annotations (COCO instances JSON)", str(EXAMPLES / "annotations.json"),
-                                key="ds_ann"))
-det_text = side.text_input("Detections (COCO results JSON, optional)", "", key="ds_dets")
+carry("ds_images", str(EXAMPLES))
+folder = Path(side.text_input("Images folder", key="ds_images"))
+carry("ds_ann", str(EXAMPLES / "annotations.json"))
+ann_path = Path(side.text_input("Annotations (COCO instances JSON)", key="ds_ann"))
+carry("ds_dets", "")
+det_text = side.text_input("Detections (COCO results JSON, optional)", key="ds_dets")
 if not folder.is_dir():
     st.error(f"{folder} is not a folder.")
     st.stop()
@@ -79,12 +83,16 @@ truth = [a for a in by_image.get(info["id"], []) if a["category_id"] in wanted_i
 preds = [d for d in detections if d.get("image_id") == info["id"] and d.get("category_id") in wanted_ids
          and d.get("score", 0) >= min_score]
 cols = st.columns(2)
-cols[0].image(draw_boxes(image, [dict(a, score=1.0) for a in truth], names, color=(255, 255, 255)),
-              caption=f"{info['file_name']}: {len(truth)} ground-truth box(es)")
+cols[0].image(draw_boxes(image, truth, names), caption=f"{info['file_name']}: {len(truth)} ground-truth box(es)")
 cols[1].image(draw_boxes(image, preds, names), caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}")
-rows = [{"class": names.get(d["category_id"], d["category_id"]), "score": round(d["score"], 4),
-         "box": [round(v) for v in d["bbox"]],
-         "IoU": round(best_iou(d["bbox"], [a["bbox"] for a in truth if a["category_id"] == d["category_id"]]), 3)}
-        for d in preds]
-st.dataframe(pd.DataFrame(rows or [{"class": "—", "score": None, "box": None, "IoU": None}]), hide_index=True,
-             key="ds_table")
+if not det_text.strip():
+    st.caption("Give a detections file (e.g. the detections.json of `python -m eval`) to see predictions here.")
+elif not preds:
+    st.info(f"No detection on this image with score ≥ {min_score:.2f}"
+            + (" among the chosen classes." if wanted else "."))
+else:
+    rows = [{"class": names.get(d["category_id"], d["category_id"]), "score": significant(d["score"]),
+             "box": [round(v) for v in d["bbox"]],
+             "IoU": round(best_iou(d["bbox"], [a["bbox"] for a in truth if a["category_id"] == d["category_id"]]), 3)}
+            for d in preds]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="ds_table")

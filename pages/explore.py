@@ -1,17 +1,20 @@
-"""Explore: one image, any of the classes, live thresholds and boxes."""
+"""Explore: one image, any of the classes, any box recipe, live thresholds and boxes."""
 
 from __future__ import annotations
 
 import io
 import json
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from camloc.viz import COLORMAPS, draw_boxes, overlay_heatmap
-from pages.common import METHODS, analyze_bytes, choose_images, decode, example_annotations, localizer_for, pick_model
+from camloc.viz import COLORMAPS, draw_boxes, format_score, overlay_heatmap
+from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
+from pages.inputs import choose_images, decode, demo_hint, ground_truth, pick_image
+from pages.model_picker import pick_model
+from pages.state import carry, options_filter
+from pages.tables import significant
 
 
 def png_bytes(image) -> bytes:
@@ -21,74 +24,69 @@ def png_bytes(image) -> bytes:
 
 
 st.title("Explore class activation maps")
+side = st.sidebar
 picked = pick_model()
-images = choose_images(st.sidebar)
+images = choose_images()
 if picked is None or not images:
     if picked is not None:
         st.info("Upload an image (or restore the bundled examples) to start.")
     st.stop()
 model_key, model, meta = picked
 names = meta["class_names"]
-unsupported = set(meta.get("unsupported_classes", ()))
-
-if len(images) > 1:
-    shown = st.selectbox("Image", [name for name, _ in images], key="shown_image")
-    name, data = next(item for item in images if item[0] == shown)
-else:
-    name, data = images[0]
-image = decode(name, data)
+item = pick_image(images)
+image = decode(item)
 if image is None:
     st.stop()
 
-side = st.sidebar
+carry("method", next(iter(METHODS)), options_filter(METHODS))
 method_label = side.radio("Method", list(METHODS), horizontal=True, key="method")
 method, tta = METHODS[method_label]
-localizer = localizer_for(model, meta, method, tta)
-
-# probabilities first (cached forward pass): they order the class picker
 try:
-    cam_analysis = analyze_bytes(data, model_key, "cam", tta, None, localizer_for(model, meta, "cam", tta))
+    ranking = analyze(item, model_key, model, meta, "cam", tta)  # all classes' probabilities (and CAMs)
 except (ValueError, RuntimeError) as exc:
-    st.error(f"Could not run the model on {name}: {exc}")
+    st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()
-probs = cam_analysis.probs.numpy()
-ranked = [int(k) for k in np.argsort(-probs) if names[int(k)] not in unsupported]
-class_name = side.selectbox("Class", [names[k] for k in ranked], index=0, key="class_name",
-                            help="Any class of the model; sorted by probability, the top class first")
-k = names.index(class_name)
-analysis = cam_analysis if method == "cam" else analyze_bytes(data, model_key, method, tta, (k,), localizer)
+probs = ranking.probs.numpy()
+ranked = ranked_classes(probs, meta)
+k = pick_class(ranked, meta, (model_key, item.digest))
+class_name = names[k]
+analysis = ranking if method == "cam" else analyze(item, model_key, model, meta, method, tta, (k,))
+recipe, options = pick_recipe()
+carry("alpha", 0.5)
+alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
+carry("colormap", "jet", options_filter(COLORMAPS))
+colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 
-mode = side.radio("Threshold", ["Otsu", "Fraction of max"], horizontal=True, key="threshold_mode")
-threshold = "otsu" if mode == "Otsu" else side.slider("Fraction", 0.05, 0.95, 0.3, 0.05, key="fraction")
-box_mode = side.radio("Boxes", ["all", "largest"], horizontal=True, key="box_mode")
-alpha = side.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
-colormap = side.selectbox("Colormap", sorted(COLORMAPS), index=sorted(COLORMAPS).index("jet"), key="colormap")
-
+localizer = localizer_for(model, meta, method, tta)
 heat = analysis.heatmaps([k])[0].numpy()
-detections = localizer.detections(analysis, classes=[k], threshold=threshold, mode=box_mode)
+detections = localizer.detections(analysis, classes=[k], recipe=recipe, **options)
 category_id = localizer.category_ids[k]
 overlay = overlay_heatmap(image, heat, alpha, colormap)
 boxed = draw_boxes(overlay, detections, {category_id: class_name})
 
 top_k = st.slider("Top-k classes", 1, min(20, len(ranked)), min(5, len(ranked)), key="top_k")
 st.dataframe(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
-                           "probability": [round(float(probs[c]), 4) for c in ranked[:top_k]]}),
+                           "probability": [significant(probs[c]) for c in ranked[:top_k]]}),
              hide_index=True, key="topk_table")
 cols = st.columns(3)
-cols[0].image(image, caption=f"{name} ({image.width}×{image.height})")
-cols[1].image(overlay, caption=f"{method_label} of “{class_name}” (p = {probs[k]:.3f})")
-cols[2].image(boxed, caption=f"{len(detections)} box(es), threshold {threshold}")
+cols[0].image(image, caption=f"{item.name} ({image.width}×{image.height})")
+demo_hint(model_key, meta, item, cols[0])
+cols[1].image(overlay, caption=f"{method_label} of “{class_name}” (p = {format_score(probs[k])})")
+setting = ", ".join(f"{key} {value}" for key, value in options.items())
+cols[2].image(boxed, caption=f"{len(detections)} box(es), recipe {recipe}" + (f": {setting}" if setting else ""))
 
-truth = [a for a in example_annotations(name) if a["category_id"] == category_id]
-rows = [{"box": [round(v) for v in d["bbox"]], "score": round(d["score"], 4),
-         "IoU with GT": round(best_iou(d["bbox"], [g["bbox"] for g in truth]), 3) if truth else None}
-        for d in detections]
-st.dataframe(pd.DataFrame(rows), hide_index=True, key="boxes_table")
-if example_annotations(name):
+truth = ground_truth(item.name, class_name)
+rows = [{"box": [round(v) for v in d["bbox"]], "score": significant(d["score"]),
+         **({"IoU with GT": round(best_iou(d["bbox"], truth), 3)} if truth is not None else {})} for d in detections]
+if rows:
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="boxes_table")
+else:
+    st.caption("No box: nothing in this map passes the threshold.")
+if truth is not None:
     st.caption(f"Ground truth of this example: {len(truth)} “{class_name}” object(s).")
 
 down = st.columns(2)
-down[0].download_button("Overlay PNG", png_bytes(boxed), file_name=f"{name.rsplit('.', 1)[0]}_{class_name}.png",
+down[0].download_button("Overlay PNG", png_bytes(boxed), file_name=f"{item.name.rsplit('.', 1)[0]}_{class_name}.png",
                         mime="image/png")
 down[1].download_button("Detections JSON", json.dumps(detections, indent=1), file_name="detections.json",
                         mime="application/json")

@@ -9,6 +9,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from camloc.viz import class_hex
+from pages.state import carry, options_filter
+from pages.tables import significant
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_CHOICES = {"0.50": "iou50", "0.75": "iou75", "0.50:0.95": "iou50_95"}
 AP_KEY = {"iou50": "AP50", "iou75": "AP75", "iou50_95": "AP"}
@@ -38,6 +42,7 @@ def read_metrics(folder: Path) -> dict | None:
 
 
 st.title("Precision-recall curves")
+carry("eval_folder", "")
 folder = Path(st.text_input("Evaluation folder (the --out of python -m eval)", key="eval_folder"))
 if not str(folder) or str(folder) == ".":
     st.info("Enter the output folder of `python -m eval` to plot its curves.")
@@ -52,22 +57,27 @@ key = IOU_CHOICES[iou_label]
 rows = [r for r in metrics["per_class"] if r.get("AP") is not None and str(r["category_id"]) in curves["classes"]]
 rows.sort(key=lambda r: -(r.get(AP_KEY[key]) or 0))
 names = [r["name"] for r in rows]
-chosen = st.multiselect("Classes", names, default=names[:5], key="pr_classes")
+carry("pr_classes", names[:5], options_filter(names), context=str(folder.resolve()))
+chosen = st.multiselect("Classes", names, key="pr_classes")
 
 figure = go.Figure()
 for row in rows:
     if row["name"] in chosen:
         precision = curves["classes"][str(row["category_id"])][key]
-        figure.add_trace(go.Scatter(x=curves["recall"], y=precision, mode="lines",
-                                    name=f"{row['name']} (AP={row[AP_KEY[key]]:.3f})"))
+        figure.add_trace(go.Scatter(x=curves["recall"], y=precision, mode="lines", line_shape="hv",
+                                    line={"color": class_hex(row["category_id"]), "width": 2},
+                                    name=f"{row['name']} (AP={row[AP_KEY[key]]:.3f})",
+                                    hovertemplate="%{y:.3f}"))
 figure.update_layout(xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1], yaxis_range=[0, 1.02],
-                     legend_title_text=f"IoU {iou_label}", height=480)
+                     legend_title_text=f"IoU {iou_label}", height=480, hovermode="x unified")
 st.plotly_chart(figure, key="pr_chart")
+st.caption("Curves are steps (COCO's interpolated precision at 101 recall points); hover a recall to read "
+           "every class's precision there. A class keeps its colour on every page.")
 
 st.subheader("COCO summary")
 coco = metrics["coco"]
-st.dataframe(pd.DataFrame({"metric": list(STAT_NAMES), "value": [round(coco[n], 4) for n in STAT_NAMES]}),
-             hide_index=True, key="coco_stats")
+st.dataframe(pd.DataFrame({"metric": list(STAT_NAMES), "value": [significant(coco[n]) for n in STAT_NAMES]}),
+             hide_index=True, height="content", key="coco_stats")
 if metrics.get("voc_map50") is not None:
     st.caption(f"VOC mAP@0.5 (all-point): {metrics['voc_map50']:.4f}")
 st.subheader("Per-class AP")

@@ -1,27 +1,44 @@
 """Every page of the Streamlit app, driven by streamlit.testing.v1.AppTest."""
 
+import functools
+import hashlib
+import http.server
 import json
+import re
 import shutil
+import threading
 
 import pytest
 import streamlit as st
+import torch
 from streamlit.testing.v1 import AppTest
 
+from camloc import pretrained
+from camloc.classes import COCO_NAMES
 from camloc.demo import EXAMPLES
 from camloc.evaluation import localization_metrics
+from camloc.models import build_torchvision, save_checkpoint
+from camloc.recipes import RECIPES
+from camloc.synthetic import generate
+from camloc.viz import class_hex
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
-from tests.helpers import gradient_image, image_bytes
+from tests.helpers import gradient_image, image_bytes, random_head_model
+from train.cli import main as train_main
 
 TIMEOUT = 180
+EXAMPLE_ANNOTATIONS = json.loads((EXAMPLES / "annotations.json").read_text())
 
 
-def page(name: str, monkeypatch, checkpoints=None) -> AppTest:
-    """A page with fresh caches (so forward passes are counted from zero)."""
+def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppTest:
+    """A page (or the whole app for ``app.py``) with fresh caches, so forward passes count from zero."""
     st.cache_data.clear()
     monkeypatch.chdir(ROOT)
+    if offline:
+        monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")
     if checkpoints is not None:
         monkeypatch.setenv("CAMLOC_CHECKPOINTS", str(checkpoints))
-    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=TIMEOUT)
+    path = ROOT / name if name == "app.py" else ROOT / "pages" / name
+    return AppTest.from_file(str(path), default_timeout=TIMEOUT)
 
 
 def boxes_table(at: AppTest):
@@ -32,11 +49,32 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def image_captions(at: AppTest) -> list[str]:
+    return [caption for image in at.get("image") for caption in image.captions]
+
+
+def texts(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+@pytest.fixture
+def coco_checkpoints(tmp_path):
+    """A folder with a (random-head) COCO-80 checkpoint: a model whose classes are COCO's."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    model, meta = random_head_model("resnet18", 80)
+    save_checkpoint(model, meta, folder / "coco.pt")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ Explore
+
 def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     at = page("explore.py", monkeypatch, tmp_path).run()
     no_exception(at)
     assert at.session_state["forward_passes"] == 1
     assert at.sidebar.selectbox(key="model_label").value.startswith("Demo")
+    assert at.sidebar.selectbox(key="recipe").options == list(RECIPES)
     first = boxes_table(at).to_string()
     top = at.dataframe[0].value
     assert len(top) == 5 and top["probability"].is_monotonic_decreasing
@@ -57,17 +95,80 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     assert len(boxes_table(at)) == 1 and at.session_state["forward_passes"] == 2
 
 
+def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    at.sidebar.radio(key="method").set_value("TTA-CAM").run()
+    no_exception(at)
+    assert at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once
+    assert "TTA-CAM of" in image_captions(at)[1]
+    at.sidebar.selectbox(key="class_name").select_index(2).run()
+    at.sidebar.radio(key="threshold_mode").set_value("Fraction of max").run()
+    at.sidebar.radio(key="method").set_value("CAM").run()
+    at.sidebar.radio(key="method").set_value("TTA-CAM").run()
+    no_exception(at)
+    assert at.session_state["forward_passes"] == 6
+
+
+def test_recipe_controls_follow_the_recipe_parameters(monkeypatch, tmp_path):
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    for name, recipe in RECIPES.items():
+        at.sidebar.selectbox(key="recipe").set_value(name).run()
+        no_exception(at)
+        shown = {w.key for w in at.sidebar.radio}
+        assert ("threshold_mode" in shown) == ("threshold" in recipe.parameters())
+        assert ("box_mode" in shown) == ("mode" in recipe.parameters())
+        assert f"recipe {name}" in image_captions(at)[2]
+
+
+def test_a_new_image_selects_its_own_top_class(monkeypatch, tmp_path):
+    """Bug 1: the class picker kept the previous image's class after a new image."""
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    classes = at.sidebar.selectbox(key="class_name")
+    first_top = classes.value
+    picked = classes.options[-1]
+    classes.set_value(picked).run()
+    at.sidebar.selectbox(key="example").set_value("shapes_000002.jpg").run()
+    no_exception(at)
+    top = at.dataframe[0].value["class"][0]
+    assert at.sidebar.selectbox(key="class_name").value == top != picked
+    assert f"of “{top}”" in image_captions(at)[1]
+    at.sidebar.selectbox(key="example").set_value("shapes_000001.jpg").run()
+    assert at.sidebar.selectbox(key="class_name").value == picked  # picked for this image: stays picked
+    upload = (EXAMPLES / "shapes_000005.jpg").read_bytes()
+    at.sidebar.file_uploader(key="uploads").set_value(("mine.jpg", upload, "image/jpeg")).run()
+    assert at.sidebar.selectbox(key="class_name").value == at.dataframe[0].value["class"][0] != first_top
+
+
+def test_a_new_model_selects_its_own_top_class(monkeypatch, coco_checkpoints):
+    at = page("explore.py", monkeypatch, coco_checkpoints).run()
+    at.sidebar.selectbox(key="class_name").select_index(3).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="class_name").value == at.dataframe[0].value["class"][0]
+
+
 def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
-    annotations = json.loads((EXAMPLES / "annotations.json").read_text())
-    first = annotations["annotations"][0]
-    name = next(im["file_name"] for im in annotations["images"] if im["id"] == first["image_id"])
-    category = next(c["name"] for c in annotations["categories"] if c["id"] == first["category_id"])
+    first = EXAMPLE_ANNOTATIONS["annotations"][0]
+    name = next(im["file_name"] for im in EXAMPLE_ANNOTATIONS["images"] if im["id"] == first["image_id"])
+    category = next(c["name"] for c in EXAMPLE_ANNOTATIONS["categories"] if c["id"] == first["category_id"])
     at = page("explore.py", monkeypatch, tmp_path).run()
     at.sidebar.selectbox(key="example").set_value(name).run()
     at.sidebar.selectbox(key="class_name").set_value(category).run()
     no_exception(at)
     ious = boxes_table(at)["IoU with GT"]
     assert ious.notna().all() and ious.max() > 0
+    assert "Ground truth of this example" in texts(at.caption)
+
+
+def test_ground_truth_only_for_the_models_own_classes(monkeypatch, coco_checkpoints):
+    """Bug 2: under a COCO model the shapes' category id 1 was read as COCO's person."""
+    at = page("explore.py", monkeypatch, coco_checkpoints).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    for class_name in ("person", "bicycle"):  # COCO ids 1 and 2 = the shapes' red disc and blue square
+        at.sidebar.selectbox(key="class_name").set_value(class_name).run()
+        no_exception(at)
+        assert "Ground truth" not in texts(at.caption)
+        assert "IoU with GT" not in boxes_table(at).columns
 
 
 def test_uploads_good_and_bad(monkeypatch, tmp_path):
@@ -80,10 +181,21 @@ def test_uploads_good_and_bad(monkeypatch, tmp_path):
     no_exception(at)
     assert any("truncated" in e.value for e in at.error)
     at.sidebar.file_uploader(key="uploads").set_value([("a.jpg", jpeg, "image/jpeg"),
-                                                       ("b.png", image_bytes(gradient_image(90, 60)), "image/png")])
+                                                       ("b.png", image_bytes(gradient_image(90, 60)), "image/png"),
+                                                       ("a.jpg", jpeg[:-7] + b"\xff\xd9", "image/jpeg")])
     at.run()
     no_exception(at)
-    assert not at.error and at.selectbox(key="shown_image").options == ["a.jpg", "b.png"]
+    assert not at.error and at.selectbox(key="shown_image").options == ["a.jpg", "b.png", "a (2).jpg"]
+
+
+def test_the_demo_model_says_it_only_knows_shapes(monkeypatch, tmp_path):
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    assert not at.info  # a bundled example: the demo model is the right one
+    photo = image_bytes(gradient_image(240, 320), "JPEG")
+    at.sidebar.file_uploader(key="uploads").set_value(("holiday.jpg", photo, "image/jpeg")).run()
+    no_exception(at)
+    hint = texts(at.info)
+    assert "knows only 6 synthetic shapes" in hint and "**Model**" in hint
 
 
 @pytest.mark.realdata
@@ -95,6 +207,7 @@ def test_explore_with_a_real_coco_model_and_image(monkeypatch, tmp_path):
     at.sidebar.file_uploader(key="uploads").set_value(
         ("dog.jpg", (VAL_IMAGES / "000000005001.jpg").read_bytes(), "image/jpeg")).run()
     no_exception(at)
+    assert not at.info  # a real model on a real photo: no demo hint
     classes = at.sidebar.selectbox(key="class_name").options
     assert len(classes) == 80 and set(classes) >= {"person", "toothbrush"}
     before = boxes_table(at).to_string()
@@ -102,21 +215,230 @@ def test_explore_with_a_real_coco_model_and_image(monkeypatch, tmp_path):
     assert boxes_table(at).to_string() != before
 
 
+# ------------------------------------------------------------------------------------------ shared state
+
+def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coco_checkpoints, tmp_path):
+    """Bug 3: going from Explore to All classes reset the folder and the model and dropped the upload."""
+    at = page("app.py", monkeypatch).run()
+    no_exception(at)
+    at.sidebar.text_input(key="checkpoint_folder").set_value(str(coco_checkpoints)).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    photo = image_bytes(gradient_image(120, 160, seed=3), "PNG")
+    at.sidebar.file_uploader(key="uploads").set_value(("street.png", photo, "image/png")).run()
+    at.sidebar.selectbox(key="class_name").set_value("giraffe").run()
+    passes = at.session_state["forward_passes"]
+    for target in ("pages/all_classes.py", "pages/pr_curves.py", "pages/compare.py", "pages/explore.py"):
+        at.switch_page(target).run()
+        no_exception(at)
+        if target == "pages/pr_curves.py":
+            continue
+        assert at.sidebar.text_input(key="checkpoint_folder").value == str(coco_checkpoints)
+        assert at.sidebar.selectbox(key="model_label").value == "coco.pt"
+        assert "Showing your upload: street.png" in texts(at.sidebar.caption)
+        if target != "pages/all_classes.py":
+            assert at.sidebar.selectbox(key="class_name").value == "giraffe"
+    assert image_captions(at)[0].startswith("street.png")
+    assert at.session_state["forward_passes"] == passes + 7  # only Compare's Grad-CAM, Grad-CAM++ and TTA views
+    at.sidebar.button(key="clear_uploads").click().run()
+    assert image_captions(at)[0].startswith("shapes_")
+
+
 def test_all_classes_page(monkeypatch, tmp_path):
     at = page("all_classes.py", monkeypatch, tmp_path).run()
     no_exception(at)
-    legend = at.dataframe[0].value
-    assert len(legend) == 4 and legend["colour"].str.match(r"^#[0-9a-f]{6}$").all()
-    at.multiselect(key="overlay_classes").set_value(list(legend["class"][:2])).run()
+    legend = at.dataframe[0]
+    assert len(legend.value) == 4 and legend.value["colour"].eq("").all()  # a swatch, not a colour code
+    names = {c["name"]: c["id"] for c in EXAMPLE_ANNOTATIONS["categories"]}
+    swatches = re.findall(r"background-color: (#[0-9a-f]{6})", legend.proto.arrow_data.styler.styles)
+    assert swatches == [class_hex(names[n]) for n in legend.value["class"]]
+    at.multiselect(key="overlay_classes").set_value(list(legend.value["class"][:2])).run()
     at.sidebar.slider(key="grid_k").set_value(3).run()
     no_exception(at)
     assert len(at.dataframe[0].value) == 2
     assert at.session_state["forward_passes"] == 1
 
 
+def test_all_classes_overlay_follows_a_model_switch(monkeypatch, coco_checkpoints):
+    """Bug 4: after a model switch the overlay's class multiselect came up empty."""
+    at = page("all_classes.py", monkeypatch, coco_checkpoints).run()
+    at.multiselect(key="overlay_classes").set_value(at.multiselect(key="overlay_classes").value[:1]).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    no_exception(at)
+    chosen = at.multiselect(key="overlay_classes").value
+    assert len(chosen) == 4 and set(chosen) <= set(COCO_NAMES)
+    assert not at.info  # no "pick at least one class"
+    at.sidebar.selectbox(key="model_label").set_value(at.sidebar.selectbox(key="model_label").options[0]).run()
+    assert len(at.multiselect(key="overlay_classes").value) == 1  # the choice made for the demo model is back
+
+
+# ------------------------------------------------------------------------------------------ Compare
+
+def test_compare_shows_every_method_and_recipe_with_iou(monkeypatch, tmp_path):
+    at = page("compare.py", monkeypatch, tmp_path).run()
+    no_exception(at)
+    captions = image_captions(at)
+    methods = ("CAM", "Grad-CAM", "Grad-CAM++", "TTA-CAM")
+    assert [c.split(":")[0] for c in captions] == [*methods, *RECIPES]
+    assert all("top box IoU" in c for c in captions)  # the example is annotated and the model knows its classes
+    table = at.dataframe[0].value
+    assert len(table) == 4 * len(RECIPES) and list(table["method"].unique()) == list(methods)
+    assert table["IoU of top box"].between(0, 1).all() and table["IoU of top box"].max() > 0.3
+    assert at.session_state["forward_passes"] == 1 + 1 + 1 + 5  # CAM, Grad-CAM, Grad-CAM++, the other TTA views
+    at.sidebar.selectbox(key="class_name").select_index(1).run()
+    assert at.session_state["forward_passes"] == 10  # a new class: only the two gradient methods run again
+    at.radio(key="compare_maps").set_value("TTA-CAM").run()
+    at.sidebar.slider(key="alpha").set_value(0.2).run()
+    no_exception(at)
+    assert at.session_state["forward_passes"] == 10
+
+
+def test_compare_without_ground_truth(monkeypatch, coco_checkpoints):
+    at = page("compare.py", monkeypatch, coco_checkpoints).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    no_exception(at)
+    assert "no ground truth for this image and class" in texts(at.caption)
+    assert "IoU of top box" not in at.dataframe[0].value.columns
+
+
+# ------------------------------------------------------------------------------------------ torchvision models
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A local file server with a MobileNetV2 ImageNet state_dict named like torchvision's files."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    torch.manual_seed(0)
+    tmp_file = folder / "weights.pth"
+    torch.save(build_torchvision("mobilenet_v2", 1000).state_dict(), tmp_file)
+    name = f"mobilenet_v2-{hashlib.sha256(tmp_file.read_bytes()).hexdigest()[:8]}.pth"
+    tmp_file.rename(folder / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{name}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_torchvision_model_offline_names_the_file_and_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="model_label").options == ["Demo: synthetic shapes (offline, bundled)"]
+    captions = texts(at.sidebar.caption)
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    for arch in ("resnet50", "mobilenet_v2"):
+        weights = pretrained.imagenet_weights(arch)
+        assert f"offline — download {weights.file_name} ({weights.url}) into {folder}" in captions
+
+
+def test_torchvision_model_downloads_once_then_runs(monkeypatch, tmp_path, weights_server):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(pretrained.OFFLINE_ENV, raising=False)
+    served = {"mobilenet_v2": weights_server, "resnet50": "http://127.0.0.1:9/resnet50-11ad3fa6.pth"}  # port 9: closed
+    monkeypatch.setattr(pretrained, "imagenet_weights", lambda arch: pretrained.PretrainedWeights(arch, served[arch]))
+    calls, reported = [], []
+    download = pretrained.download
+
+    def watched(weights, progress):
+        calls.append(weights.arch)
+        return download(weights, lambda *a: (reported.append(a), progress(*a)))
+
+    monkeypatch.setattr(pretrained, "download", watched)
+    st.cache_resource.clear()
+    at = page("explore.py", monkeypatch, tmp_path, offline=False).run()
+    no_exception(at)
+    label = "torchvision MobileNetV2 (ImageNet → COCO)"
+    assert label in at.sidebar.selectbox(key="model_label").options
+    assert "downloads its weights once when chosen" in texts(at.sidebar.caption)
+    assert "ResNet-50 (ImageNet → COCO): offline — download resnet50-11ad3fa6.pth" in texts(at.sidebar.caption)
+    at.sidebar.selectbox(key="model_label").set_value(label).run()
+    no_exception(at)
+    assert not at.error
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / weights_server.rsplit("/", 1)[1]
+    size = cached.stat().st_size
+    assert cached.is_file() and len(reported) > 1 and reported[-1] == (size, size)  # the progress bar's feed
+    classes = at.sidebar.selectbox(key="class_name").options
+    assert len(classes) < 80 and "dog" in classes and "person" not in classes  # no ImageNet counterpart
+    at.sidebar.selectbox(key="model_label").set_value(at.sidebar.selectbox(key="model_label").options[0]).run()
+    at.sidebar.selectbox(key="model_label").set_value(label).run()
+    no_exception(at)
+    assert calls == ["mobilenet_v2"]  # downloaded once, then taken from the cache
+    assert "MobileNetV2 (ImageNet → COCO): downloads" not in texts(at.sidebar.caption)
+
+
+# ------------------------------------------------------------------------------------------ Training runs
+
+def write_log(folder, records) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_training_runs_page_plots_a_log(monkeypatch, tmp_path):
+    records = [{"epoch": e, "train_loss": 1.0 / e, "images_per_s": 50.0, "skipped_images": 0, "lr": 1e-3 / e,
+                "val_map": m, "val_loc_ap50": 0.1 * m} for e, m in ((1, 0.2), (2, 0.5), (3, 0.4))]
+    write_log(tmp_path / "runs" / "r1", records)
+    write_log(tmp_path / "runs" / "nested" / "r2", records[:1])
+    at = page("training_runs.py", monkeypatch, tmp_path / "runs").run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="run").options == ["nested/r2", "r1"]
+    at.sidebar.selectbox(key="run").set_value("r1").run()
+    no_exception(at)
+    assert {m.label: m.value for m in at.metric} == {"epochs": "3", "best epoch": "2", "best validation mAP": "0.500",
+                                                      "its localisation AP50": "0.050"}
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = {t["name"]: t["y"] for t in spec["data"]}
+    assert traces["training loss"] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert traces["validation mAP (classification)"] == [0.2, 0.5, 0.4]
+    assert traces["learning rate"] == pytest.approx([1e-3, 5e-4, 1e-3 / 3])
+    assert len(at.dataframe[0].value) == 3
+    assert "settings are unknown" in texts(at.caption)  # a log without checkpoints
+
+
+def test_training_runs_page_bad_folders_give_one_line(monkeypatch, tmp_path):
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "log.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n{"epoch": 2, "tra')
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "log.jsonl").write_text("[1, 2]\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "log.jsonl").write_text("")
+    at = page("training_runs.py", monkeypatch, tmp_path / "nothing").run()
+    no_exception(at)
+    assert "No training run under" in texts(at.info)
+    for folder, message in [("torn", "line 2 is not JSON"), ("list", "line 1 is not an epoch record"),
+                            ("empty", "is empty"), ("missing", "is not a folder"), ("", "has no log.jsonl")]:
+        at.sidebar.text_input(key="run_path").set_value(str(tmp_path / folder)).run()
+        no_exception(at)
+        assert len(at.error) == 1 and message in at.error[0].value, (folder, at.error)
+
+
+@pytest.mark.slow
+def test_training_runs_page_on_a_real_tiny_run(monkeypatch, tmp_path):
+    data = generate(tmp_path / "data", 24, 8, 3, 64, 0)
+    out = tmp_path / "runs" / "tiny"
+    assert train_main(["--images", str(data / "train"), "--ann", str(data / "annotations/instances_train.json"),
+                       "--val-images", str(data / "val"), "--val-ann", str(data / "annotations/instances_val.json"),
+                       "--arch", "mobilenet_v2", "--weights", "none", "--epochs", "2", "--img-size", "64",
+                       "--batch-size", "8", "--workers", "0", "--device", "cpu", "--val-limit", "4",
+                       "--out", str(out)]) == 0
+    at = page("training_runs.py", monkeypatch, tmp_path / "runs").run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="run").value == "tiny"
+    names = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert names == {"training loss", "validation mAP (classification)", "localisation AP50 (CAM boxes)",
+                     "learning rate"}
+    settings = dict(zip(*at.dataframe[1].value.T.values))
+    assert settings["arch"] == "mobilenet_v2" and settings["epochs"] == "2"
+    assert at.metric[0].value == "2"
+
+
+# ------------------------------------------------------------------------------------------ PR curves, dataset
+
 @pytest.fixture
 def eval_folder(tmp_path):
-    gt = json.loads((EXAMPLES / "annotations.json").read_text())
+    gt = EXAMPLE_ANNOTATIONS
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9 - 0.01 * i,
              "bbox": [a["bbox"][0] + 3, a["bbox"][1] - 2, a["bbox"][2], a["bbox"][3] + 4]}
             for i, a in enumerate(gt["annotations"])]
@@ -134,7 +456,12 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     names = [trace["name"] for trace in spec["data"]]
     assert names and all("(AP=" in n for n in names)
-    assert len(at.dataframe[0].value) == 12
+    ids = {c["name"]: c["id"] for c in EXAMPLE_ANNOTATIONS["categories"]}
+    for trace in spec["data"]:  # colour fixed by class, steps, one hover for all classes
+        assert trace["line"]["color"] == class_hex(ids[trace["name"].split(" (AP=")[0]])
+        assert trace["line"]["shape"] == "hv"
+    assert spec["layout"]["hovermode"] == "x unified"
+    assert len(at.dataframe[0].value) == 12  # the browser test checks that all 12 rows show without a scroll
     assert not at.json  # nothing but the intended elements (no stray "magic" output)
     at.radio(key="iou").set_value("0.75").run()
     spec_75 = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -153,7 +480,8 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
 def test_dataset_browser(monkeypatch, tmp_path):
     at = page("dataset.py", monkeypatch).run()
     no_exception(at)
-    gt = json.loads((EXAMPLES / "annotations.json").read_text())
+    assert not at.dataframe and "Give a detections file" in texts(at.caption)
+    gt = EXAMPLE_ANNOTATIONS
     dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=0.5)
             for a in gt["annotations"]]
     (tmp_path / "dets.json").write_text(json.dumps(dets))
@@ -161,6 +489,9 @@ def test_dataset_browser(monkeypatch, tmp_path):
     no_exception(at)
     table = at.dataframe[0].value
     assert len(table) >= 1 and (table["IoU"] == 1.0).all()
+    at.sidebar.slider(key="ds_min_score").set_value(0.9).run()
+    no_exception(at)
+    assert not at.dataframe and "No detection on this image with score ≥ 0.90" in texts(at.info)
     at.number_input(key="ds_index").set_value(2).run()
     at.sidebar.multiselect(key="ds_classes").set_value([gt["categories"][0]["name"]]).run()
     no_exception(at)

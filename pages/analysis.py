@@ -1,0 +1,92 @@
+"""Cached forward passes and the pickers that read them: class (per image) and box recipe.
+
+The network runs once per (image bytes, model, method, classes, view) and the result is cached,
+so changing the class, threshold, box mode, recipe, opacity or colormap re-derives maps and boxes
+from the cache. TTA-CAM is the average of six cached views, one of which is the plain CAM pass,
+so switching to it runs the network five more times and never again for that image.
+``st.session_state["forward_passes"]`` counts the views really computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from camloc.boxes import BOX_MODES
+from camloc.localize import Analysis, Localizer
+from camloc.models import CamModel
+from camloc.recipes import DEFAULT_RECIPE, RECIPES
+from pages.inputs import InputImage
+from pages.state import carry, options_filter
+
+METHODS = {"CAM": ("cam", False), "Grad-CAM": ("gradcam", False), "Grad-CAM++": ("gradcampp", False),
+           "TTA-CAM": ("cam", True)}
+THRESHOLD_MODES = ("Otsu", "Fraction of max")
+
+
+def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False) -> Localizer:
+    return Localizer(model, meta, method=method, tta=tta, device="cpu")
+
+
+@st.cache_data(show_spinner="Running the network…", max_entries=256)
+def _analyze_view(image_bytes: bytes, model_key: str, method: str, classes: tuple[int, ...] | None,
+                  view: tuple[float, bool], _localizer: Localizer) -> Analysis:
+    """One view's forward pass (and backward, for gradient methods), cached on the bytes themselves."""
+    st.session_state["forward_passes"] = st.session_state.get("forward_passes", 0) + 1
+    return _localizer.analyze([image_bytes], classes, views=[view])[0]
+
+
+def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], method: str = "cam",
+            tta: bool = False, classes: tuple[int, ...] | None = None) -> Analysis:
+    """The analysis of ``image`` (maps of ``classes``, default all) from cached views."""
+    localizer = localizer_for(model, meta, method, tta)
+    views = [_analyze_view(image.data, model_key, method, classes, view, localizer) for view in localizer.views()]
+    return views[0] if len(views) == 1 else Analysis.average(views)
+
+
+def ranked_classes(probs: np.ndarray, meta: dict[str, Any]) -> list[int]:
+    """Class indices by decreasing probability, without the classes the model cannot see."""
+    unsupported = set(meta.get("unsupported_classes", ()))
+    return [int(k) for k in np.argsort(-probs, kind="stable") if meta["class_names"][int(k)] not in unsupported]
+
+
+def pick_class(ranked: list[int], meta: dict[str, Any], context: tuple, where=st.sidebar) -> int:
+    """The class picker: a new image or model starts on its own top class; a class picked for this
+    image (``context``) stays picked, on every page."""
+    names = meta["class_names"]
+    options = [names[k] for k in ranked]
+    carry("class_name", options[0], options_filter(options), context=context)
+    chosen = where.selectbox("Class", options, key="class_name",
+                             help="Any class of the model; sorted by probability, the top class first")
+    return names.index(chosen)
+
+
+def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
+    """The box recipe picker with the threshold / box-mode controls the chosen recipe has.
+
+    Returns the recipe's name and the options set here (the recipe's defaults for the others);
+    each recipe remembers its own settings.
+    """
+    names = list(RECIPES)
+    name = carry("recipe", DEFAULT_RECIPE if DEFAULT_RECIPE in names else names[0], options_filter(names))
+    name = where.selectbox("Box recipe", names, key="recipe",
+                           help="How maps become boxes (camloc.recipes); new recipes appear here by themselves")
+    recipe = RECIPES[name]
+    if recipe.__doc__:
+        where.caption(recipe.__doc__.strip().splitlines()[0])
+    defaults = recipe.parameters()
+    options: dict[str, Any] = {}
+    if "threshold" in defaults:
+        otsu = defaults["threshold"] == "otsu"
+        carry("threshold_mode", THRESHOLD_MODES[0 if otsu else 1], options_filter(THRESHOLD_MODES), context=name)
+        if where.radio("Threshold", THRESHOLD_MODES, horizontal=True, key="threshold_mode") == THRESHOLD_MODES[0]:
+            options["threshold"] = "otsu"
+        else:
+            carry("fraction", 0.3 if otsu else float(defaults["threshold"]), context=name)
+            options["threshold"] = where.slider("Fraction", 0.05, 0.95, step=0.05, key="fraction")
+    if "mode" in defaults:
+        carry("box_mode", defaults["mode"], options_filter(BOX_MODES), context=name)
+        options["mode"] = where.radio("Boxes", BOX_MODES, horizontal=True, key="box_mode")
+    return name, options

@@ -1,0 +1,123 @@
+"""The sidebar's model picker, shared by the image pages: the bundled demo model, checkpoints under a
+folder, and torchvision's ImageNet models with the ImageNet→COCO head (downloaded on first use when
+the machine is online, with a progress bar; offline, the caption says which file to put where)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from camloc import pretrained
+from camloc.demo import DEMO_CHECKPOINT
+from camloc.models import CamModel, ModelError, load_model
+from pages.state import carry, options_filter
+
+TORCHVISION_MODELS = {"torchvision ResNet-50 (ImageNet → COCO)": "resnet50",
+                      "torchvision MobileNetV2 (ImageNet → COCO)": "mobilenet_v2"}
+DEMO_LABEL = "Demo: synthetic shapes (offline, bundled)"
+DEMO_KEY = f"file:{DEMO_CHECKPOINT}"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model picker: a label, a stable key, whether it can be chosen now, and why not."""
+
+    label: str
+    key: str
+    available: bool
+    hint: str = ""
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def online(url: str) -> bool:
+    """:func:`camloc.pretrained.is_online`, asked at most once a minute."""
+    return pretrained.is_online(url)
+
+
+def checkpoint_folder() -> Path:
+    """Where the model picker looks for checkpoints by default: ``$CAMLOC_CHECKPOINTS``, else ``runs/``."""
+    return Path(os.environ.get("CAMLOC_CHECKPOINTS", "runs"))
+
+
+def model_choices(folder: Path) -> list[ModelChoice]:
+    """The demo model, checkpoints under ``folder`` (``*.pt``/``*.pth``), and torchvision ImageNet models."""
+    choices = [ModelChoice(DEMO_LABEL, DEMO_KEY, DEMO_CHECKPOINT.is_file())]
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.suffix in (".pt", ".pth") and p.is_file()):
+            choices.append(ModelChoice(f"{path.relative_to(folder)}", f"file:{path.resolve()}", True))
+    for label, arch in TORCHVISION_MODELS.items():
+        weights = pretrained.imagenet_weights(arch)
+        if weights.is_cached():
+            choices.append(ModelChoice(label, f"torchvision:{arch}", True))
+        elif online(weights.url):
+            size = f"{weights.size_mb:.0f} MB" if weights.size_mb else "its weights"
+            choices.append(ModelChoice(label, f"torchvision:{arch}", True, f"downloads {size} once when chosen"))
+        else:
+            choices.append(ModelChoice(label, f"torchvision:{arch}", False,
+                                       f"offline — {pretrained.manual_hint(weights)} to use it"))
+    return choices
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=4)
+def load_choice(key: str, mtime: float) -> tuple[CamModel, dict[str, Any]]:
+    """Load a model by key (``file:PATH`` or ``torchvision:ARCH``); ``mtime`` invalidates on change."""
+    kind, _, value = key.partition(":")
+    if kind == "file":
+        return load_model(value)
+    return pretrained.load_imagenet_coco(pretrained.imagenet_weights(value))
+
+
+def model_mtime(key: str) -> float:
+    kind, _, value = key.partition(":")
+    path = Path(value) if kind == "file" else pretrained.imagenet_weights(value).path
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def fetch_weights(arch: str) -> None:
+    """Download a torchvision model's weights with a progress bar (a :class:`ModelError` on failure)."""
+    weights = pretrained.imagenet_weights(arch)
+    bar = st.progress(0.0, text=f"Downloading {weights.file_name}…")
+
+    def show(done: int, total: int | None) -> None:
+        of_total = f" of {total / 2**20:.1f}" if total else ""
+        bar.progress(min(done / total, 1.0) if total else 0.0,
+                     text=f"Downloading {weights.file_name}: {done / 2**20:.1f}{of_total} MB")
+
+    try:
+        pretrained.download(weights, show)
+    finally:
+        bar.empty()
+
+
+def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
+    """The model picker; returns ``(key, model, meta)`` or shows in one line why nothing can be loaded."""
+    carry("checkpoint_folder", str(checkpoint_folder()))
+    folder = Path(where.text_input("Checkpoint folder", key="checkpoint_folder",
+                                   help="*.pt / *.pth files below this folder are offered (camloc checkpoints or "
+                                        "state_dicts with a JSON sidecar)"))
+    choices = model_choices(folder)
+    usable = [c for c in choices if c.available]
+    if not usable:
+        st.error("No model is available: the bundled demo checkpoint is missing and no checkpoint was found. "
+                 f"Put a checkpoint under {folder} or train one with `python -m train`.")
+        return None
+    labels = [c.label for c in usable]
+    carry("model_label", labels[0], options_filter(labels))
+    label = where.selectbox("Model", labels, key="model_label")
+    for c in choices:
+        if c.hint:
+            where.caption(f"{c.label}: {c.hint}")
+    choice = next(c for c in usable if c.label == label)
+    try:
+        kind, _, arch = choice.key.partition(":")
+        if kind == "torchvision" and not pretrained.imagenet_weights(arch).is_cached():
+            fetch_weights(arch)
+        model, meta = load_choice(choice.key, model_mtime(choice.key))
+    except (ModelError, OSError, RuntimeError) as exc:
+        st.error(f"Cannot load {choice.label}: {exc}")
+        return None
+    return choice.key, model, meta

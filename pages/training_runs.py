@@ -1,0 +1,88 @@
+"""Training runs: the per-epoch curves of a `python -m train` run, its settings and its best epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from pages.model_picker import checkpoint_folder
+from pages.run_log import Run, RunLogError, find_runs, read_run
+from pages.state import carry, options_filter
+from pages.tables import significant
+
+CURVES = (  # (subplot, log key, label)
+    (1, "train_loss", "training loss"),
+    (2, "val_map", "validation mAP (classification)"),
+    (2, "val_loc_ap50", "localisation AP50 (CAM boxes)"),
+    (3, "lr", "learning rate"),
+)
+
+
+def curves(run: Run) -> go.Figure:
+    """Loss, validation scores and learning rate per epoch, with the best epoch marked."""
+    figure = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "validation", "learning rate"))
+    for col, key, label in CURVES:
+        epochs, values = run.series(key)
+        if epochs:
+            figure.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=label), row=1, col=col)
+    best = run.best()
+    if best is not None:
+        figure.add_vline(x=best["epoch"], line_dash="dot", line_color="grey")
+    figure.update_xaxes(title_text="epoch", dtick=max(1, len(run.epochs) // 10))
+    figure.update_yaxes(exponentformat="power", row=1, col=3)
+    figure.update_layout(height=380, legend={"orientation": "h", "y": -0.25}, hovermode="x unified")
+    return figure
+
+
+st.title("Training runs")
+side = st.sidebar
+carry("checkpoint_folder", str(checkpoint_folder()))
+root = Path(side.text_input("Checkpoint folder", key="checkpoint_folder",
+                            help="Run folders (with a log.jsonl) below this folder are listed"))
+runs = find_runs(root)
+labels = [str(p.relative_to(root)) if p != root else "." for p in runs]
+if labels:
+    carry("run", labels[-1], options_filter(labels))
+    label = side.selectbox("Run", labels, key="run")
+carry("run_path", "")
+typed = side.text_input("…or a run folder", key="run_path", help="The --out folder of `python -m train`")
+if typed.strip():
+    folder = Path(typed.strip())
+elif labels:
+    folder = runs[labels.index(label)]
+else:
+    st.info(f"No training run under {root}. Train one with `python -m train ... --out {root}/NAME`, "
+            "or type a run folder in the sidebar.")
+    st.stop()
+
+try:
+    run = read_run(folder)
+except RunLogError as exc:
+    st.error(str(exc))
+    st.stop()
+
+best = run.best()
+last = run.epochs[-1]
+stats = st.columns(4)
+stats[0].metric("epochs", last["epoch"])
+stats[1].metric("best epoch", best["epoch"] if best else "—", help="highest validation mAP: the epoch best.pt holds")
+stats[2].metric("best validation mAP", f"{best['val_map']:.3f}" if best else "—")
+loc = best.get("val_loc_ap50") if best else None
+stats[3].metric("its localisation AP50", f"{loc:.3f}" if isinstance(loc, (int, float)) else "—")
+if best is None:
+    st.caption("This run has no validation scores (no --val-images): best.pt is the last epoch.")
+st.plotly_chart(curves(run), key="run_chart")
+
+st.subheader("Per epoch")
+table = pd.DataFrame(run.epochs)
+st.dataframe(table.map(lambda v: significant(v) if isinstance(v, float) else v), hide_index=True, key="run_table")
+st.subheader("Settings")
+if run.settings:
+    st.dataframe(pd.DataFrame({"setting": list(run.settings), "value": list(run.settings.values())}),
+                 hide_index=True, height="content", key="run_settings")
+else:
+    st.caption(f"No readable last.pt / best.pt in {folder}: the run's settings are unknown.")
