@@ -9,6 +9,7 @@ so switching to it runs the network five more times and never again for that ima
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,7 @@ def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
                            help="How maps become boxes (camloc.recipes); new recipes appear here by themselves")
     recipe = RECIPES[name]
     if recipe.__doc__:
-        where.caption(recipe.__doc__.strip().splitlines()[0])
+        where.caption(re.sub(r":\w+:`~?([^`]+)`", r"`\1`", recipe.__doc__.strip().splitlines()[0]))
     defaults = recipe.parameters()
     options: dict[str, Any] = {}
     if "threshold" in defaults:

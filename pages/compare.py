@@ -13,7 +13,7 @@ from camloc.recipes import RECIPES
 from camloc.viz import COLORMAPS, GROUND_TRUTH_COLOR, draw_boxes, format_score, overlay_heatmap
 from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
-from pages.inputs import choose_images, decode, demo_hint, ground_truth, pick_image
+from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
 from pages.state import carry, options_filter
 from pages.tables import significant
@@ -54,6 +54,7 @@ st.title("Compare methods and box recipes")
 side = st.sidebar
 picked = pick_model()
 images = choose_images()
+gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     st.stop()
 model_key, model, meta = picked
@@ -80,7 +81,7 @@ colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 class_name = names[k]
 localizer: Localizer = localizer_for(model, meta)
 category_id = localizer.category_ids[k]
-truth = ground_truth(item.name, class_name)
+truth = ground_truth(gt_data, item.name, class_name)
 overlays = {label: overlay_heatmap(image, a.heatmaps([k])[0].numpy(), alpha, colormap) for label, a in analyses.items()}
 demo_hint(model_key, meta, item)
 st.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[k])})"

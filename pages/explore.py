@@ -11,7 +11,7 @@ import streamlit as st
 from camloc.viz import COLORMAPS, draw_boxes, format_score, overlay_heatmap
 from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
-from pages.inputs import choose_images, decode, demo_hint, ground_truth, pick_image
+from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
 from pages.state import carry, options_filter
 from pages.tables import significant
@@ -27,6 +27,7 @@ st.title("Explore class activation maps")
 side = st.sidebar
 picked = pick_model()
 images = choose_images()
+gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     if picked is not None:
         st.info("Upload an image (or restore the bundled examples) to start.")
@@ -75,7 +76,7 @@ cols[1].image(overlay, caption=f"{method_label} of “{class_name}” (p = {form
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
 cols[2].image(boxed, caption=f"{len(detections)} box(es), recipe {recipe}" + (f": {setting}" if setting else ""))
 
-truth = ground_truth(item.name, class_name)
+truth = ground_truth(gt_data, item.name, class_name)
 rows = [{"box": [round(v) for v in d["bbox"]], "score": significant(d["score"]),
          **({"IoU with GT": round(best_iou(d["bbox"], truth), 3)} if truth is not None else {})} for d in detections]
 if rows:
@@ -83,7 +84,7 @@ if rows:
 else:
     st.caption("No box: nothing in this map passes the threshold.")
 if truth is not None:
-    st.caption(f"Ground truth of this example: {len(truth)} “{class_name}” object(s).")
+    st.caption(f"Ground truth: {len(truth)} “{class_name}” object(s) in {item.name}.")
 
 down = st.columns(2)
 down[0].download_button("Overlay PNG", png_bytes(boxed), file_name=f"{item.name.rsplit('.', 1)[0]}_{class_name}.png",

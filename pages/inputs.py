@@ -73,21 +73,41 @@ def decode(image: InputImage) -> Image.Image | None:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _read_annotations(path: str, mtime: float) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def ground_truth(image_name: str, class_name: str, annotations: Path = EXAMPLE_ANNOTATIONS) -> list[list[float]] | None:
-    """Ground-truth boxes ``[x, y, w, h]`` of ``class_name`` in the image of that file name, or ``None``
-    when there is none to compare with: the file does not list the image, or has no category of that
-    name (a model's class is matched to a dataset's category by name, never by id)."""
-    if not annotations.is_file():
+def annotations_input(where=st.sidebar) -> dict[str, Any] | None:
+    """The ground-truth file images are matched against by file name (default: the bundled examples');
+    ``None`` (after a one-line message) when it cannot be used."""
+    carry("gt_file", str(EXAMPLE_ANNOTATIONS))
+    path = Path(where.text_input("Ground truth (COCO instances JSON)", key="gt_file",
+                                 help="IoU with the ground truth is shown for images listed in this file, e.g. "
+                                      "COCO's instances_val2017.json for photos from val2017").strip())
+    if not path.is_file():
+        where.caption(f"{path} does not exist: no ground truth.")
         return None
-    data = _read_annotations(str(annotations), annotations.stat().st_mtime)
-    ids = {im["id"] for im in data["images"] if im["file_name"] == image_name}
-    category = [c["id"] for c in data["categories"] if c["name"] == class_name]
+    try:
+        data = _read_annotations(str(path), path.stat().st_mtime)
+        if not {"images", "annotations", "categories"} <= set(data):
+            raise KeyError("images, annotations, categories")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        where.caption(f"{path} is not a COCO instances file ({exc.__class__.__name__}): no ground truth.")
+        return None
+    return data
+
+
+def ground_truth(annotations: dict[str, Any] | None, image_name: str, class_name: str) -> list[list[float]] | None:
+    """Ground-truth boxes ``[x, y, w, h]`` of ``class_name`` in the image of that file name, or ``None``
+    when there is none to compare with: no annotations, the file does not list the image, or it has no
+    category of that name (a model's class is matched to a dataset's category by name, never by id)."""
+    if annotations is None:
+        return None
+    ids = {im.get("id") for im in annotations["images"] if im.get("file_name") == image_name}
+    category = [c.get("id") for c in annotations["categories"] if c.get("name") == class_name]
     if not ids or not category:
         return None
-    return [a["bbox"] for a in data["annotations"] if a["image_id"] in ids and a["category_id"] == category[0]]
+    return [a["bbox"] for a in annotations["annotations"]
+            if a.get("image_id") in ids and a.get("category_id") == category[0] and not a.get("iscrowd")]
 
 
 def demo_hint(model_key: str, meta: dict[str, Any], image: InputImage, where=st) -> None:

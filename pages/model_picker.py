@@ -57,9 +57,19 @@ def model_choices(folder: Path) -> list[ModelChoice]:
             size = f"{weights.size_mb:.0f} MB" if weights.size_mb else "its weights"
             choices.append(ModelChoice(label, f"torchvision:{arch}", True, f"downloads {size} once when chosen"))
         else:
-            choices.append(ModelChoice(label, f"torchvision:{arch}", False,
-                                       f"offline — {pretrained.manual_hint(weights)} to use it"))
+            choices.append(ModelChoice(label, f"torchvision:{arch}", False, f"[{weights.file_name}]({weights.url})"))
     return choices
+
+
+def offline_caption(choices: list[ModelChoice]) -> str | None:
+    """One line for the torchvision models that cannot be downloaded now: which files, into which folder."""
+    missing = [c for c in choices if not c.available and c.key.startswith("torchvision:")]
+    if not missing:
+        return None
+    folder = pretrained.imagenet_weights(missing[0].key.partition(":")[2]).folder
+    models = " and ".join(c.label.split(" (")[0].removeprefix("torchvision ") for c in missing)
+    return (f"Offline: to use torchvision's {models} (ImageNet → COCO), put {' and '.join(c.hint for c in missing)} "
+            f"into `{folder}`.")
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
@@ -108,9 +118,12 @@ def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
     labels = [c.label for c in usable]
     carry("model_label", labels[0], options_filter(labels))
     label = where.selectbox("Model", labels, key="model_label")
-    for c in choices:
+    for c in usable:
         if c.hint:
             where.caption(f"{c.label}: {c.hint}")
+    offline = offline_caption(choices)
+    if offline:
+        where.caption(offline)
     choice = next(c for c in usable if c.label == label)
     try:
         kind, _, arch = choice.key.partition(":")

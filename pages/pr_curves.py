@@ -61,18 +61,18 @@ carry("pr_classes", names[:5], options_filter(names), context=str(folder.resolve
 chosen = st.multiselect("Classes", names, key="pr_classes")
 
 figure = go.Figure()
-for row in rows:
-    if row["name"] in chosen:
-        precision = curves["classes"][str(row["category_id"])][key]
-        figure.add_trace(go.Scatter(x=curves["recall"], y=precision, mode="lines", line_shape="hv",
-                                    line={"color": class_hex(row["category_id"]), "width": 2},
-                                    name=f"{row['name']} (AP={row[AP_KEY[key]]:.3f})",
-                                    hovertemplate="%{y:.3f}"))
+shown = [row for row in rows if row["name"] in chosen]
+for i, row in enumerate(shown):  # the first curves drawn widest, so curves lying on each other all stay visible
+    precision = curves["classes"][str(row["category_id"])][key]
+    width = 2 + 4 * (len(shown) - 1 - i) / max(len(shown) - 1, 1)
+    figure.add_trace(go.Scatter(x=curves["recall"], y=precision, mode="lines", line_shape="hv",
+                                line={"color": class_hex(row["category_id"]), "width": width},
+                                name=f"{row['name']} (AP={row[AP_KEY[key]]:.3f})", hovertemplate="%{y:.3f}"))
 figure.update_layout(xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1], yaxis_range=[0, 1.02],
                      legend_title_text=f"IoU {iou_label}", height=480, hovermode="x unified")
 st.plotly_chart(figure, key="pr_chart")
-st.caption("Curves are steps (COCO's interpolated precision at 101 recall points); hover a recall to read "
-           "every class's precision there. A class keeps its colour on every page.")
+st.caption("Steps: COCO's interpolated precision at 101 recall points. Hover a recall to read every class's "
+           "precision there; curves on top of each other show as nested lines. A class keeps its colour on every page.")
 
 st.subheader("COCO summary")
 coco = metrics["coco"]

@@ -157,7 +157,14 @@ def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     no_exception(at)
     ious = boxes_table(at)["IoU with GT"]
     assert ious.notna().all() and ious.max() > 0
-    assert "Ground truth of this example" in texts(at.caption)
+    count = sum(a["image_id"] == first["image_id"] and a["category_id"] == first["category_id"]
+                for a in EXAMPLE_ANNOTATIONS["annotations"])
+    assert f"Ground truth: {count} “{category}” object(s) in {name}." in texts(at.caption)
+    (tmp_path / "bad.json").write_text("{not json")
+    at.sidebar.text_input(key="gt_file").set_value(str(tmp_path / "bad.json")).run()
+    no_exception(at)
+    assert "is not a COCO instances file (JSONDecodeError): no ground truth." in texts(at.sidebar.caption)
+    assert "IoU with GT" not in boxes_table(at).columns
 
 
 def test_ground_truth_only_for_the_models_own_classes(monkeypatch, coco_checkpoints):
@@ -196,6 +203,25 @@ def test_the_demo_model_says_it_only_knows_shapes(monkeypatch, tmp_path):
     no_exception(at)
     hint = texts(at.info)
     assert "knows only 6 synthetic shapes" in hint and "**Model**" in hint
+
+
+@pytest.mark.realdata
+def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path):
+    for suffix in (".pth", ".json"):
+        shutil.copy(COCO80.with_suffix(suffix), tmp_path / COCO80.with_suffix(suffix).name)
+    zebra = "000000104455.jpg"
+    at = page("app.py", monkeypatch, tmp_path).run()
+    at.sidebar.selectbox(key="model_label").set_value(COCO80.name).run()
+    at.sidebar.text_input(key="gt_file").set_value(str(VAL_ANN)).run()
+    at.sidebar.file_uploader(key="uploads").set_value((zebra, (VAL_IMAGES / zebra).read_bytes(), "image/jpeg")).run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="class_name").value == "zebra"
+    assert "Ground truth: 2 “zebra” object(s) in 000000104455.jpg." in texts(at.caption)
+    assert boxes_table(at)["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
+    at.switch_page("pages/compare.py").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert table["IoU of top box"].max() > 0.3 and table["objects found (IoU ≥ 0.5)"].str.endswith("/2").all()
 
 
 @pytest.mark.realdata
@@ -327,11 +353,10 @@ def test_torchvision_model_offline_names_the_file_and_folder(monkeypatch, tmp_pa
     at = page("explore.py", monkeypatch, tmp_path).run()
     no_exception(at)
     assert at.sidebar.selectbox(key="model_label").options == ["Demo: synthetic shapes (offline, bundled)"]
-    captions = texts(at.sidebar.caption)
-    folder = tmp_path / "torch" / "hub" / "checkpoints"
-    for arch in ("resnet50", "mobilenet_v2"):
-        weights = pretrained.imagenet_weights(arch)
-        assert f"offline — download {weights.file_name} ({weights.url}) into {folder}" in captions
+    resnet, mobilenet = (pretrained.imagenet_weights(arch) for arch in ("resnet50", "mobilenet_v2"))
+    assert (f"Offline: to use torchvision's ResNet-50 and MobileNetV2 (ImageNet → COCO), put "
+            f"[{resnet.file_name}]({resnet.url}) and [{mobilenet.file_name}]({mobilenet.url}) "
+            f"into `{tmp_path / 'torch' / 'hub' / 'checkpoints'}`.") in texts(at.sidebar.caption)
 
 
 def test_torchvision_model_downloads_once_then_runs(monkeypatch, tmp_path, weights_server):
@@ -353,7 +378,8 @@ def test_torchvision_model_downloads_once_then_runs(monkeypatch, tmp_path, weigh
     label = "torchvision MobileNetV2 (ImageNet → COCO)"
     assert label in at.sidebar.selectbox(key="model_label").options
     assert "downloads its weights once when chosen" in texts(at.sidebar.caption)
-    assert "ResNet-50 (ImageNet → COCO): offline — download resnet50-11ad3fa6.pth" in texts(at.sidebar.caption)
+    assert "Offline: to use torchvision's ResNet-50 (ImageNet → COCO), put [resnet50-11ad3fa6.pth]" in texts(
+        at.sidebar.caption)
     at.sidebar.selectbox(key="model_label").set_value(label).run()
     no_exception(at)
     assert not at.error
@@ -461,6 +487,8 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
         assert trace["line"]["color"] == class_hex(ids[trace["name"].split(" (AP=")[0]])
         assert trace["line"]["shape"] == "hv"
     assert spec["layout"]["hovermode"] == "x unified"
+    widths = [trace["line"]["width"] for trace in spec["data"]]
+    assert widths == sorted(widths, reverse=True) and widths[-1] == 2 and len(set(widths)) == len(widths)
     assert len(at.dataframe[0].value) == 12  # the browser test checks that all 12 rows show without a scroll
     assert not at.json  # nothing but the intended elements (no stray "magic" output)
     at.radio(key="iou").set_value("0.75").run()

@@ -1,6 +1,7 @@
-"""End to end in a real headless Chromium: `streamlit run app.py`, upload a real COCO image, change the
-class and the threshold, and check that the rendered boxes change. Screenshots go to the test's
-folder (and to $CAMLOC_SCREENSHOT_DIR when set, for the README)."""
+"""End to end in a real headless Chromium: `streamlit run app.py`, upload a real COCO photo with its
+ground truth, change the class and the threshold and check that the rendered boxes change, then walk
+through the other pages by the sidebar (the model and the upload follow) and open every page.
+Screenshots go to the test's folder (and to $CAMLOC_SCREENSHOT_DIR when set, for the README)."""
 
 import json
 import os
@@ -16,11 +17,16 @@ import pytest
 
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
+from camloc.pretrained import OFFLINE_ENV
+from camloc.recipes import RECIPES
+from camloc.synthetic import generate
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
+from train.cli import main as train_main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.realdata, pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")]
+ZEBRA = VAL_IMAGES / "000000104455.jpg"  # 640×480, the model's top class: zebra
 BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -31,13 +37,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tiny_training_run(out: Path, data: Path) -> None:
+    """A real `python -m train` run (synthetic shapes, 64 px, 3 epochs, validated) for the Training runs page."""
+    generate(data, 48, 16, 3, 64, 0)
+    assert train_main(["--images", str(data / "train"), "--ann", str(data / "annotations/instances_train.json"),
+                       "--val-images", str(data / "val"), "--val-ann", str(data / "annotations/instances_val.json"),
+                       "--arch", "mobilenet_v2", "--weights", "none", "--epochs", "3", "--img-size", "64",
+                       "--batch-size", "16", "--lr", "1e-2", "--workers", "0", "--device", "cpu", "--val-limit", "8",
+                       "--out", str(out)]) == 0
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     for suffix in (".pth", ".json"):
         shutil.copy(COCO80.with_suffix(suffix), checkpoints / COCO80.with_suffix(suffix).name)
+    tiny_training_run(checkpoints / "shapes-tiny", tmp_path_factory.mktemp("shapes"))
     port = free_port()
-    env = dict(os.environ, CAMLOC_CHECKPOINTS=str(checkpoints))
+    env = dict(os.environ, CAMLOC_CHECKPOINTS=str(checkpoints), **{OFFLINE_ENV: "1"})
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1", "--server.headless", "true",
                                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
@@ -103,32 +120,65 @@ def shoot(page, tmp_path: Path, name: str) -> None:
         page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
 
 
+def go_to(page, title: str) -> None:
+    """Open another page by the sidebar's navigation (same session: what was chosen stays chosen)."""
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+    settle(page)
+    page.wait_for_selector(f'h1:has-text("{title.split()[0]}")')
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
 def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path):
     page.goto(server, wait_until="domcontentloaded")
     page.wait_for_selector('[data-testid="stImage"]')
     settle(page)
     choose(page, "Model", COCO80.name)
-    page.locator('input[type="file"]').set_input_files(str(VAL_IMAGES / "000000005001.jpg"))
-    page.wait_for_selector("text=000000005001.jpg")
+    page.locator('[data-testid="stExpander"]').filter(has_text="Ground truth").locator("summary").click()
+    field = page.locator('input[aria-label="Ground truth (COCO instances JSON)"]')
+    field.fill(str(VAL_ANN))
+    field.press("Enter")
     settle(page)
+    page.locator('input[type="file"]').set_input_files(str(ZEBRA))
+    page.wait_for_selector(f"text={ZEBRA.name}")
+    settle(page)
+    page.wait_for_selector("text=Ground truth: 2 “zebra” object(s)")  # the photo's own top class and its truth
     first = boxes_image_src(page)
     shoot(page, tmp_path, "explore")
-    choose(page, "Class", "toothbrush")
-    second = boxes_image_src(page)
-    assert second != first
     page.locator('[data-testid="stRadio"]').filter(has_text="Threshold").get_by_text("Fraction of max").click()
     settle(page)
-    shoot(page, tmp_path, "fraction_mode")
-    third = boxes_image_src(page)
-    assert third != second  # Otsu → 0.3 of the max
+    second = boxes_image_src(page)
+    assert second != first  # Otsu → 0.3 of the max
     page.locator('input[type="range"][aria-label="Fraction"]').focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
     settle(page)
     page.wait_for_selector("text=threshold 0.05")
-    assert boxes_image_src(page) != third  # 0.3 → 0.05 of the max: the box grows
-    assert page.locator('[data-testid="stException"]').count() == 0
+    third = boxes_image_src(page)
+    assert third != second  # 0.3 → 0.05 of the max: the box grows
+    choose(page, "Class", "toothbrush")
+    assert boxes_image_src(page) != third
+    no_exception(page)
     assert (tmp_path / "explore.png").stat().st_size > 10_000
+
+    # the other image pages, by the sidebar: same model, same photo, same class
+    choose(page, "Class", "zebra")
+    go_to(page, "All classes")
+    page.wait_for_selector(f"text=Showing your upload: {ZEBRA.name}")
+    page.wait_for_selector('text=zebra')
+    no_exception(page)
+    shoot(page, tmp_path, "all_classes")
+    go_to(page, "Compare")
+    page.wait_for_selector("text=“zebra” in 000000104455.jpg")
+    page.wait_for_selector(f'[data-testid="stImage"] >> nth={4 + len(RECIPES) - 1}')  # 4 methods + the recipes
+    assert page.locator('[data-testid="stImage"]').count() == 4 + len(RECIPES)
+    no_exception(page)
+    shoot(page, tmp_path, "compare")
+    go_to(page, "Explore")
+    page.wait_for_selector(f"text={ZEBRA.name} (640×480)")
+    no_exception(page)
 
 
 def test_every_page_renders_without_exceptions(page, server, tmp_path):
@@ -141,7 +191,8 @@ def test_every_page_renders_without_exceptions(page, server, tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(
         json.dumps(localization_metrics(gt, dets, [im["id"] for im in images])))
-    for path, name in [("all_classes", "all_classes"), ("pr_curves", "pr_curves"), ("dataset", "dataset")]:
+    (tmp_path / "eval" / "detections.json").write_text(json.dumps(dets))
+    for path, name in [("pr_curves", "pr_curves"), ("training_runs", "training_runs"), ("dataset", "dataset")]:
         page.goto(f"{server}/{path}", wait_until="domcontentloaded")
         page.wait_for_selector("h1")
         settle(page)
@@ -151,5 +202,18 @@ def test_every_page_renders_without_exceptions(page, server, tmp_path):
             field.press("Enter")
             settle(page)
             page.wait_for_selector(".js-plotly-plot")
-        assert page.locator('[data-testid="stException"]').count() == 0
+            stats = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+            assert stats["height"] >= 13 * 33  # header + all 12 COCO stats, no inner scroll
+        if name == "dataset":  # real photos, their ground truth and the model's detections
+            for label, value in [("Images folder", VAL_IMAGES), ("Annotations (COCO instances JSON)", VAL_ANN),
+                                 ("Detections (COCO results JSON, optional)", tmp_path / "eval" / "detections.json")]:
+                field = page.locator(f'input[aria-label="{label}"]')
+                field.fill(str(value))
+                field.press("Enter")
+                settle(page)
+            page.wait_for_selector('[data-testid="stDataFrame"]')
+        if name == "training_runs":
+            page.wait_for_selector(".js-plotly-plot")
+            page.wait_for_selector("text=best epoch")
+        no_exception(page)
         shoot(page, tmp_path, name)
