@@ -11,7 +11,9 @@ Checkpoints are data, never code: every load uses ``torch.load(..., weights_only
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,10 @@ CHECKPOINT_FORMAT = "camloc"
 CHECKPOINT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Network input sizes a checkpoint may ask for (pixels a side).
+DEFAULT_INPUT_SIZE, MIN_INPUT_SIZE, MAX_INPUT_SIZE = 448, 32, 4096
+ACTIVATIONS = ("sigmoid", "softmax", "exp")
+INT64 = 2**63
 
 
 class ModelError(ValueError):
@@ -65,6 +71,8 @@ FAMILIES: dict[str, Family] = {
 
 def family_of(arch: str) -> Family:
     """The :class:`Family` of a torchvision architecture name such as ``"resnet50"``."""
+    if not isinstance(arch, str):
+        raise ModelError(f"architecture must be a name such as 'resnet50', got {arch!r}")
     for prefix in sorted(FAMILIES, key=len, reverse=True):
         if arch.startswith(prefix):
             return FAMILIES[prefix]
@@ -90,6 +98,13 @@ def dilation_kwargs(arch: str) -> dict[str, Any]:
         return {"dilated": True}
     raise ModelError(f"dilation is available for bottleneck ResNets (resnet50+, resnext, wide_resnet) and "
                      f"mobilenet_v3, not {arch}")
+
+
+def _dilation_or_none(arch: str) -> dict[str, Any] | None:
+    try:
+        return dilation_kwargs(arch)
+    except ModelError:
+        return None
 
 
 def build_torchvision(arch: str, num_classes: int, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -199,27 +214,106 @@ class CamModel(nn.Module):
 # metadata, building, pretrained weights
 # ----------------------------------------------------------------------------------------------
 
-def complete_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """Fill the keys DESIGN.md promises (``feature_layer``, ``coco_category_ids``, ``activation``).
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    ``category_ids`` (the dataset's category id of each output) equals ``coco_category_ids`` for
-    COCO heads; a head trained on another COCO-format dataset stores its own.
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _id_list(meta: dict[str, Any], key: str, source: str) -> list[int]:
+    ids = meta[key]
+    if (not isinstance(ids, (list, tuple)) or len(ids) != meta["num_classes"]
+            or not all(_is_int(i) and -INT64 <= i < INT64 for i in ids)):
+        raise ModelError(f"{source}: {key} must list one integer category id per class "
+                         f"({meta['num_classes']}), got {str(ids)[:80]}")
+    if len(set(ids)) != len(ids):
+        raise ModelError(f"{source}: {key} repeats an id; each class needs its own category id")
+    return list(ids)
+
+
+def _triple(values: Any, key: str, low: float, high: float, source: str) -> list[float]:
+    if (not isinstance(values, (list, tuple)) or len(values) != 3
+            or not all(_is_number(v) and low <= v <= high for v in values)):
+        raise ModelError(f"{source}: {key} must be 3 numbers (R, G, B) in [{low:g}, {high:g}], "
+                         f"got {str(values)[:80]}")
+    return [float(v) for v in values]
+
+
+def _check_fields(meta: dict[str, Any], source: str) -> None:
+    """Types and ranges of the metadata fields camloc reads; the first bad one is a :class:`ModelError`."""
+    family = family_of(meta["arch"])
+    if meta["arch"] not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"{source}: torchvision has no classifier named {meta['arch']!r}")
+    if not _is_int(meta["num_classes"]) or meta["num_classes"] < 1:
+        raise ModelError(f"{source}: num_classes must be a positive integer, got {meta['num_classes']!r}")
+    names = meta["class_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{source}: class_names must be a list of strings, got {str(names)[:80]}")
+    if len(names) != meta["num_classes"]:
+        raise ModelError(f"{source}: metadata lists {len(names)} class names for {meta['num_classes']} "
+                         "classes; they must agree")
+    size = meta.get("input_size", DEFAULT_INPUT_SIZE)
+    if not _is_int(size) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise ModelError(f"{source}: input_size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
+                         f"got {size!r}")
+    if meta.get("feature_layer", family.feature_layer) != family.feature_layer:
+        raise ModelError(f"{source}: feature_layer {meta['feature_layer']!r} is not where a {meta['arch']} "
+                         f"pools ({family.feature_layer!r}); remove it or fix it")
+    if meta.get("activation", "sigmoid") not in ACTIVATIONS:
+        raise ModelError(f"{source}: activation must be one of {', '.join(ACTIVATIONS)}, got "
+                         f"{meta['activation']!r}")
+    head = meta.get("head", "linear")
+    if head not in ("linear", "imagenet_groups"):
+        raise ModelError(f"{source}: head must be 'linear' or 'imagenet_groups', got {head!r}")
+    outputs = meta.get("imagenet_outputs")
+    if head == "imagenet_groups" and (not _is_int(outputs) or outputs < 1):
+        raise ModelError(f"{source}: an imagenet_groups head needs imagenet_outputs, a positive integer; "
+                         f"got {outputs!r}")
+    kwargs = meta.get("arch_kwargs", {})
+    if not isinstance(kwargs, dict) or (kwargs and kwargs != _dilation_or_none(meta["arch"])):
+        raise ModelError(f"{source}: arch_kwargs may only hold camloc's dilation setting (or be empty), "
+                         f"got {str(kwargs)[:80]}")
+    unsupported = meta.get("unsupported_classes", [])
+    if not isinstance(unsupported, (list, tuple)) or not all(isinstance(n, str) and n in names for n in unsupported):
+        raise ModelError(f"{source}: unsupported_classes must list some of the class names, got "
+                         f"{str(unsupported)[:80]}")
+
+
+def complete_meta(meta: Any, source: str = "model metadata") -> dict[str, Any]:
+    """Check model metadata and fill the keys DESIGN.md promises (``feature_layer``, ``mean``,
+    ``std``, ``input_size``, ``coco_category_ids``, ``category_ids``, ``activation``).
+
+    Every field camloc reads must have its documented type and range — ``arch`` a supported
+    torchvision name, ``num_classes`` a positive integer, ``class_names`` that many strings,
+    ``mean``/``std`` three finite numbers (std > 0), ``input_size`` an integer in
+    [32, 4096], category ids one distinct integer per class, ... — or a :class:`ModelError` names
+    ``source``, the field and what is wrong. Nothing is converted silently (``6.0`` classes, a
+    string of class names, ``NaN`` statistics are refused). ``category_ids`` (the dataset's category
+    id of each output) equals ``coco_category_ids`` for COCO heads; a head trained on another
+    COCO-format dataset stores its own.
     """
+    if not isinstance(meta, dict):
+        raise ModelError(f"{source}: metadata must be a JSON object with arch, num_classes, class_names; "
+                         f"got {type(meta).__name__}")
     meta = dict(meta)
     for key in ("arch", "num_classes", "class_names"):
         if key not in meta:
-            raise ModelError(f"model metadata lacks {key!r}; it needs arch, num_classes, class_names")
-    if len(meta["class_names"]) != meta["num_classes"]:
-        raise ModelError(f"metadata lists {len(meta['class_names'])} class names for "
-                         f"{meta['num_classes']} classes; they must agree")
+            raise ModelError(f"{source}: model metadata lacks {key!r}; it needs arch, num_classes, class_names")
+    _check_fields(meta, source)
     family = family_of(meta["arch"])
+    meta["class_names"] = list(meta["class_names"])
+    meta["mean"] = _triple(meta.get("mean", IMAGENET_MEAN), "mean", -1e3, 1e3, source)
+    meta["std"] = _triple(meta.get("std", IMAGENET_STD), "std", 1e-6, 1e3, source)
     meta.setdefault("feature_layer", family.feature_layer)
-    meta.setdefault("mean", list(IMAGENET_MEAN))
-    meta.setdefault("std", list(IMAGENET_STD))
-    meta.setdefault("input_size", 448)
+    meta.setdefault("input_size", DEFAULT_INPUT_SIZE)
     meta.setdefault("head", "linear")
     if is_coco_head(meta["class_names"]):
         meta.setdefault("coco_category_ids", list(COCO_CATEGORY_IDS))
+    for key in ("coco_category_ids", "category_ids"):
+        if key in meta:
+            meta[key] = _id_list(meta, key, source)
     if "coco_category_ids" in meta:
         meta.setdefault("category_ids", list(meta["coco_category_ids"]))
     # Multi-label (BCE) COCO heads score with a sigmoid, single-label heads with a softmax.
@@ -322,18 +416,113 @@ def derive_coco_head(model: CamModel, meta: dict[str, Any]) -> tuple[CamModel, d
 # checkpoints
 # ----------------------------------------------------------------------------------------------
 
-def _torch_load(path: Path) -> Any:
+def read_checkpoint(path: str | Path) -> Any:
+    """The object a checkpoint file holds, loaded with ``torch.load(..., weights_only=True)``.
+
+    A missing file, a damaged or truncated archive, a malformed pickle, or a pickle that would run
+    code or build objects other than tensors and plain data is a :class:`ModelError`.
+    """
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such checkpoint file")
+        with warnings.catch_warnings():  # torch's notes on odd pickles; the outcome is reported below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except ModelError:
+        raise
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("Unsupported")]
         detail = f" ({lines[0][:100]})" if lines else ""
         raise ModelError(f"{path}: refused, not a tensors-only checkpoint{detail}: it is corrupt or holds code or "
                          "objects other than tensors (weights_only=True); use a camloc checkpoint or a torchvision "
                          "state_dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # a malformed archive or pickle fails with any exception type
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); "
                          "is the file complete?") from None
+
+
+def _read_sidecar(path: Path) -> Any:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise ModelError(f"{path}: a plain state_dict needs its JSON sidecar {sidecar.name} "
+                         "(arch, num_classes, class_names, mean, std, input_size)")
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{sidecar}: not valid JSON ({exc.__class__.__name__}: {str(exc)[:100]})") from None
+
+
+def check_state_dict(state: Any, path: str | Path) -> None:
+    """A ``state_dict`` camloc will load: string keys, dense real tensors, every float finite, and
+    BatchNorm running variances ≥ 0; anything else is a :class:`ModelError` naming the tensor."""
+    if not isinstance(state, dict) or not state:
+        raise ModelError(f"{path}: the weights are not a state_dict (a dict of tensors)")
+    for key, tensor in state.items():
+        if not isinstance(key, str) or not isinstance(tensor, Tensor):
+            raise ModelError(f"{path}: the weights hold {key!r}, a {type(tensor).__name__}; expected named tensors")
+        if tensor.layout != torch.strided or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ModelError(f"{path}: tensor {key} is {tensor.dtype}/{tensor.layout}; expected dense real numbers")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: tensor {key} holds NaN or inf values (a diverged or damaged checkpoint); "
+                             "use an earlier checkpoint")
+        if key.endswith("running_var") and bool((tensor < 0).any()):
+            raise ModelError(f"{path}: tensor {key} has negative variances; the checkpoint is damaged")
+
+
+def _check_head(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> None:
+    """The head's size must match the metadata, checked before a network of that size is built."""
+    head = family_of(meta["arch"]).head
+    groups = meta["head"] == "imagenet_groups"
+    key = f"{head}.linear.weight" if groups else f"{head}.weight"
+    expected = meta["imagenet_outputs"] if groups else meta["num_classes"]
+    tensor = state.get(key)
+    if tensor is None or tensor.ndim != 2:
+        raise ModelError(f"{path}: the weights have no {meta['arch']} head {key}; checkpoint and metadata do not "
+                         "match")
+    if tensor.shape[0] != expected:
+        raise ModelError(f"{path}: the head has {tensor.shape[0]} outputs but the metadata says {expected} "
+                         f"{'ImageNet outputs' if groups else 'classes'}; checkpoint and metadata do not match")
+
+
+def load_checkpoint(path: str | Path,
+                    map_location: str | torch.device = "cpu") -> tuple[CamModel, dict[str, Any], dict[str, Any]]:
+    """:func:`load_model`, plus the checkpoint's other entries (``train_state``, ``epoch``, ...;
+    empty for a plain state_dict)."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    extras: dict[str, Any] = {}
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        meta, state = payload.get("meta"), payload.get("state_dict")
+        if not isinstance(meta, dict) or not isinstance(state, dict):
+            raise ModelError(f"{path}: camloc checkpoint without meta/state_dict; it is damaged")
+        extras = {k: v for k, v in payload.items() if k not in ("format", "version", "meta", "state_dict")}
+        source = f"{path} (meta)"
+    elif isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):
+        meta, state, source = _read_sidecar(path), payload, str(path.with_suffix(".json"))
+    else:
+        raise ModelError(f"{path}: neither a camloc checkpoint nor a torchvision state_dict")
+    meta = complete_meta(meta, source)
+    check_state_dict(state, path)
+    _check_head(state, meta, path)
+    arch_kwargs = meta.get("arch_kwargs", {})
+    if meta["head"] == "imagenet_groups":
+        net = build_torchvision(meta["arch"], meta["imagenet_outputs"], arch_kwargs)
+        model, meta = derive_coco_head(CamModel(net, meta["arch"]), dict(meta, head="linear"))
+    else:
+        model = CamModel(build_torchvision(meta["arch"], meta["num_classes"], arch_kwargs), meta["arch"])
+    expected = model.net.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tensor.is_floating_point() != expected[key].is_floating_point():
+            raise ModelError(f"{path}: tensor {key} is {tensor.dtype} where the {meta['arch']} has "
+                             f"{expected[key].dtype}; the checkpoint is damaged")
+    try:
+        model.net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ModelError(f"{path}: weights do not fit a {meta['arch']} with {meta['num_classes']} "
+                         f"classes ({detail[:160]})") from None
+    return model.to(map_location).eval(), meta, extras
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CamModel, dict[str, Any]]:
@@ -341,46 +530,13 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
     Returns ``(model in eval mode, meta)``; ``meta`` holds at least arch, num_classes,
     class_names, mean, std, input_size, feature_layer, activation, and coco_category_ids for
-    COCO heads. Any problem is a :class:`ModelError` with a one-line reason.
+    COCO heads. The checkpoint is data, never code (``weights_only=True``); metadata fields must
+    have their documented types and ranges (see :func:`complete_meta`) and the weights must be
+    finite (see :func:`check_state_dict`). Any problem is a :class:`ModelError` with a one-line
+    reason.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such checkpoint file")
-    payload = _torch_load(path)
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        meta, state = payload.get("meta"), payload.get("state_dict")
-        if not isinstance(meta, dict) or not isinstance(state, dict):
-            raise ModelError(f"{path}: camloc checkpoint without meta/state_dict; it is damaged")
-    elif isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):
-        sidecar = path.with_suffix(".json")
-        if not sidecar.is_file():
-            raise ModelError(f"{path}: a plain state_dict needs its JSON sidecar {sidecar.name} "
-                             "(arch, num_classes, class_names, mean, std, input_size)")
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{sidecar}: not valid JSON ({exc})") from None
-        state = payload
-    else:
-        raise ModelError(f"{path}: neither a camloc checkpoint nor a torchvision state_dict")
-    meta = complete_meta(meta)
-    arch_kwargs = meta.get("arch_kwargs") or {}
-    if meta["head"] == "imagenet_groups":
-        net = build_torchvision(meta["arch"], meta["imagenet_outputs"], arch_kwargs)
-        model, meta = derive_coco_head(CamModel(net, meta["arch"]), dict(meta, head="linear"))
-    else:
-        model = CamModel(build_torchvision(meta["arch"], meta["num_classes"], arch_kwargs), meta["arch"])
-    head_key = f"{model.family.head}.weight" if meta["head"] == "linear" else None
-    if head_key in state and state[head_key].shape[0] != meta["num_classes"]:
-        raise ModelError(f"{path}: the head has {state[head_key].shape[0]} outputs but the metadata "
-                         f"says {meta['num_classes']} classes; checkpoint and metadata do not match")
-    try:
-        model.net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise ModelError(f"{path}: weights do not fit a {meta['arch']} with {meta['num_classes']} "
-                         f"classes ({detail[:160]})") from None
-    return model.to(map_location).eval(), meta
+    model, meta, _ = load_checkpoint(path, map_location)
+    return model, meta
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

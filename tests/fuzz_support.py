@@ -8,11 +8,14 @@ Hypothesis runs derandomized with no example database, and byte-level corruption
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
+import torch
 from hypothesis import HealthCheck, settings
 from PIL import Image, features
 
@@ -104,3 +107,15 @@ def flip_bytes(data: bytes, seed: int, count: int, window: int | None = None) ->
     for _ in range(count):
         out[int(rng.integers(min(window or len(out), len(out))))] = int(rng.integers(256))
     return bytes(out)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` intra-op threads: many tiny networks on a busy machine are far faster on
+    one thread than with OpenMP threads spinning against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
