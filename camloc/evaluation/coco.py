@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
+from camloc.evaluation.inputs import Detections, GroundTruth
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -130,13 +130,8 @@ def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: Detections | 
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
     dets = Detections.of(detections)
     d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
-    unknown = ~np.isin(d_image, truth.image_ids)
-    if unknown.any():
-        raise EvaluationError(f"{int(unknown.sum())} detections are on images not in the annotation file "
-                              f"(e.g. image_id {int(d_image[unknown][0])}); evaluate against the matching file")
-    img_ids = truth.image_ids if image_ids is None else np.array(sorted(set(image_ids)), dtype=np.int64)
-    if not np.isin(img_ids, truth.image_ids).all():
-        raise EvaluationError("image_ids lists images that are not in the annotation file")
+    truth.check_detections(dets)
+    img_ids = truth.select_images(image_ids)
     cat_ids = truth.category_ids
     num_cat = len(cat_ids)
     thresholds, recalls, areas, max_dets = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETS)

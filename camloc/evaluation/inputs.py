@@ -1,56 +1,221 @@
-"""Ground truth and detections: read, checked and turned into flat arrays once."""
+"""Ground truth and detections: read, checked and turned into flat arrays once.
+
+This is the evaluator's boundary: everything the metrics read is validated here, so the metric
+modules can trust their arrays. An input that breaks the COCO format is an
+:class:`EvaluationError` whose one-line message names the file (or "annotations"/"detections"),
+the entry, the field, what is wrong and what to do:
+
+* ids (``id``, ``image_id``, ``category_id``, the ``image_ids`` parameter) are integers in the
+  64-bit range — never rounded or truncated (``1.5``, ``1.0``, ``"1"`` and ``True`` are refused);
+  image, category and annotation ids are unique;
+* boxes are exactly 4 finite numbers ``[x, y, w, h]`` (ground truth: ``w, h ≥ 0``), scores and
+  areas finite numbers (areas ≥ 0), ``iscrowd`` 0 or 1, category names strings;
+* detections are on images the ground truth lists.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+_BOX_TYPES = (list, tuple, np.ndarray)
 
 
 class EvaluationError(ValueError):
     """Ground truth or detections that cannot be evaluated; the message says what is wrong."""
 
 
-
-def _read_json(source: str | Path | dict | list, what: str) -> Any:
+def read_json(source: str | Path | dict | list, what: str) -> Any:
+    """``source`` itself if it is already parsed (a dict or list), else the JSON document at that path."""
     if isinstance(source, (dict, list)):
         return source
     path = Path(source)
-    if not path.is_file():
-        raise EvaluationError(f"{what} file {path} does not exist")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{what} file {path} is not valid JSON ({exc})") from None
+        if path.is_dir():
+            raise EvaluationError(f"{what} file {path} is a folder; pass the JSON file")
+        if not path.is_file():
+            raise EvaluationError(f"{what} file {path} does not exist")
+        return json.loads(path.read_bytes())
+    except EvaluationError:
+        raise
+    except RecursionError:
+        raise EvaluationError(f"{what} file {path} nests too deeply to be COCO JSON") from None
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        detail = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+        raise EvaluationError(f"{what} file {path} is not valid JSON ({detail})") from None
+
+
+def _label(source: Any, default: str) -> str:
+    return str(source) if isinstance(source, (str, Path)) else default
+
+
+def _first(values: Sequence[Any], bad: Any) -> int:
+    return next(i for i, v in enumerate(values) if bad(v))
+
+
+def _field(entries: Sequence[dict], key: str, where: str) -> list[Any]:
+    """``entry[key]`` of every entry; an entry without the key is an error."""
+    try:
+        return [entry[key] for entry in entries]
+    except KeyError:
+        index = _first(entries, lambda e: key not in e)
+        raise EvaluationError(f"{where} #{index} has no {key!r}; every entry needs one") from None
+
+
+def _dicts(entries: Sequence[Any], what: str) -> Sequence[dict]:
+    if not set(map(type, entries)) <= {dict} and not all(isinstance(e, dict) for e in entries):
+        index = _first(entries, lambda e: not isinstance(e, dict))
+        raise EvaluationError(f"{what} #{index} is {str(entries[index])[:40]}, not a JSON object")
+    return entries
+
+
+def int_array(values: Sequence[Any], what: str) -> np.ndarray:
+    """Integer ids as int64; a non-integer (bool, float, string, ...) or one outside int64 is an error."""
+    kinds = set(map(type, values))
+    if any(k is bool or not issubclass(k, (int, np.integer)) for k in kinds):
+        index = _first(values, lambda v: isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)))
+        raise EvaluationError(f"{what} #{index} is {values[index]!r}: ids must be integers (not rounded or "
+                              "truncated); fix the file")
+    if not kinds <= {int}:
+        values = [int(v) for v in values]
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        index = _first(values, lambda v: not INT64_MIN <= v <= INT64_MAX)
+        raise EvaluationError(f"{what} #{index} is {values[index]}, outside the 64-bit integer range") from None
+
+
+def float_array(values: Sequence[Any], what: str) -> np.ndarray:
+    """Finite real numbers as float64; a bool, string, None, NaN or infinity is an error."""
+    kinds = set(map(type, values))
+    if any(k is bool or k is np.bool_ or not issubclass(k, _NUMBER_TYPES) for k in kinds):
+        index = _first(values, lambda v: isinstance(v, (bool, np.bool_)) or not isinstance(v, _NUMBER_TYPES))
+        raise EvaluationError(f"{what} #{index} is {str(values[index])[:40]!r}, not a number")
+    try:
+        array = np.array(values, dtype=np.float64)
+        finite = bool(np.isfinite(array).all())
+    except OverflowError:  # an integer beyond float64
+        finite = False
+    if not finite:
+        index = _first(values, lambda v: not _finite(v))
+        raise EvaluationError(f"{what} #{index} is {str(values[index])[:40]}; numbers must be finite")
+    return array
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def box_array(boxes: Sequence[Any], what: str, ground_truth: bool) -> np.ndarray:
+    """``(n, 4)`` float64 boxes ``[x, y, w, h]``: exactly 4 finite numbers each (ground truth: w, h ≥ 0)."""
+    if not (set(map(type, boxes)) <= {list, tuple} and set(map(len, boxes)) <= {4}) and not all(
+            isinstance(b, _BOX_TYPES) and len(b) == 4 for b in boxes):
+        index = _first(boxes, lambda b: not (isinstance(b, _BOX_TYPES) and len(b) == 4))
+        raise EvaluationError(f"{what} #{index} is {str(boxes[index])[:60]}; a bbox is 4 numbers [x, y, w, h]")
+    flat = [v for box in boxes for v in box]
+    try:
+        array = float_array(flat, what).reshape(-1, 4)
+    except EvaluationError:
+        index = _first(boxes, lambda b: not _is_finite_box(b))
+        raise EvaluationError(f"{what} #{index} is {str(boxes[index])[:60]}; a bbox is 4 finite numbers "
+                              "[x, y, w, h]") from None
+    if ground_truth and (array[:, 2:] < 0).any():
+        index = int(np.flatnonzero((array[:, 2:] < 0).any(1))[0])
+        raise EvaluationError(f"{what} #{index} is {boxes[index]}: a ground-truth box needs width and height ≥ 0")
+    return array
+
+
+def _is_finite_box(box: Any) -> bool:
+    try:
+        float_array(list(box), "bbox")
+    except EvaluationError:
+        return False
+    return True
+
+
+def _unique(ids: np.ndarray, what: str) -> None:
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise EvaluationError(f"{what} {int(values[counts > 1][0])} is listed {int(counts.max())} times; "
+                              "ids must be unique")
 
 
 class GroundTruth:
-    """A COCO instances file as flat arrays (annotations in file order)."""
+    """A COCO instances file as flat arrays (annotations in file order), checked once."""
 
     def __init__(self, source: str | Path | dict):
-        data = _read_json(source, "annotation")
-        if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-            raise EvaluationError("annotation file must be COCO instances JSON with images, annotations, categories")
+        label = _label(source, "annotations")
+        data = read_json(source, "annotation")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
+                                                 for k in ("images", "annotations", "categories")):
+            raise EvaluationError(f"{label}: annotation file must be COCO instances JSON: an object whose images, "
+                                  "annotations and categories are lists")
         if not data["categories"]:
-            raise EvaluationError("annotation file has no categories")
+            raise EvaluationError(f"{label}: annotation file has no categories")
         self.data = data
-        self.image_ids = np.array(sorted({int(im["id"]) for im in data["images"]}), dtype=np.int64)
-        self.category_ids = np.array(sorted({int(c["id"]) for c in data["categories"]}), dtype=np.int64)
-        self.category_names = {int(c["id"]): c.get("name", str(c["id"])) for c in data["categories"]}
-        anns = data["annotations"]
-        try:
-            self.ann_image = np.array([a["image_id"] for a in anns], dtype=np.int64)
-            self.ann_category = np.array([a["category_id"] for a in anns], dtype=np.int64)
-            self.ann_bbox = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-            self.ann_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-            self.ann_id = np.array([a["id"] for a in anns], dtype=np.int64)
-            self.ann_area = np.array([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns],
-                                     dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EvaluationError(f"an annotation lacks a valid image_id/category_id/bbox/id ({exc})") from None
+        images = _dicts(data["images"], f"{label}: image")
+        categories = _dicts(data["categories"], f"{label}: category")
+        anns = _dicts(data["annotations"], f"{label}: annotation")
+        image_ids = int_array(_field(images, "id", f"{label}: image"), f"{label}: image id")
+        _unique(image_ids, f"{label}: image id")
+        self.image_ids = np.sort(image_ids)
+        category_ids = int_array(_field(categories, "id", f"{label}: category"), f"{label}: category id")
+        _unique(category_ids, f"{label}: category id")
+        self.category_ids = np.sort(category_ids)
+        names = [c.get("name", str(c["id"])) for c in categories]
+        if not all(isinstance(n, str) for n in names):
+            index = _first(names, lambda n: not isinstance(n, str))
+            raise EvaluationError(f"{label}: category #{index} has name {names[index]!r}; names are strings")
+        self.category_names = dict(zip(category_ids.tolist(), names))
+        where = f"{label}: annotation"
+        self.ann_id = int_array(_field(anns, "id", where), f"{where} id")
+        _unique(self.ann_id, f"{where} id")
+        self.ann_image = int_array(_field(anns, "image_id", where), f"{where} image_id")
+        self.ann_category = int_array(_field(anns, "category_id", where), f"{where} category_id")
+        self.ann_bbox = box_array(_field(anns, "bbox", where), f"{where} bbox", ground_truth=True)
+        crowd = [a.get("iscrowd", 0) for a in anns]
+        if not all(type(c) in (int, bool) and c in (0, 1) for c in crowd):
+            index = _first(crowd, lambda c: not (type(c) in (int, bool) and c in (0, 1)))
+            raise EvaluationError(f"{where} #{index} has iscrowd {crowd[index]!r}; it must be 0 or 1")
+        self.ann_crowd = np.array(crowd, dtype=bool)
+        has_area = np.array(["area" in a for a in anns], dtype=bool)
+        area = float_array([a["area"] for a in anns if "area" in a], f"{where} area (of those with one)")
+        if (area < 0).any():
+            raise EvaluationError(f"{where} area {float(area[area < 0][0])} is negative; areas are ≥ 0")
+        self.ann_area = self.ann_bbox[:, 2] * self.ann_bbox[:, 3]
+        self.ann_area[has_area] = area
+
+    def select_images(self, image_ids: Iterable[int] | None) -> np.ndarray:
+        """The sorted ids of the evaluated images: all of them, or ``image_ids`` (integers this
+        ground truth lists; an unknown or non-integer id is an error)."""
+        if image_ids is None:
+            return self.image_ids
+        if isinstance(image_ids, (str, bytes, dict)) or not isinstance(image_ids, Iterable):
+            raise EvaluationError(f"image_ids must be a list of integer image ids, got {str(image_ids)[:40]!r}")
+        ids = int_array(list(image_ids), "image_ids")
+        unknown = ids[~np.isin(ids, self.image_ids)]
+        if len(unknown):
+            raise EvaluationError(f"image_ids lists images that are not in the annotation file "
+                                  f"(e.g. {int(unknown[0])}); pass ids of the ground truth's images")
+        return np.unique(ids)
+
+    def check_detections(self, dets: Detections) -> None:
+        """Detections must be on images this ground truth lists (as in pycocotools)."""
+        unknown = ~np.isin(dets.image, self.image_ids)
+        if unknown.any():
+            raise EvaluationError(f"{int(unknown.sum())} detections are on images not in the annotation file "
+                                  f"(e.g. image_id {int(dets.image[unknown][0])}); evaluate against the matching "
+                                  "file")
 
 
 class Detections:
@@ -58,22 +223,17 @@ class Detections:
     several metrics over the same detections do not parse them again."""
 
     def __init__(self, source: str | Path | Sequence[dict]):
-        dets = _read_json(source, "detections") if isinstance(source, (str, Path)) else source
-        if not isinstance(dets, list):
-            raise EvaluationError("detections must be a list of {image_id, category_id, bbox, score} (COCO results)")
-        try:
-            self.image = np.array([d["image_id"] for d in dets], dtype=np.int64)
-            self.category = np.array([d["category_id"] for d in dets], dtype=np.int64)
-            self.bbox = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
-            self.score = np.array([d["score"] for d in dets], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EvaluationError(f"a detection lacks a valid image_id/category_id/bbox/score ({exc})") from None
-        if len(self.bbox) != len(self.score):
-            raise EvaluationError("every detection bbox must have exactly 4 numbers [x, y, w, h]")
-        bad = ~np.isfinite(self.score) | ~np.isfinite(self.bbox).all(1)
-        if bad.any():
-            raise EvaluationError(f"{int(bad.sum())} detections have a NaN/inf score or bbox "
-                                  f"(first at position {int(np.flatnonzero(bad)[0])}); fix the detector output")
+        label = _label(source, "detections")
+        dets = read_json(source, "detections") if isinstance(source, (str, Path)) else source
+        if not isinstance(dets, (list, tuple)):
+            raise EvaluationError(f"{label}: detections must be a list of {{image_id, category_id, bbox, score}} "
+                                  "(COCO results)")
+        where = f"{label}: detection"
+        entries = _dicts(dets, where)
+        self.image = int_array(_field(entries, "image_id", where), f"{where} image_id")
+        self.category = int_array(_field(entries, "category_id", where), f"{where} category_id")
+        self.bbox = box_array(_field(entries, "bbox", where), f"{where} bbox", ground_truth=False)
+        self.score = float_array(_field(entries, "score", where), f"{where} score")
 
     def __len__(self) -> int:
         return len(self.score)
@@ -81,3 +241,16 @@ class Detections:
     @classmethod
     def of(cls, source: Detections | str | Path | Sequence[dict]) -> Detections:
         return source if isinstance(source, Detections) else cls(source)
+
+
+def real_matrix(values: Any, what: str, kinds: str = "iuf") -> np.ndarray:
+    """A 2-D array of finite real numbers (dtype kinds ``kinds``: b bool, i/u integer, f float)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(f"{what} are not an array of numbers ({exc})") from None
+    if array.dtype.kind not in kinds or array.ndim != 2:
+        raise EvaluationError(f"{what} must be a 2-D array of real numbers, got {array.dtype} of shape {array.shape}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise EvaluationError(f"{what} include NaN or infinite values")
+    return array

@@ -44,7 +44,8 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | 
     yet detected, a false positive if it is, nothing if it is "difficult" (COCO crowd boxes
     play that role); ``recall = TP / #non-difficult``, ``precision = TP / (TP + FP)``.
     ``classes_without_gt``: "skip" leaves classes with no ground truth out of the mean;
-    "zero" counts them as AP 0, as ALFA does.
+    "zero" counts them as AP 0, as ALFA does. ``iou_threshold`` must be in [0, 1); ``image_ids``
+    and the detections' images must be images of ``gt`` (an :class:`EvaluationError` otherwise).
 
     Where this differs from COCO's AP50 (and why the numbers differ):
     IoU must *exceed* 0.5 (COCO: ≥ 0.5); a detection whose best ground truth is taken is a false
@@ -52,12 +53,16 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | 
     curve is used instead of 101 sampled recall points; there is no 100-per-image cap; no area
     ranges; and the mean over classes counts each class's AP with the boxes' +1 pixel IoU.
     """
-    if classes_without_gt not in ("skip", "zero"):
-        raise EvaluationError("classes_without_gt must be 'skip' or 'zero'")
+    if not isinstance(classes_without_gt, str) or classes_without_gt not in ("skip", "zero"):
+        raise EvaluationError(f"classes_without_gt must be 'skip' or 'zero', got {classes_without_gt!r}")
+    if (isinstance(iou_threshold, (bool, np.bool_)) or not isinstance(iou_threshold, (int, float, np.number))
+            or not 0 <= iou_threshold < 1):
+        raise EvaluationError(f"iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
     dets = Detections.of(detections)
     d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
-    img_ids = truth.image_ids if image_ids is None else np.array(sorted(set(image_ids)), dtype=np.int64)
+    truth.check_detections(dets)
+    img_ids = truth.select_images(image_ids)
     per_class: dict[int, float | None] = {}
     g_keep = np.isin(truth.ann_image, img_ids)
     d_keep = np.isin(d_image, img_ids)
