@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 
 BOX_MODES = ("all", "largest")
+#: How far above 1 a normalised map may reach (float rounding); ``uint8(255 · m)`` is still 255.
+MAP_SLACK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ def parse_threshold(threshold: str | float) -> str | float:
     """``"otsu"`` or a fraction in (0, 1]; anything else is a ``ValueError``."""
     if isinstance(threshold, str) and threshold.strip().lower() == "otsu":
         return "otsu"
+    if isinstance(threshold, (bool, np.bool_)):
+        raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1], got {threshold!r}")
     try:
         fraction = float(threshold)
     except (TypeError, ValueError):
@@ -68,14 +72,34 @@ def foreground(u8: np.ndarray, threshold: str | float = "otsu", out: np.ndarray 
     return out
 
 
+def _checked_maps(maps: np.ndarray) -> np.ndarray:
+    """``maps`` as float32 ``(K, H, W)``; a ``ValueError`` unless they are real numbers in [0, 1]
+    (up to :data:`MAP_SLACK` above 1, the rounding of a normalisation, which ``uint8`` maps to 255)."""
+    try:
+        array = np.asarray(maps)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"maps must be an array of numbers in [0, 1] ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"maps must hold real numbers in [0, 1], got dtype {array.dtype}")
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"maps must be (K, H, W) with K, H, W ≥ 1, got shape {array.shape}")
+    low, high = array.min(), array.max()  # NaN propagates into both
+    if not (low >= 0 and high <= 1 + MAP_SLACK):
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError("maps contain NaN or infinite values; normalise finite maps to [0, 1]")
+        raise ValueError(f"maps must be normalised to [0, 1], these span [{low:.6g}, {high:.6g}] "
+                         "(values above 1 would wrap around in uint8)")
+    return array
+
+
 def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: str = "all") -> BoxSet:
-    """Boxes of the normalised maps ``(K, H, W)`` (values in [0, 1]); see the module docstring."""
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim == 2:
-        maps = maps[None]
-    if maps.ndim != 3 or 0 in maps.shape:
-        raise ValueError(f"maps must be (K, H, W) with K, H, W ≥ 1, got shape {maps.shape}")
-    if mode not in BOX_MODES:
+    """Boxes of the normalised maps ``(K, H, W)`` (real numbers in [0, 1]; NaN, inf, values out of
+    range, or a non-numeric array are a ``ValueError``); see the module docstring."""
+    maps = _checked_maps(maps)
+    if not isinstance(mode, str) or mode not in BOX_MODES:
         raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
     num, height, width = maps.shape
     stride = height + 1
