@@ -1,7 +1,7 @@
 """A synthetic COCO-format localisation benchmark with known ground truth.
 
 Scenes of ``size × size`` pixels on a cluttered background (smooth colour noise, grey
-distractor strokes and blobs) hold 1–4 objects of 1–3 classes. Each class has its own shape,
+distractor strokes and blobs) hold 1–``max_objects`` objects (default 4) of 1–3 classes. Each class has its own shape,
 colour and texture, so image-level labels are learnable; objects vary in scale (12–60 % of the
 side), position (anywhere, not centred), count, and occlude each other, so localisation is not
 trivial. The ground-truth box of an object is the bounding box of its *visible* pixels and its
@@ -133,11 +133,16 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 255)
 
 
-def render_scene(rng: np.random.Generator, size: int, num_classes: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """One scene: ``(uint8 RGB image, [{category_index, bbox [x,y,w,h], area}])`` of visible objects."""
+def render_scene(rng: np.random.Generator, size: int, num_classes: int,
+                 max_objects: int = 4) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One scene: ``(uint8 RGB image, [{category_index, bbox [x,y,w,h], area}])`` of visible objects.
+
+    1–3 classes are present, with ``len(present)``–``max_objects`` objects in all (each present
+    class at least once; a larger ``max_objects`` gives several instances per class).
+    """
     image = _background(size, rng)
     present = rng.choice(num_classes, size=min(num_classes, int(rng.integers(1, 4))), replace=False)
-    count = int(rng.integers(len(present), 5))
+    count = int(rng.integers(len(present), max(max_objects, len(present)) + 1))
     kinds = list(present) + list(rng.choice(present, count - len(present)))
     visible_of: list[tuple[int, np.ndarray]] = []
     for k in kinds:
@@ -167,13 +172,15 @@ def categories(num_classes: int) -> list[dict[str, Any]]:
     return [{"id": k + 1, "name": c.name, "supercategory": "shape"} for k, c in enumerate(CLASSES[:num_classes])]
 
 
-def generate_split(out: Path, split: str, count: int, num_classes: int, size: int, seed: int) -> dict[str, Any]:
+def generate_split(out: Path, split: str, count: int, num_classes: int, size: int, seed: int,
+                   max_objects: int = 4) -> dict[str, Any]:
     """Write ``count`` scenes to ``out/split/`` and return their COCO instances dict."""
     folder = out / split
     folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
-        image, objects = render_scene(np.random.default_rng([seed, SPLITS[split], i]), size, num_classes)
+        image, objects = render_scene(np.random.default_rng([seed, SPLITS[split], i]), size, num_classes,
+                                      max_objects)
         image_id = i + 1
         name = f"{split}_{image_id:06d}.jpg"
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -189,15 +196,18 @@ def generate_split(out: Path, split: str, count: int, num_classes: int, size: in
             "images": images, "annotations": annotations, "categories": categories(num_classes)}
 
 
-def generate(out: str | Path, train: int, val: int, num_classes: int = 6, size: int = 160, seed: int = 0) -> Path:
+def generate(out: str | Path, train: int, val: int, num_classes: int = 6, size: int = 160, seed: int = 0,
+             max_objects: int = 4) -> Path:
     """Generate both splits under ``out``; returns ``out``. Same arguments, same bytes."""
     out = Path(out)
     if size < 32:
         raise ValueError(f"--size must be at least 32, got {size}")
+    if not 1 <= max_objects <= 32:
+        raise ValueError(f"--max-objects must be between 1 and 32, got {max_objects}")
     categories(num_classes)
     for split, count in (("train", train), ("val", val)):
         if count > 0:
-            data = generate_split(out, split, count, num_classes, size, seed)
+            data = generate_split(out, split, count, num_classes, size, seed, max_objects)
             atomic_write_json(out / "annotations" / f"instances_{split}.json", data)
     return out
 
@@ -210,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=6, help=f"number of classes (1..{len(CLASSES)})")
     parser.add_argument("--size", type=int, default=160, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-objects", type=int, default=4,
+                        help="objects per scene at most (more than 3 gives several instances per class)")
     args = parser.parse_args(argv)
     try:
-        generate(args.out, args.train, args.val, args.classes, args.size, args.seed)
+        generate(args.out, args.train, args.val, args.classes, args.size, args.seed, args.max_objects)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
