@@ -1,0 +1,131 @@
+"""Box proposals from normalised class maps, and how much of a class's evidence each box holds.
+
+The steps the box recipes (:mod:`camloc.recipes`) are made of, each for many maps at once:
+
+* :func:`level_boxes` — the bounding box of every outer contour of ``u8 ≥ ⌈t·255⌉`` for several
+  levels ``t`` of every map (one ``cv2.findContours`` call on a stack of all the masks);
+* :func:`instance_labels` — instances inside one map: local maxima as seeds, regions grown from
+  them by a watershed of ``−m`` down to a floor (Peak Response Maps, Zhou et al. CVPR 2018),
+  and :func:`labels_to_boxes`;
+* :func:`box_evidence` — for a box ``B`` of map ``m`` (``m ≥ 0``, total heat ``T = Σ m``):
+  ``S = Σ_B m``, ``share = S / T`` (the part of the class's evidence inside the box) and
+  ``soft IoU = S / (|B| + T − S)`` (the IoU of the box with the map read as a soft mask);
+  ``evidence = √(share · soft IoU)``: high only for a box that holds most of the heat *and*
+  little else — a 3-pixel stray contour has almost no share, the whole image has a poor soft IoU;
+* :func:`per_class_nms` — greedy NMS within each class (``torchvision.ops.batched_nms``).
+
+Boxes are integer ``[x, y, w, h]`` in the maps' pixel grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+from torchvision.ops import batched_nms
+
+#: Longer side (pixels) at which :func:`instance_boxes` runs its watershed.
+INSTANCE_SIDE = 160
+
+
+def level_boxes(u8: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Outer-contour boxes of ``u8[k] ≥ ⌈t·255⌉`` for every map ``k`` of ``u8 (K, H, W)`` and level ``t``.
+
+    Returns ``(map index (n,), level index (n,), xywh (n, 4))``, int64, ordered by map, then level,
+    then OpenCV's contour order. A level above a map's maximum gives no box.
+    """
+    num, height, width = u8.shape
+    stride = height + 1
+    cut = [float(np.ceil(np.float32(t) * np.float32(255)) - 1) for t in levels]  # u8 ≥ ⌈t·255⌉ ⟺ u8 > ⌈t·255⌉−1
+    stack = np.zeros((num, len(cut), stride, width), np.uint8)  # an empty row after each mask
+    for k in range(num):
+        for j, level in enumerate(cut):
+            cv2.threshold(u8[k], level, 1, cv2.THRESH_BINARY, dst=stack[k, j, :height])
+    contours, _ = cv2.findContours(stack.reshape(-1, width), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    tile = rects[:, 1] // stride
+    rects[:, 1] -= tile * stride
+    order = np.argsort(tile, kind="stable")
+    return tile[order] // len(cut), tile[order] % len(cut), rects[order]
+
+
+def instance_labels(heat: np.ndarray, floor: float, min_peak: float, min_distance: float) -> np.ndarray:
+    """Instance labels ``(H, W)`` int32 of one map ``heat`` in [0, 1] (0 = none).
+
+    Seeds: local maxima of at least ``min_peak``, ``min_distance`` pixels apart; each pixel with
+    ``heat ≥ floor`` joins the seed it drains to in a watershed of ``−heat``. Two touching blobs
+    with separate peaks get two labels; a region with no seed gets none.
+    """
+    peaks = peak_local_max(heat, min_distance=max(1, int(min_distance)), threshold_abs=min_peak,
+                           exclude_border=False)
+    markers = np.zeros(heat.shape, np.int32)
+    if len(peaks) == 0:
+        return markers
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-heat, markers, mask=heat >= floor).astype(np.int32)
+
+
+def labels_to_boxes(labels: np.ndarray) -> np.ndarray:
+    """``[x, y, w, h]`` ``(n, 4)`` of each label present in ``labels`` (label order)."""
+    boxes = [(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+             for rows, cols in filter(None, ndimage.find_objects(labels))]
+    return np.array(boxes, dtype=np.int64).reshape(-1, 4)
+
+
+def instance_boxes(heat: np.ndarray, floor: float, min_peak: float, grid: tuple[int, int],
+                   side: int = INSTANCE_SIDE) -> np.ndarray:
+    """One box ``[x, y, w, h]`` per instance of a map ``heat (H, W)`` (:func:`instance_labels`).
+
+    Seeds are at least half a feature cell apart (``grid`` = the raw map's ``(h, w)``). The
+    watershed runs with the longer side at ``side`` pixels (the map is a smooth upsampling of a
+    coarse grid, so nothing is lost); the labels are carried back to full resolution and clipped
+    to ``heat ≥ floor``, so the boxes are exact at the floor's contour.
+    """
+    height, width = heat.shape
+    scale = min(1.0, side / max(height, width))
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    coarse = cv2.resize(heat, small, interpolation=cv2.INTER_AREA) if scale < 1 else heat
+    labels = instance_labels(coarse, floor, min_peak, 0.5 * min(small[1] / grid[0], small[0] / grid[1]))
+    if labels.shape != heat.shape:
+        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+    labels[heat < floor] = 0
+    return labels_to_boxes(labels)
+
+
+def integral_images(maps: np.ndarray) -> np.ndarray:
+    """Summed-area tables ``(K, H+1, W+1)`` (float64) of maps ``(K, H, W)``: ``I[y, x] = Σ m[:y, :x]``."""
+    maps = np.asarray(maps, dtype=np.float32)
+    return np.stack([cv2.integral(m, sdepth=cv2.CV_64F) for m in maps]) if len(maps) else \
+        np.zeros((0, maps.shape[1] + 1, maps.shape[2] + 1))
+
+
+def box_sums(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.ndarray:
+    """``Σ m[owner]`` over each box ``[x, y, w, h]``, from the summed-area ``tables``."""
+    x, y, w, h = np.asarray(xywh, dtype=np.int64).T
+    return (tables[owner, y + h, x + w] - tables[owner, y, x + w]) - (tables[owner, y + h, x] - tables[owner, y, x])
+
+
+def box_evidence(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.ndarray:
+    """``√(share · soft IoU)`` of each box (see the module docstring); 0 for a map with no heat."""
+    inside = np.maximum(box_sums(tables, owner, xywh), 0.0)
+    total = tables[owner, -1, -1]
+    area = (xywh[:, 2] * xywh[:, 3]).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, inside / total, 0.0)
+        soft_iou = np.where(total > 0, inside / (area + total - inside), 0.0)
+    return np.sqrt(np.clip(share, 0.0, 1.0) * np.clip(soft_iou, 0.0, 1.0))
+
+
+def per_class_nms(owner: np.ndarray, xywh: np.ndarray, score: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy NMS at ``iou`` within each ``owner`` (highest score first)."""
+    if len(owner) == 0:
+        return np.zeros(0, np.int64)
+    corners = torch.from_numpy(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).astype(np.float64))
+    kept = batched_nms(corners, torch.from_numpy(np.asarray(score, np.float64)), torch.from_numpy(owner), iou)
+    return kept.numpy()
+
