@@ -6,13 +6,16 @@
 * :class:`CocoCrops` — one sample per non-crowd box: the box crop with its single label (the
   course's ``coco_80_dataset.py`` setting), for comparison.
 
-An image that fails to decode yields ``None``; :func:`collate_skipping` drops it and counts it.
+Annotations are checked once by :class:`camloc.evaluation.GroundTruth` (ids, boxes, ...) and
+:func:`image_paths` (file names); a problem is a :class:`DataError` with a one-line message. An
+image that fails to decode for any reason (:class:`camloc.images.ImageError`) never stops a run:
+it yields an :class:`Unreadable` record that :func:`collate_skipping` sets aside and lists.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,47 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
 from camloc.classes import COCO_CATEGORY_IDS, COCO_NAMES
+from camloc.evaluation import EvaluationError, GroundTruth
 from camloc.images import ImageError, load_image
 
 
 class DataError(ValueError):
     """A dataset that cannot be used; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image that could not be decoded: its file name and the one-line reason."""
+
+    file_name: str
+    reason: str
+
+
+def image_paths(folder: str | Path, images: list[dict[str, Any]], ann_name: str) -> list[Path]:
+    """The file of each image entry in ``folder``, checked: every entry has a ``file_name`` that is a
+    relative path inside the folder (no absolute path, no ``..``), and every file exists. Anything
+    else is a :class:`DataError` naming the entry."""
+    folder = Path(folder)
+    paths, missing = [], []
+    for index, image in enumerate(images):
+        name = image.get("file_name")
+        parts = Path(name).parts if isinstance(name, str) else ()
+        if not parts or "\0" in name or Path(name).is_absolute() or ".." in parts:
+            raise DataError(f"{ann_name}: image #{index} (id {image.get('id')}) has file_name {name!r}; expected a "
+                            "file name relative to the image folder, such as 000000000139.jpg")
+        path = folder / name
+        try:
+            present = path.is_file()
+        except OSError as exc:
+            raise DataError(f"{ann_name}: image #{index} has file_name {name!r}, not a usable path "
+                            f"({exc.strerror})") from None
+        paths.append(path)
+        if not present:
+            missing.append(name)
+    if missing:
+        raise DataError(f"{len(missing)} of {len(images)} images listed in {ann_name} are not in {folder} "
+                        f"(e.g. {missing[0]}); check the image folder and the annotation file")
+    return paths
 
 
 class CocoImages(Dataset):
@@ -40,10 +79,6 @@ class CocoImages(Dataset):
     def __init__(self, folder: str | Path, images: list[dict[str, Any]]):
         self.folder = Path(folder)
         self.images = images
-
-    def missing(self) -> list[str]:
-        """File names listed in the annotations that are not in the folder."""
-        return [im["file_name"] for im in self.images if not (self.folder / im["file_name"]).is_file()]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,10 +96,10 @@ def as_list(batch: list) -> list:
     return batch
 
 
-def collate_skipping(batch: list) -> tuple[Any, int]:
-    """Collate the readable samples; returns ``(batch or None, number of unreadable samples)``."""
-    good = [sample for sample in batch if sample is not None]
-    return (default_collate(good) if good else None), len(batch) - len(good)
+def collate_skipping(batch: list) -> tuple[Any, list[Unreadable]]:
+    """Collate the readable samples; returns ``(batch or None, the unreadable samples)``."""
+    good = [sample for sample in batch if not isinstance(sample, Unreadable)]
+    return (default_collate(good) if good else None), [s for s in batch if isinstance(s, Unreadable)]
 
 
 def train_transform(size: int, mean: list[float], std: list[float]) -> Callable:
@@ -82,38 +117,33 @@ def eval_transform(size: int, mean: list[float], std: list[float]) -> Callable:
 
 
 class CocoIndex:
-    """An instances file: its categories (contiguous order) and, per image, its non-crowd boxes."""
+    """An instances file: its categories (contiguous order) and, per image, its non-crowd boxes.
+
+    ``truth`` is the checked :class:`~camloc.evaluation.GroundTruth` of the file.
+    """
 
     def __init__(self, ann_file: str | Path, images_dir: str | Path):
         self.ann_file, self.images_dir = Path(ann_file), Path(images_dir)
         if not self.images_dir.is_dir():
             raise DataError(f"image folder {self.images_dir} does not exist")
-        if not self.ann_file.is_file():
-            raise DataError(f"annotation file {self.ann_file} does not exist")
         try:
-            data = json.loads(self.ann_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{self.ann_file} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-            raise DataError(f"{self.ann_file} is not a COCO instances file (images, annotations, categories)")
-        if not data.get("categories"):
-            raise DataError(f"{self.ann_file} has no categories; a classifier needs at least one")
-        ids = sorted(int(c["id"]) for c in data["categories"])
-        names = {int(c["id"]): c["name"] for c in data["categories"]}
+            self.truth = GroundTruth(self.ann_file)
+        except EvaluationError as exc:
+            raise DataError(str(exc)) from None
+        ids = self.truth.category_ids.tolist()
         self.category_ids: list[int] = ids
-        self.class_names: list[str] = [names[i] for i in ids]
+        self.class_names: list[str] = [self.truth.category_names[i] for i in ids]
         if tuple(ids) == COCO_CATEGORY_IDS:
             self.class_names = list(COCO_NAMES)
         index_of = {cid: k for k, cid in enumerate(ids)}
-        self.images = sorted(data["images"], key=lambda im: im["id"])
+        self.images = sorted(self.truth.data["images"], key=lambda im: im["id"])
         self.boxes: dict[int, list[tuple[int, list[float]]]] = {im["id"]: [] for im in self.images}
-        for ann in data["annotations"]:
-            if not ann.get("iscrowd", 0) and ann["image_id"] in self.boxes and ann["category_id"] in index_of:
-                self.boxes[ann["image_id"]].append((index_of[ann["category_id"]], ann["bbox"]))
-        missing = [im["file_name"] for im in self.images if not (self.images_dir / im["file_name"]).is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} of {len(self.images)} images of {self.ann_file.name} are not in "
-                            f"{self.images_dir} (e.g. {missing[0]})")
+        truth = self.truth
+        for image_id, category, box, crowd in zip(truth.ann_image.tolist(), truth.ann_category.tolist(),
+                                                  truth.ann_bbox.tolist(), truth.ann_crowd.tolist()):
+            if not crowd and image_id in self.boxes and category in index_of:
+                self.boxes[image_id].append((index_of[category], box))
+        image_paths(self.images_dir, self.images, self.ann_file.name)
 
     @property
     def num_classes(self) -> int:
@@ -121,7 +151,7 @@ class CocoIndex:
 
 
 class CocoMultiLabel(Dataset):
-    """``(image tensor, multi-hot target (K,))`` per image; ``None`` if the image cannot be read."""
+    """``(image tensor, multi-hot target (K,))`` per image; :class:`Unreadable` if it cannot be read."""
 
     def __init__(self, index: CocoIndex, transform: Callable, limit: int | None = None):
         self.index, self.transform = index, transform
@@ -138,12 +168,12 @@ class CocoMultiLabel(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | Unreadable:
         info = self.images[i]
         try:
             image = load_image(self.index.images_dir / info["file_name"])
-        except ImageError:
-            return None
+        except ImageError as exc:
+            return Unreadable(info["file_name"], str(exc))
         target = torch.zeros(self.index.num_classes)
         for k, _ in self.index.boxes[info["id"]]:
             target[k] = 1.0
@@ -151,7 +181,8 @@ class CocoMultiLabel(Dataset):
 
 
 class CocoCrops(Dataset):
-    """``(crop tensor, class index)`` per non-crowd box of at least ``min_size`` pixels a side."""
+    """``(crop tensor, class index)`` per non-crowd box of at least ``min_size`` pixels a side
+    (:class:`Unreadable` if its image cannot be read)."""
 
     def __init__(self, index: CocoIndex, transform: Callable, limit: int | None = None, min_size: float = 8.0):
         self.index, self.transform = index, transform
@@ -167,10 +198,10 @@ class CocoCrops(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | Unreadable:
         info, k, (x, y, w, h) = self.items[i]
         try:
             image = load_image(self.index.images_dir / info["file_name"])
-        except ImageError:
-            return None
+        except ImageError as exc:
+            return Unreadable(info["file_name"], str(exc))
         return self.transform(image.crop((int(x), int(y), int(x + w + 0.5), int(y + h + 0.5)))), k

@@ -37,3 +37,23 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = None) ->
     text = json.dumps(data, indent=indent, allow_nan=False)
     with atomic_output(path) as handle:
         handle.write(text)
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be created or written; the message says why."""
+
+
+def writable_folder(path: str | Path) -> Path:
+    """Create ``path`` (with parents) if needed and check that files can be written in it, before any
+    long work starts; an :class:`OutputError` names the problem otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder; choose another output folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to {path} ({exc.strerror or exc.__class__.__name__}); "
+                          "choose a writable output folder") from None
+    return path

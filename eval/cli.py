@@ -19,11 +19,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.data import CocoImages, as_list
-from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth, localization_metrics
-from camloc.io_utils import atomic_output, atomic_write_json
+from camloc.data import CocoImages, DataError, as_list, image_paths
+from camloc.devices import resolve_device
+from camloc.errors import error_line
+from camloc.evaluation import STAT_NAMES, Detections, EvaluationError, GroundTruth, localization_metrics
+from camloc.images import ImageError
+from camloc.io_utils import OutputError, atomic_output, atomic_write_json, writable_folder
 from camloc.localize import Localizer
-from camloc.models import ModelError
+from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.recipes import DEFAULT_RECIPE, RECIPES, make_recipe
 
 PROGRESS = ".progress.jsonl"
@@ -53,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--limit", type=int, help="only the first N images (by image id)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
         make_recipe(args.recipe, threshold=args.threshold, mode=args.boxes, classes=args.classes)
@@ -60,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(exc))
     if args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be ≥ 1, --workers ≥ 0")
+    if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
+        parser.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
     return args
 
 
@@ -70,24 +80,39 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return {k: str(getattr(args, k)) for k in keys}
 
 
-def read_progress(path: Path, settings: dict[str, Any]) -> dict[int, list[dict]]:
-    """Finished images of an interrupted run (a torn last line is dropped)."""
+def read_progress(path: Path, settings: dict[str, Any], image_ids: set[int]) -> dict[int, list[dict]]:
+    """Finished images of an interrupted run: ``{image_id: detections}``. A torn last line (the run
+    was killed while writing it) is dropped; any other damage is a :class:`CliError`."""
     if not path.is_file():
         return {}
-    lines = path.read_text().splitlines()
+    damaged, hint = f"--resume: the progress file {path} is damaged", "; delete it or run without --resume"
     try:
+        lines = path.read_text().splitlines()
         header = json.loads(lines[0])
-    except (IndexError, json.JSONDecodeError):
-        return {}
-    if header.get("settings") != settings:
+    except (OSError, ValueError, IndexError) as exc:
+        raise CliError(f"{damaged} ({exc.__class__.__name__}){hint}") from None
+    if not isinstance(header, dict) or "settings" not in header:
+        raise CliError(f"{damaged} (no settings line){hint}")
+    if header["settings"] != settings:
         raise CliError(f"{path.parent} holds a run with other settings; use a new --out or run without --resume")
     done: dict[int, list[dict]] = {}
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], start=2):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        done[record["image_id"]] = record["detections"]
+        except ValueError:
+            if number == len(lines):
+                break
+            raise CliError(f"{damaged} (line {number} is not JSON){hint}") from None
+        image_id = record.get("image_id") if isinstance(record, dict) else None
+        if type(image_id) is not int or image_id not in image_ids or not isinstance(record.get("detections"), list):
+            raise CliError(f"{damaged} (line {number} is not the record of an image of --ann){hint}")
+        try:
+            found = Detections(record["detections"])
+        except EvaluationError as exc:
+            raise CliError(f"{damaged} (line {number}: {exc}){hint}") from None
+        if (found.image != image_id).any():
+            raise CliError(f"{damaged} (line {number} mixes images){hint}")
+        done[image_id] = record["detections"]
     return done
 
 
@@ -101,27 +126,41 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     images = sorted(truth.data["images"], key=lambda im: im["id"])[: args.limit]
     if not images:
         raise CliError(f"--ann {args.ann} lists no images")
-    missing = CocoImages(args.images, images).missing()
-    if missing:
-        raise CliError(f"{len(missing)} of {len(images)} images listed in {args.ann.name} are not in {args.images} "
-                       f"(e.g. {missing[0]}); check --images/--ann")
+    try:
+        image_paths(args.images, images, args.ann.name)
+    except DataError as exc:
+        raise CliError(str(exc)) from None
     return truth, images
 
 
+def _same_name(ours: str, theirs: str) -> bool:
+    def key(name: str) -> str:
+        return " ".join(name.replace("_", " ").split()).casefold()
+    return key(ours) == key(theirs)
+
+
 def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    """The checkpoint's Localizer; its classes must be the annotation file's categories, matched by
+    id *and* name (a model whose ids merely overlap, such as the 6-class demo model on COCO, is refused)."""
     try:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
                                               threshold=args.threshold,
                                               boxes=args.boxes, classes=args.classes, img_size=args.img_size,
-                                              tta=args.tta, device=device)
-    except (ModelError, RuntimeError) as exc:
+                                              tta=args.tta, device=args.device)
+    except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
-    known = set(truth.category_ids.tolist())
-    if "category_ids" not in localizer.meta or not set(localizer.category_ids) <= known:
+    known = truth.category_names
+    if "category_ids" not in localizer.meta or not set(localizer.category_ids) <= set(known):
         raise CliError(f"--checkpoint {args.checkpoint}: its {localizer.meta['num_classes']} classes are not COCO's "
                        f"or {args.ann.name}'s; evaluate a model trained on these categories")
-    if device.startswith("cuda"):
+    clash = [(cid, name, known[cid]) for cid, name in zip(localizer.category_ids, localizer.class_names)
+             if not _same_name(name, known[cid])]
+    if clash:
+        cid, name, theirs = clash[0]
+        raise CliError(f"--checkpoint {args.checkpoint}: its class {name!r} has category id {cid}, which is "
+                       f"{theirs!r} in {args.ann.name} ({len(clash)} of {len(localizer.class_names)} classes differ "
+                       "by name); evaluate a model trained on these categories")
+    if args.device.startswith("cuda"):
         localizer.model.to(memory_format=torch.channels_last)
     return localizer
 
@@ -138,25 +177,26 @@ def print_report(metrics: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    writable_folder(args.out)
     truth, images = load_split(args)
     localizer = build_localizer(args, truth)
-    args.out.mkdir(parents=True, exist_ok=True)
     progress_path = args.out / PROGRESS
     settings = settings_of(args)
-    done = read_progress(progress_path, settings) if args.resume else {}
+    done = read_progress(progress_path, settings, {im["id"] for im in images}) if args.resume else {}
     todo = [im for im in images if im["id"] not in done]
     if not args.resume or not progress_path.is_file():
         with atomic_output(progress_path) as handle:
             handle.write(json.dumps({"settings": settings}) + "\n")
     loader = DataLoader(CocoImages(args.images, todo), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=as_list, persistent_workers=False)
-    failed: list[str] = []
+    failed: list[dict[str, Any]] = []
+    file_names = {im["id"]: im["file_name"] for im in todo}
     start = time.perf_counter()
     with progress_path.open("a") as log, tqdm(total=len(images), initial=len(done), unit="img",
                                               desc="eval", file=sys.stderr) as bar:
         for batch in loader:
             readable = [(i, im) for i, im, err in batch if im is not None]
-            failed += [err for _, im, err in batch if im is None]
+            failed += [unreadable_record(i, file_names[i], err) for i, im, err in batch if im is None]
             analyses = localizer.analyze([im for _, im in readable]) if readable else []
             for (image_id, _), analysis in zip(readable, analyses):
                 dets = (localizer.baseline_detections(analysis, args.baseline, image_id) if args.baseline
@@ -166,13 +206,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.flush()
             bar.update(len(batch))
     elapsed = time.perf_counter() - start
+    if not done:
+        raise CliError(f"none of the {len(images)} images could be read ({failed[0]['reason']}); check --images")
     if failed:
-        print(f"warning: {len(failed)} images could not be read and have no detections (first: {failed[0]})",
-              file=sys.stderr)
+        print(f"warning: {len(failed)} of {len(images)} images could not be read and are left out of the metrics "
+              f"(listed in metrics.json; first: {failed[0]['file_name']})", file=sys.stderr)
     detections = [d for im in images for d in done.get(im["id"], [])]
-    metrics = localization_metrics(truth, detections, [im["id"] for im in images])
+    metrics = localization_metrics(truth, detections, [im["id"] for im in images if im["id"] in done])
     metrics["settings"] = settings
-    metrics["unreadable_images"] = len(failed)
+    metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(len(todo) / elapsed, 3) if todo and elapsed > 0 else None
     atomic_write_json(args.out / "detections.json", detections)
     atomic_write_json(args.out / "metrics.json", metrics, indent=1)
@@ -182,15 +224,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
+def unreadable_record(image_id: int, file_name: str, reason: str) -> dict[str, Any]:
+    """How ``metrics.json`` lists an image that could not be decoded."""
+    return {"image_id": image_id, "file_name": file_name, "reason": reason}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m eval``; a problem ends it with exit status 2 and one ``error:`` line."""
     args = parse_args(argv)
     try:
         run(args)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out / PROGRESS})",
               file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(error_line(exc, (CliError, EvaluationError, ModelError, DataError, ImageError, OutputError, OSError)),
+              file=sys.stderr)
+        return 2
     return 0

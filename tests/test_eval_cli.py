@@ -11,6 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from camloc.demo import DEMO_CHECKPOINT
 from camloc.localize import Localizer
 from eval.cli import main
 from tests.conftest import COCO80, IMAGENET1001, ROOT, VAL_ANN, VAL_IMAGES
@@ -95,6 +96,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
                            "--checkpoint", str(COCO80)],
         "are not COCO's": ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(IMAGENET1001)],
         "no such checkpoint": ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(tmp_path)],
+        "differ by name": ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(DEMO_CHECKPOINT)],
     }
     for message, args in cases.items():
         out = tmp_path / "out"
@@ -103,3 +105,42 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
         assert not (out / "detections.json").exists() and not (out / "metrics.json").exists()
+
+
+def test_unreadable_images_are_skipped_listed_and_the_rest_equals_pycocotools(tmp_path, capsys):
+    """A folder where 4 of 16 real images are damaged: the run finishes, lists them, warns once, and
+    its metrics are pycocotools' on the 12 readable images."""
+    ann = json.loads(VAL_ANN.read_text())
+    chosen = sorted(ann["images"], key=lambda im: im["id"])[:16]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for im in chosen:
+        shutil.copy(VAL_IMAGES / im["file_name"], folder / im["file_name"])
+    jpeg = (folder / chosen[1]["file_name"]).read_bytes()
+    damage = {chosen[1]["file_name"]: jpeg[: len(jpeg) // 2], chosen[5]["file_name"]: b"not a jpeg",
+              chosen[9]["file_name"]: jpeg[:2] + bytes(40) + jpeg[42:], chosen[12]["file_name"]: b""}
+    for name, content in damage.items():
+        (folder / name).write_bytes(content)
+    ids = {im["id"] for im in chosen}
+    subset = tmp_path / "ann.json"
+    subset.write_text(json.dumps(dict(ann, images=chosen, annotations=[a for a in ann["annotations"]
+                                                                         if a["image_id"] in ids])))
+    out = tmp_path / "out"
+    assert main(["--images", str(folder), "--ann", str(subset), "--checkpoint", str(COCO80), "--out", str(out),
+                 "--workers", "1", "--batch-size", "4"]) == 0
+    err = capsys.readouterr().err
+    assert sum("warning:" in line for line in err.splitlines()) == 1 and "Traceback" not in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(u["file_name"] for u in metrics["unreadable_images"]) == sorted(damage)
+    assert all(str(folder) in u["reason"] for u in metrics["unreadable_images"])
+    readable = sorted(ids - {u["image_id"] for u in metrics["unreadable_images"]})
+    assert metrics["num_images"] == len(readable) == 12
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(subset))
+        evaluator = COCOeval(coco, coco.loadRes(str(out / "detections.json")), "bbox")
+        evaluator.params.imgIds = readable
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert metrics["coco_stats"] == list(evaluator.stats)
+    assert metrics["coco"]["AP50"] > 0

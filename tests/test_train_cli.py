@@ -118,7 +118,9 @@ def test_bad_input_and_nan_loss(tmp_path, monkeypatch, capsys):
     first = sorted(json.loads(TRAIN_ANN.read_text())["images"], key=lambda im: im["id"])[0]["file_name"]
     (images / first).write_bytes(b"not a jpeg")
     assert main(tiny_args(tmp_path / "skip", "--images", str(images), "--epochs", "1")) == 0
-    assert json.loads((tmp_path / "skip" / "log.jsonl").read_text())["skipped_images"] == 1
+    record = json.loads((tmp_path / "skip" / "log.jsonl").read_text())
+    assert record["skipped_images"] == 1 and record["unreadable_images"] == [first]
+    assert "warning: 1 training and 0 validation images could not be read" in capsys.readouterr().err
 
     # a NaN loss stops with a clear message and keeps the last good checkpoint
     out = tmp_path / "nan"

@@ -32,14 +32,27 @@ from camloc.data import (
     CocoIndex,
     CocoMultiLabel,
     DataError,
+    Unreadable,
     collate_skipping,
     eval_transform,
     train_transform,
 )
-from camloc.evaluation import classification_ap, coco_evaluate
-from camloc.io_utils import atomic_output
+from camloc.devices import resolve_device
+from camloc.errors import error_line
+from camloc.evaluation import EvaluationError, classification_ap, coco_evaluate
+from camloc.images import ImageError, load_image
+from camloc.io_utils import OutputError, atomic_output, writable_folder
 from camloc.localize import Localizer
-from camloc.models import CamModel, ModelError, build_model, checkpoint_payload, probabilities
+from camloc.models import (
+    MAX_INPUT_SIZE,
+    MIN_INPUT_SIZE,
+    CamModel,
+    ModelError,
+    build_model,
+    checkpoint_payload,
+    load_checkpoint,
+    probabilities,
+)
 from camloc.models import atomic_torch_save as save
 
 
@@ -88,20 +101,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="use only the first N training images (smoke tests)")
     p.add_argument("--val-limit", type=int, default=0,
                    help="also measure localisation AP50 of CAM boxes on the first N validation images")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.img_size < 32:
-        p.error("--epochs and --batch-size must be ≥ 1, --lr > 0, --img-size ≥ 32")
-    if (args.val_images is None) != (args.val_ann is None):
-        p.error("--val-images and --val-ann go together")
+    problems = [message for bad, message in [
+        (args.epochs < 1 or args.batch_size < 1, "--epochs and --batch-size must be ≥ 1"),
+        (not (math.isfinite(args.lr) and args.lr > 0), "--lr must be a finite number > 0"),
+        (not (math.isfinite(args.backbone_lr_scale) and args.backbone_lr_scale >= 0),
+         "--backbone-lr-scale must be a finite number ≥ 0"),
+        (not (math.isfinite(args.weight_decay) and args.weight_decay >= 0),
+         "--weight-decay must be a finite number ≥ 0"),
+        (not (math.isfinite(args.warmup_epochs) and args.warmup_epochs >= 0),
+         "--warmup-epochs must be a finite number ≥ 0"),
+        (not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE,
+         f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"),
+        (args.workers < 0, "--workers must be ≥ 0"),
+        (args.limit is not None and args.limit < 1, "--limit must be ≥ 1"),
+        (args.val_limit < 0, "--val-limit must be ≥ 0"),
+        (not 0 <= args.seed < 2**32, "--seed must be from 0 to 2**32 - 1"),
+        ((args.val_images is None) != (args.val_ann is None), "--val-images and --val-ann go together"),
+    ] if bad]
+    if problems:
+        p.error("; ".join(problems))
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
     return args
 
 
 def setup_distributed(device: str) -> Dist:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo otherwise)."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo otherwise);
+    ``device`` is a resolved device name (see :func:`camloc.devices.resolve_device`)."""
+    use_cuda = device.startswith("cuda")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(0, 1, torch.device(("cuda" if use_cuda else "cpu") if device == "auto" else device))
+        return Dist(0, 1, torch.device(device))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
@@ -161,11 +195,14 @@ def make_loader(dataset, args: argparse.Namespace, node: Dist, epoch: int, train
 
 
 @torch.no_grad()
-def validate(model: CamModel, meta: dict[str, Any], val_set, val_index, args, node: Dist) -> dict[str, Any]:
-    """Image-level classification mAP, and optionally CAM localisation AP50 on ``--val-limit`` images."""
+def validate(model: CamModel, meta: dict[str, Any], val_set, val_index: CocoIndex, args,
+             node: Dist) -> dict[str, Any]:
+    """Image-level classification mAP, and optionally CAM localisation AP50 on ``--val-limit`` images
+    (unreadable images are left out of both and listed as ``val_unreadable_images``)."""
     model.eval()
-    scores, targets = [], []
-    for batch, _ in make_loader(val_set, args, node, 0, train=False):
+    scores, targets, unreadable = [], [], set()
+    for batch, skipped in make_loader(val_set, args, node, 0, train=False):
+        unreadable.update(u.file_name for u in skipped)
         if batch is None:
             continue
         images, target = batch
@@ -176,32 +213,53 @@ def validate(model: CamModel, meta: dict[str, Any], val_set, val_index, args, no
     result: dict[str, Any] = {"val_map": val_map}
     if args.val_limit:
         localizer = Localizer(model, meta, device=node.device)
-        images = val_index.images[: args.val_limit]
+        readable = []
+        for im in val_index.images[: args.val_limit]:
+            try:
+                readable.append((im["id"], load_image(val_index.images_dir / im["file_name"])))
+            except ImageError:
+                unreadable.add(im["file_name"])
         dets = []
-        for start in range(0, len(images), args.batch_size):
-            chunk = images[start:start + args.batch_size]
-            for found in localizer.predict_batch([val_index.images_dir / im["file_name"] for im in chunk],
-                                                 [im["id"] for im in chunk]):
+        for start in range(0, len(readable), args.batch_size):
+            chunk = readable[start:start + args.batch_size]
+            for found in localizer.predict_batch([image for _, image in chunk], [i for i, _ in chunk]):
                 dets += found
-        result["val_loc_ap50"] = coco_evaluate(args.val_ann, dets, [im["id"] for im in images])["stats"][1]
+        result["val_loc_ap50"] = (coco_evaluate(val_index.truth, dets, [i for i, _ in readable])["stats"][1]
+                                  if readable else None)
+    result["val_unreadable_images"] = sorted(unreadable)
     return result
 
 
 def train_epoch(net: nn.Module, model: CamModel, loader: DataLoader, optimizer, scheduler, scaler, args,
                 node: Dist, epoch: int) -> dict[str, float]:
-    """One pass over the training set; raises :class:`TrainingError` on a non-finite loss."""
+    """One pass over the training set; raises :class:`TrainingError` on a non-finite loss, or when no
+    batch could be trained on.
+
+    Unreadable images are left out of their batch and listed. A batch left with one sample is
+    skipped while BatchNorm layers train (they need two; ``dropped_samples`` counts them); under
+    DDP every process skips the same steps, so none waits forever for the others.
+    """
     model.train()
     if args.freeze_backbone:
         model.eval()  # frozen BatchNorm statistics and no dropout in the backbone
         model.head.train()
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    min_batch = 2 if any(isinstance(m, norms) and m.training for m in model.modules()) else 1
     criterion = nn.BCEWithLogitsLoss() if args.mode == "multilabel" else nn.CrossEntropyLoss()
     amp = node.device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    total, count, skipped, start = 0.0, 0, 0, time.perf_counter()
+    total, count, dropped, unreadable, start = 0.0, 0, 0, [], time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not node.main, file=sys.stderr)
-    for batch, unreadable in bar:
-        skipped += unreadable
-        if batch is None:
+    for batch, skipped in bar:
+        unreadable += skipped
+        size = 0 if batch is None else len(batch[0])
+        usable = size >= min_batch
+        if node.world > 1:
+            flag = torch.tensor(float(usable), device=node.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            usable = flag.item() == 1
+        if not usable:
+            dropped += size
             continue
         images, targets = (t.to(node.device, non_blocking=True) for t in batch)
         if amp:
@@ -223,12 +281,23 @@ def train_epoch(net: nn.Module, model: CamModel, loader: DataLoader, optimizer, 
         total += loss.item() * len(images)
         count += len(images)
         bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count * node.world / (time.perf_counter() - start):.1f}")
-    stats = torch.tensor([total, count, skipped], dtype=torch.float64, device=node.device)
+    stats = torch.tensor([total, count, dropped], dtype=torch.float64, device=node.device)
     if node.world > 1:
         dist.all_reduce(stats)
+        everyone: list[list[Unreadable]] = [[] for _ in range(node.world)]
+        dist.all_gather_object(everyone, unreadable)
+        unreadable = [u for part in everyone for u in part]
+    if stats[1].item() == 0 and not stats[2].item():
+        first = f" ({unreadable[0].reason})" if unreadable else ""
+        raise TrainingError(f"none of the {len(loader.dataset)} training samples could be read{first}; "
+                            "check the image folder")
+    if stats[1].item() == 0:
+        raise TrainingError(f"no batch held {min_batch} readable samples, as BatchNorm needs to train; use more "
+                            "images or a larger --batch-size")
     elapsed = time.perf_counter() - start
-    return {"train_loss": stats[0].item() / max(stats[1].item(), 1), "images_per_s": stats[1].item() / elapsed,
-            "skipped_images": int(stats[2].item()), "lr": optimizer.param_groups[-1]["lr"]}
+    return {"train_loss": stats[0].item() / stats[1].item(), "images_per_s": stats[1].item() / elapsed,
+            "skipped_images": len(unreadable), "unreadable_images": sorted({u.file_name for u in unreadable}),
+            "dropped_samples": int(stats[2].item()), "lr": optimizer.param_groups[-1]["lr"]}
 
 
 def initial_model(args: argparse.Namespace, index: CocoIndex) -> tuple[CamModel, dict[str, Any]]:
@@ -265,13 +334,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     start_epoch, best, history = 0, -1.0, []
     last = args.out / "last.pt"
     if args.resume and last.is_file():
-        payload = torch.load(last, map_location="cpu", weights_only=True)
-        model.net.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["train_state"]["optimizer"])
-        scheduler.load_state_dict(payload["train_state"]["scheduler"])
-        scaler.load_state_dict(payload["train_state"]["scaler"])
-        start_epoch, best = payload["train_state"]["epoch"], payload["train_state"]["best"]
-        history = [json.loads(line) for line in payload["train_state"]["history"]]
+        start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler)
     elif args.resume and node.main:
         print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
     net = DistributedDataParallel(model) if node.world > 1 else model
@@ -293,11 +356,66 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
             if improved or val_set is None:
                 save(checkpoint_payload(model, meta, epoch=epoch + 1, val_map=score), args.out / "best.pt")
             write_log(args.out / "log.jsonl", history)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                  flush=True)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                           if not isinstance(v, list)), flush=True)
         if node.world > 1:
             dist.barrier()
+    if node.main:
+        warn_unreadable(history)
     return {"history": history, "best": best}
+
+
+def warn_unreadable(history: list[dict[str, Any]]) -> None:
+    """One warning line at the end of a run that skipped images (each epoch's list is in log.jsonl)."""
+    train = sorted({name for record in history for name in record.get("unreadable_images", [])})
+    val = sorted({name for record in history for name in record.get("val_unreadable_images", [])})
+    if train or val:
+        first = (train or val)[0]
+        print(f"warning: {len(train)} training and {len(val)} validation images could not be read and were "
+              f"skipped (listed in log.jsonl; first: {first})", file=sys.stderr)
+
+
+def _finite(obj: Any) -> bool:
+    """No NaN or infinity in a (nested) optimizer/scheduler state."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return not isinstance(obj, float) or math.isfinite(obj)
+
+
+def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, scheduler,
+           scaler) -> tuple[int, float, list[dict[str, Any]]]:
+    """Restore weights, optimizer, scheduler and scaler from ``last``; returns ``(epochs done, best
+    validation mAP, history)``. A damaged file, or one from another run, is a :class:`TrainingError`."""
+    try:
+        saved, saved_meta, extras = load_checkpoint(last)
+    except ModelError as exc:
+        raise TrainingError(f"--resume: {exc}") from None
+    if saved_meta["arch"] != meta["arch"] or saved_meta["class_names"] != meta["class_names"]:
+        raise TrainingError(f"--resume: {last} holds a {saved_meta['arch']} with {saved_meta['num_classes']} "
+                            f"classes, not this run's {meta['arch']} with {meta['num_classes']}; use another --out")
+    state = extras.get("train_state")
+    try:
+        epoch, best = state["epoch"], state["best"]
+        history = [json.loads(line) for line in state["history"]]
+        if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or isinstance(best, bool)
+                or not isinstance(best, (int, float)) or not math.isfinite(best)
+                or not all(isinstance(h, dict) for h in history)):
+            raise ValueError(f"epoch {epoch!r}, best {best!r} or the history is invalid")
+        if not _finite([state["optimizer"], state["scheduler"], state["scaler"]]):
+            raise ValueError("the optimizer state holds NaN or inf")
+        model.net.load_state_dict(saved.net.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    except (TypeError, KeyError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise TrainingError(f"--resume: {last} has a damaged training state ({exc.__class__.__name__}: {detail}); "
+                            "delete it to start over, or use another --out") from None
+    return epoch, float(best), history
 
 
 def write_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -307,21 +425,25 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m train``; a problem ends it with exit status 2 and one ``error:`` line."""
     args = parse_args(argv)
-    node = setup_distributed(args.device)
     try:
+        node = setup_distributed(args.device)
         if node.main:
-            args.out.mkdir(parents=True, exist_ok=True)
+            writable_folder(args.out)
         run(args, node)
-    except (TrainingError, DataError, ModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        if node.main:
+        if int(os.environ.get("RANK", "0")) == 0:
             print(f"\ninterrupted; continue with the same command plus --resume ({args.out / 'last.pt'})",
                   file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(error_line(exc, (TrainingError, DataError, ModelError, EvaluationError, OutputError, OSError)),
+              file=sys.stderr)
+        return 2
     finally:
-        if node.world > 1 and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
     return 0
