@@ -109,35 +109,46 @@ def draw_boxes(image: Image.Image | np.ndarray, detections: Sequence[dict], name
     Each box is outlined in its class colour (or ``color``) with a thin black halo, and labelled
     ``"name score"`` (3 significant digits) — or just ``"name"`` when it has no score (ground
     truth). Line width and label size follow the image size (``width`` overrides the line width).
+    Boxes are drawn from the lowest score up, so the best box is on top; labels are placed from the
+    highest score down, and a label that would cover one already placed is left out (its box is
+    still drawn), so that a picture with many boxes stays readable.
     """
     canvas = Image.fromarray(_rgb(image).copy())
     draw = ImageDraw.Draw(canvas)
     font = _font(label_size(*canvas.size))
     width = width or max(2, round(max(canvas.size) / 160))
-    for det in detections:
+    ranked = sorted(detections, key=lambda d: -d["score"] if d.get("score") is not None else 0.0)
+    for det in reversed(ranked):
         x, y, w, h = (float(v) for v in det["bbox"])
-        category = det.get("category_id", 0)
-        outline = color or class_color(category)
         x1, y1 = x + max(w - 1, 0), y + max(h - 1, 0)
         draw.rectangle([x - 1, y - 1, x1 + 1, y1 + 1], outline=HALO, width=width + 2)
-        draw.rectangle([x, y, x1, y1], outline=outline, width=width)
+        draw.rectangle([x, y, x1, y1], outline=color or class_color(det.get("category_id", 0)), width=width)
+    placed: list[tuple[float, float, float, float]] = []
+    for det in ranked:
+        category = det.get("category_id", 0)
         label = str((names or {}).get(category, category))
         if det.get("score") is not None:
             label += f" {format_score(det['score'])}"
-        _draw_label(draw, (x, y), label, outline, font, canvas.size)
+        _draw_label(draw, det["bbox"], label, color or class_color(category), font, canvas.size, placed)
     return canvas
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, corner: tuple[float, float], label: str, fill: tuple[int, int, int],
-                font: ImageFont.FreeTypeFont | ImageFont.ImageFont, size: tuple[int, int]) -> None:
-    """A filled tag with ``label`` above the box's top-left corner (inside the box at the image's top edge)."""
+def _draw_label(draw: ImageDraw.ImageDraw, bbox: Sequence[float], label: str, fill: tuple[int, int, int],
+                font: ImageFont.FreeTypeFont | ImageFont.ImageFont, size: tuple[int, int],
+                placed: list[tuple[float, float, float, float]]) -> None:
+    """A filled tag with ``label`` just above the box's top-left corner, or just inside it, wherever it
+    covers no tag in ``placed`` (then it is added there); nowhere free: no tag."""
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     pad = max(2, round((bottom - top) / 6))
     tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x = min(max(0.0, corner[0]), max(0.0, size[0] - tag_w))
-    y = corner[1] - tag_h if corner[1] - tag_h >= 0 else corner[1]
-    draw.rectangle([x, y, x + tag_w, y + tag_h], fill=fill, outline=HALO)
-    draw.text((x + pad - left, y + pad - top), label, fill=text_color(fill), font=font)
+    x = min(max(0.0, float(bbox[0])), max(0.0, size[0] - tag_w))
+    for y in (float(bbox[1]) - tag_h, float(bbox[1])):
+        tag = (x, y, x + tag_w, y + tag_h)
+        if y >= 0 and not any(tag[0] < o[2] and o[0] < tag[2] and tag[1] < o[3] and o[1] < tag[3] for o in placed):
+            placed.append(tag)
+            draw.rectangle(tag, fill=fill, outline=HALO)
+            draw.text((x + pad - left, y + pad - top), label, fill=text_color(fill), font=font)
+            return
 
 
 def cam_grid(image: Image.Image | np.ndarray, heats: Sequence[np.ndarray], titles: Sequence[str],

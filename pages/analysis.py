@@ -76,7 +76,8 @@ def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
                            help="How maps become boxes (camloc.recipes); new recipes appear here by themselves")
     recipe = RECIPES[name]
     if recipe.__doc__:
-        where.caption(re.sub(r":\w+:`~?([^`]+)`", r"`\1`", recipe.__doc__.strip().splitlines()[0]))
+        summary = " ".join(recipe.__doc__.strip().split("\n\n")[0].split())
+        where.caption(re.sub(r":\w+:`~?([^`]+)`", r"`\1`", summary))
     defaults = recipe.parameters()
     options: dict[str, Any] = {}
     if "threshold" in defaults:

@@ -18,7 +18,7 @@ from camloc.classes import COCO_NAMES
 from camloc.demo import EXAMPLES
 from camloc.evaluation import localization_metrics
 from camloc.models import build_torchvision, save_checkpoint
-from camloc.recipes import RECIPES
+from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
 from camloc.viz import class_hex
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
@@ -75,6 +75,8 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     assert at.session_state["forward_passes"] == 1
     assert at.sidebar.selectbox(key="model_label").value.startswith("Demo")
     assert at.sidebar.selectbox(key="recipe").options == list(RECIPES)
+    assert at.sidebar.selectbox(key="recipe").value == DEFAULT_RECIPE
+    at.sidebar.selectbox(key="recipe").set_value("seed").run()  # the course recipe: Otsu / fraction, all / largest
     first = boxes_table(at).to_string()
     top = at.dataframe[0].value
     assert len(top) == 5 and top["probability"].is_monotonic_decreasing
@@ -97,6 +99,7 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
 
 def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
     at = page("explore.py", monkeypatch, tmp_path).run()
+    at.sidebar.selectbox(key="recipe").set_value("seed").run()
     at.sidebar.radio(key="method").set_value("TTA-CAM").run()
     no_exception(at)
     assert at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once

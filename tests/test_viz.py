@@ -80,3 +80,14 @@ def test_grid_and_multiclass_overlay_shapes():
     stack[1, :, 40:] = 1.0
     over = np.asarray(multiclass_overlay(image, stack, [1, 5], alpha=1.0, floor=0.0))
     assert over[5, 5].tolist() == list(class_color(1)) and over[5, 70].tolist() == list(class_color(5))
+
+
+def test_many_boxes_best_on_top_and_labels_never_overlap():
+    image = np.zeros((200, 300, 3), np.uint8)
+    same = [40, 60, 120, 100]
+    dets = [{"bbox": same, "category_id": c, "score": s} for c, s in ((3, 0.1), (1, 0.9), (2, 0.5))]
+    out = np.asarray(draw_boxes(image, dets, {1: "a", 2: "b", 3: "c"}))
+    present = {c: np.all(out == class_color(c), axis=-1) for c in (1, 2, 3)}
+    assert present[1][159, 100]  # the bottom edge shows the best box, drawn last
+    assert present[1][:60].any() and present[2][60:].any()  # best label above the box, the next one inside
+    assert not present[3].any()  # no free place for the third label: left out; its box is under the others
