@@ -3,7 +3,8 @@ one JSON-ready report, and image-level classification AP.
 
 One job per module: ``inputs`` (ground truth and detections, read and checked once),
 ``coco`` (:func:`coco_evaluate` and its matching), ``voc`` (:func:`voc_map`),
-``report`` (:func:`localization_metrics`), ``classification`` (:func:`classification_ap`).
+``report`` (:func:`localization_metrics`), ``classification`` (:func:`classification_ap`),
+``wsol`` (wsolevaluation's MaxBoxAccV2, GT-known and Top-1 Loc of the maps: :class:`BoxAccuracy`).
 """
 
 from camloc.evaluation.classification import classification_ap
@@ -20,7 +21,9 @@ from camloc.evaluation.coco import (
 from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
 from camloc.evaluation.report import localization_metrics
 from camloc.evaluation.voc import voc_average_precision, voc_map
+from camloc.evaluation.wsol import BoxAccuracy, image_hits, recognised_classes
 
 __all__ = ["AREA_LABELS", "AREA_RANGES", "IOU_THRESHOLDS", "MAX_DETS", "RECALL_THRESHOLDS", "STAT_NAMES",
-           "Detections", "EvaluationError", "GroundTruth", "box_iou_pairs", "classification_ap", "coco_evaluate",
-           "localization_metrics", "voc_average_precision", "voc_map"]
+           "BoxAccuracy", "Detections", "EvaluationError", "GroundTruth", "box_iou_pairs", "classification_ap",
+           "coco_evaluate", "image_hits", "localization_metrics", "recognised_classes", "voc_average_precision",
+           "voc_map"]
