@@ -14,6 +14,7 @@ import json
 import math
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,10 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         if not path.is_file():
             raise ModelError(f"{path}: no such checkpoint file")
+        if zipfile.is_zipfile(path) and any(i.compress_type != zipfile.ZIP_STORED
+                                            for i in zipfile.ZipFile(path).infolist()):
+            raise ModelError(f"{path}: refused, its archive has compressed entries (torch.save writes none; a "
+                             "compressed checkpoint can expand without bound); re-save it with torch.save")
         with warnings.catch_warnings():  # torch's notes on odd pickles; the outcome is reported below
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -463,6 +468,9 @@ def check_state_dict(state: Any, path: str | Path) -> None:
             raise ModelError(f"{path}: the weights hold {key!r}, a {type(tensor).__name__}; expected named tensors")
         if tensor.layout != torch.strided or tensor.is_complex() or tensor.dtype == torch.bool:
             raise ModelError(f"{path}: tensor {key} is {tensor.dtype}/{tensor.layout}; expected dense real numbers")
+        if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
+            raise ModelError(f"{path}: tensor {key} of shape {tuple(tensor.shape)} is a view larger than its data; "
+                             "the checkpoint is damaged or crafted")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ModelError(f"{path}: tensor {key} holds NaN or inf values (a diverged or damaged checkpoint); "
                              "use an earlier checkpoint")

@@ -30,6 +30,8 @@ from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.recipes import DEFAULT_RECIPE, RECIPES, make_recipe
 
 PROGRESS = ".progress.jsonl"
+#: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
+MAX_BATCH, MAX_WORKERS = 1024, 64
 
 
 class CliError(Exception):
@@ -62,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         make_recipe(args.recipe, threshold=args.threshold, mode=args.boxes, classes=args.classes)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
-        parser.error("--batch-size and --limit must be ≥ 1, --workers ≥ 0")
+    if not 1 <= args.batch_size <= MAX_BATCH or not 0 <= args.workers <= MAX_WORKERS or (
+            args.limit is not None and args.limit < 1):
+        parser.error(f"--batch-size must be from 1 to {MAX_BATCH}, --workers from 0 to {MAX_WORKERS}, --limit ≥ 1")
     if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
         parser.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
     try:

@@ -111,7 +111,8 @@ def eval_argv(data: dict, out: Path, *extra: str, images=None, ann=None, checkpo
 
 
 EVAL_OPTIONS = [["--img-size", "0"], ["--img-size", "-1"], ["--img-size", "31"], ["--img-size", "100000"],
-                ["--batch-size", "0"], ["--workers", "-1"], ["--limit", "0"], ["--limit", "-1"],
+                ["--batch-size", "0"], ["--batch-size", "100000"], ["--workers", "-1"], ["--workers", "10000"],
+                ["--limit", "0"], ["--limit", "-1"],
                 ["--threshold", "nan"], ["--threshold", "2"], ["--threshold", "x"], ["--classes", "topk:-1"],
                 ["--classes", "prob:nan"], ["--boxes", "x"], ["--method", "x"], ["--recipe", "bogus"],
                 ["--device", "foo"], ["--device", "cuda:99"], ["--device", ""], ["--batch-size", "x"],
@@ -264,7 +265,8 @@ def train_argv(data: dict, out: Path, *extra: str, images=None, ann=None) -> lis
 TRAIN_OPTIONS = [["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"], ["--lr", "-1"], ["--warmup-epochs", "nan"],
                  ["--warmup-epochs", "-1"], ["--warmup-epochs", "inf"], ["--backbone-lr-scale", "nan"],
                  ["--backbone-lr-scale", "-1"], ["--weight-decay", "nan"], ["--weight-decay", "-1"],
-                 ["--workers", "-1"], ["--img-size", "0"], ["--img-size", "-1"], ["--img-size", "100000"],
+                 ["--workers", "-1"], ["--workers", "10000"], ["--batch-size", "100000"],
+                 ["--img-size", "0"], ["--img-size", "-1"], ["--img-size", "100000"],
                  ["--limit", "-1"], ["--limit", "0"], ["--val-limit", "-1"], ["--epochs", "0"], ["--batch-size", "0"],
                  ["--device", "foo"], ["--device", "cuda:99"], ["--seed", "-1"], ["--seed", str(2**70)],
                  ["--val-images", "somewhere"], ["--mode", "x"], ["--optimizer", "x"], ["--arch", "bogus"],

@@ -203,6 +203,9 @@ STATE_CASES = {
     "missing-key": lambda state: {k: v for k, v in state.items() if k != HEAD_BIAS},
     "extra-key": lambda state: dict(state, stray=torch.zeros(1)),
     "non-tensor-value": lambda state: dict(state, **{HEAD_BIAS: [0.0, 0.0, 0.0]}),
+    "expanded-view": retype(FIRST_CONV, lambda t: torch.zeros(1).expand(t.shape)),
+    "huge-expanded-head": lambda state: dict(state, **{"classifier.1.weight": torch.zeros(1).expand(10**8, 1280),
+                                                        "classifier.1.bias": torch.zeros(1).expand(10**8)}),
     "empty": lambda state: {},
 }
 VALID_STATES = {"float64": retype(FIRST_CONV, lambda t: t.double()), "float16": retype(FIRST_CONV, lambda t: t.half()),
@@ -305,6 +308,15 @@ def test_mutated_pickle_is_refused(tmp_path, seed):
     path = tmp_path / "model.pt"
     path.write_bytes(with_pickle(SMALL, bytes(pickled)))
     assert load_or_refuse(path) is None  # even a readable mutant does not fit a MobileNetV2
+
+
+def test_compressed_archive_is_refused(tmp_path):
+    """A deflated record could expand a small file into gigabytes: torch.save never writes one."""
+    source = zipfile.ZipFile(io.BytesIO(SMALL))
+    with zipfile.ZipFile(tmp_path / "model.pt", "w", zipfile.ZIP_DEFLATED) as target:
+        for name in source.namelist():
+            target.writestr(name, source.read(name))
+    assert load_or_refuse(tmp_path / "model.pt") is None
 
 
 @pytest.mark.parametrize("cut", [0, 1, 10, 100, 400, 800, 1200, 1500, -30, -1])

@@ -55,6 +55,9 @@ from camloc.models import (
 )
 from camloc.models import atomic_torch_save as save
 
+#: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
+MAX_BATCH, MAX_WORKERS = 1024, 64
+
 
 class TrainingError(Exception):
     """A problem that stops training; printed as one line."""
@@ -104,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     problems = [message for bad, message in [
-        (args.epochs < 1 or args.batch_size < 1, "--epochs and --batch-size must be ≥ 1"),
+        (args.epochs < 1, "--epochs must be ≥ 1"),
+        (not 1 <= args.batch_size <= MAX_BATCH, f"--batch-size must be from 1 to {MAX_BATCH}"),
         (not (math.isfinite(args.lr) and args.lr > 0), "--lr must be a finite number > 0"),
         (not (math.isfinite(args.backbone_lr_scale) and args.backbone_lr_scale >= 0),
          "--backbone-lr-scale must be a finite number ≥ 0"),
@@ -114,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          "--warmup-epochs must be a finite number ≥ 0"),
         (not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE,
          f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"),
-        (args.workers < 0, "--workers must be ≥ 0"),
+        (not 0 <= args.workers <= MAX_WORKERS, f"--workers must be from 0 to {MAX_WORKERS}"),
         (args.limit is not None and args.limit < 1, "--limit must be ≥ 1"),
         (args.val_limit < 0, "--val-limit must be ≥ 0"),
         (not 0 <= args.seed < 2**32, "--seed must be from 0 to 2**32 - 1"),
