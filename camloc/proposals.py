@@ -6,7 +6,7 @@ The steps the box recipes (:mod:`camloc.recipes`) are made of, each for many map
   levels ``t`` of every map (one ``cv2.findContours`` call on a stack of all the masks);
 * :func:`instance_labels` — instances inside one map: local maxima as seeds, regions grown from
   them by a watershed of ``−m`` down to a floor (Peak Response Maps, Zhou et al. CVPR 2018),
-  and :func:`labels_to_boxes`;
+  and :func:`instance_cut`, the borders between them;
 * :func:`box_evidence` — for a box ``B`` of map ``m`` (``m ≥ 0``, total heat ``T = Σ m``):
   ``S = Σ_B m``, ``share = S / T`` (the part of the class's evidence inside the box) and
   ``soft IoU = S / (|B| + T − S)`` (the IoU of the box with the map read as a soft mask);
@@ -24,12 +24,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 from torchvision.ops import batched_nms
 
-#: Longer side (pixels) at which :func:`instance_boxes` runs its watershed.
+#: Longer side (pixels) at which :func:`instance_cut` runs its watershed.
 INSTANCE_SIDE = 160
 
 
@@ -70,21 +69,16 @@ def instance_labels(heat: np.ndarray, floor: float, min_peak: float, min_distanc
     return watershed(-heat, markers, mask=heat >= floor).astype(np.int32)
 
 
-def labels_to_boxes(labels: np.ndarray) -> np.ndarray:
-    """``[x, y, w, h]`` ``(n, 4)`` of each label present in ``labels`` (label order)."""
-    boxes = [(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-             for rows, cols in filter(None, ndimage.find_objects(labels))]
-    return np.array(boxes, dtype=np.int64).reshape(-1, 4)
+def instance_cut(heat: np.ndarray, floor: float, min_peak: float, grid: tuple[int, int],
+                 side: int = INSTANCE_SIDE) -> np.ndarray:
+    """``(H, W)`` uint8: 0 on the borders between the instances of a map ``heat (H, W)``, 1 elsewhere.
 
-
-def instance_boxes(heat: np.ndarray, floor: float, min_peak: float, grid: tuple[int, int],
-                   side: int = INSTANCE_SIDE) -> np.ndarray:
-    """One box ``[x, y, w, h]`` per instance of a map ``heat (H, W)`` (:func:`instance_labels`).
-
-    Seeds are at least half a feature cell apart (``grid`` = the raw map's ``(h, w)``). The
-    watershed runs with the longer side at ``side`` pixels (the map is a smooth upsampling of a
-    coarse grid, so nothing is lost); the labels are carried back to full resolution and clipped
-    to ``heat ≥ floor``, so the boxes are exact at the floor's contour.
+    Instances are the watershed basins of :func:`instance_labels` over ``heat ≥ floor``, seeded
+    at peaks at least half a feature cell apart (``grid`` = the raw map's ``(h, w)``). Multiplying
+    a map by the cut splits every region that holds several peaks along the saddle between them,
+    so its contours give one box per instance. The watershed runs with the longer side at
+    ``side`` pixels (the map is a smooth upsampling of a coarse grid); the labels are carried
+    back to full resolution and the cut is drawn there, one pixel wide.
     """
     height, width = heat.shape
     scale = min(1.0, side / max(height, width))
@@ -93,8 +87,12 @@ def instance_boxes(heat: np.ndarray, floor: float, min_peak: float, grid: tuple[
     labels = instance_labels(coarse, floor, min_peak, 0.5 * min(small[1] / grid[0], small[0] / grid[1]))
     if labels.shape != heat.shape:
         labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-    labels[heat < floor] = 0
-    return labels_to_boxes(labels)
+    cut = np.ones((height, width), np.uint8)
+    right = (labels[:, :-1] != labels[:, 1:]) & (labels[:, :-1] > 0) & (labels[:, 1:] > 0)
+    below = (labels[:-1] != labels[1:]) & (labels[:-1] > 0) & (labels[1:] > 0)
+    cut[:, :-1][right] = 0
+    cut[:-1][below] = 0
+    return cut
 
 
 def integral_images(maps: np.ndarray) -> np.ndarray:
