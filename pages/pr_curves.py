@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from camloc.viz import class_hex
+from camloc.viz import class_hex, format_score
 from pages.state import carry, options_filter
 from pages.tables import significant
 
@@ -79,7 +79,8 @@ coco = metrics["coco"]
 st.dataframe(pd.DataFrame({"metric": list(STAT_NAMES), "value": [significant(coco[n]) for n in STAT_NAMES]}),
              hide_index=True, height="content", key="coco_stats")
 if metrics.get("voc_map50") is not None:
-    st.caption(f"VOC mAP@0.5 (all-point): {metrics['voc_map50']:.4f}")
+    st.caption(f"VOC mAP@0.5 (all-point): {format_score(metrics['voc_map50'])}")
 st.subheader("Per-class AP")
-st.dataframe(pd.DataFrame([{k: r.get(k) for k in ("name", "num_gt", "AP", "AP50", "AP75", "voc_AP50")}
-                           for r in rows]), hide_index=True, key="per_class_table")
+st.dataframe(pd.DataFrame([{k: significant(r[k]) if isinstance(r.get(k), float) else r.get(k)
+                            for k in ("name", "num_gt", "AP", "AP50", "AP75", "voc_AP50")} for r in rows]),
+             hide_index=True, key="per_class_table")

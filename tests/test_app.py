@@ -91,7 +91,12 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     no_exception(at)
     assert first != after_class and after_class != after_threshold
     assert len(boxes_table(at)) == 1
-    assert at.session_state["forward_passes"] == 1  # sliders reuse the cached forward pass
+    for recipe in RECIPES:
+        at.sidebar.selectbox(key="recipe").set_value(recipe).run()
+        no_exception(at)
+    assert at.session_state["forward_passes"] == 1  # sliders and recipes reuse the cached forward pass
+    at.sidebar.selectbox(key="recipe").set_value("seed").run()
+    assert at.sidebar.radio(key="box_mode").value == "largest"  # each recipe keeps its own settings
     at.sidebar.radio(key="method").set_value("Grad-CAM++").run()
     no_exception(at)
     assert len(boxes_table(at)) == 1 and at.session_state["forward_passes"] == 2

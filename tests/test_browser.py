@@ -57,8 +57,8 @@ def server(tmp_path_factory):
     env = dict(os.environ, CAMLOC_CHECKPOINTS=str(checkpoints), **{OFFLINE_ENV: "1"})
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                                "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
