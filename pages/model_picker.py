@@ -24,12 +24,14 @@ DEMO_KEY = f"file:{DEMO_CHECKPOINT}"
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """One entry of the model picker: a label, a stable key, whether it can be chosen now, and why not."""
+    """One entry of the model picker: a label, a stable key, whether it can be chosen now, a caption,
+    and for torchvision's models their weights file."""
 
     label: str
     key: str
     available: bool
     hint: str = ""
+    weights: pretrained.PretrainedWeights | None = None
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -52,24 +54,24 @@ def model_choices(folder: Path) -> list[ModelChoice]:
     for label, arch in TORCHVISION_MODELS.items():
         weights = pretrained.imagenet_weights(arch)
         if weights.is_cached():
-            choices.append(ModelChoice(label, f"torchvision:{arch}", True))
+            choices.append(ModelChoice(label, f"torchvision:{arch}", True, weights=weights))
         elif online(weights.url):
             size = f"{weights.size_mb:.0f} MB" if weights.size_mb else "its weights"
-            choices.append(ModelChoice(label, f"torchvision:{arch}", True, f"downloads {size} once when chosen"))
+            choices.append(ModelChoice(label, f"torchvision:{arch}", True, f"downloads {size} once when chosen",
+                                       weights))
         else:
-            choices.append(ModelChoice(label, f"torchvision:{arch}", False, f"[{weights.file_name}]({weights.url})"))
+            choices.append(ModelChoice(label, f"torchvision:{arch}", False, weights=weights))
     return choices
 
 
 def offline_caption(choices: list[ModelChoice]) -> str | None:
     """One line for the torchvision models that cannot be downloaded now: which files, into which folder."""
-    missing = [c for c in choices if not c.available and c.key.startswith("torchvision:")]
+    missing = [c for c in choices if not c.available and c.weights is not None]
     if not missing:
         return None
-    folder = pretrained.imagenet_weights(missing[0].key.partition(":")[2]).folder
     models = " and ".join(c.label.split(" (")[0].removeprefix("torchvision ") for c in missing)
-    return (f"Offline: to use torchvision's {models} (ImageNet → COCO), put {' and '.join(c.hint for c in missing)} "
-            f"into `{folder}`.")
+    files = " and ".join(f"[{c.weights.file_name}]({c.weights.url})" for c in missing)
+    return f"Offline: to use torchvision's {models} (ImageNet → COCO), put {files} into `{missing[0].weights.folder}`."
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
@@ -87,9 +89,8 @@ def model_mtime(key: str) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
-def fetch_weights(arch: str) -> None:
+def fetch_weights(weights: pretrained.PretrainedWeights) -> None:
     """Download a torchvision model's weights with a progress bar (a :class:`ModelError` on failure)."""
-    weights = pretrained.imagenet_weights(arch)
     bar = st.progress(0.0, text=f"Downloading {weights.file_name}…")
 
     def show(done: int, total: int | None) -> None:
@@ -118,7 +119,7 @@ def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
     labels = [c.label for c in usable]
     carry("model_label", labels[0], options_filter(labels))
     label = where.selectbox("Model", labels, key="model_label")
-    for c in usable:
+    for c in choices:
         if c.hint:
             where.caption(f"{c.label}: {c.hint}")
     offline = offline_caption(choices)
@@ -126,9 +127,8 @@ def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
         where.caption(offline)
     choice = next(c for c in usable if c.label == label)
     try:
-        kind, _, arch = choice.key.partition(":")
-        if kind == "torchvision" and not pretrained.imagenet_weights(arch).is_cached():
-            fetch_weights(arch)
+        if choice.weights is not None and not choice.weights.is_cached():
+            fetch_weights(choice.weights)
         model, meta = load_choice(choice.key, model_mtime(choice.key))
     except (ModelError, OSError, RuntimeError) as exc:
         st.error(f"Cannot load {choice.label}: {exc}")
