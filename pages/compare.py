@@ -10,11 +10,12 @@ import streamlit as st
 
 from camloc.localize import Analysis, Localizer
 from camloc.recipes import RECIPES
-from camloc.viz import COLORMAPS, GROUND_TRUTH_COLOR, draw_boxes, format_score, overlay_heatmap
+from camloc.viz import COLORMAPS, format_score, overlay_heatmap
 from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
+from pages.pictures import boxes_picture
 from pages.state import carry, options_filter
 from pages.tables import significant
 
@@ -30,16 +31,6 @@ def scored(detections: list[dict[str, Any]], truth: list[list[float]] | None) ->
         found = sum(best_iou(g, [d["bbox"] for d in detections]) >= 0.5 for g in truth)
         row["objects found (IoU ≥ 0.5)"] = f"{found}/{len(truth)}"
     return row
-
-
-def picture(overlay, detections: list[dict[str, Any]], truth: list[list[float]] | None, category_id: int,
-            class_name: str):
-    """The overlay with the ground truth (white, class name only) under the detections (class colour)."""
-    names = {category_id: class_name}
-    if truth:
-        overlay = draw_boxes(overlay, [{"bbox": b, "category_id": category_id} for b in truth], names,
-                             color=GROUND_TRUTH_COLOR)
-    return draw_boxes(overlay, detections, names)
 
 
 def caption(label: str, detections: list[dict[str, Any]], truth: list[list[float]] | None) -> str:
@@ -93,7 +84,8 @@ setting = ", ".join(f"{key} {value}" for key, value in options.items())
 st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map.")
 for column, (label, analysis) in zip(st.columns(len(analyses)), analyses.items()):
     found = localizer.detections(analysis, classes=[k], recipe=recipe, **options)
-    column.image(picture(overlays[label], found, truth, category_id, class_name), caption=caption(label, found, truth))
+    column.image(boxes_picture(overlays[label], found, truth, category_id, class_name),
+                 caption=caption(label, found, truth))
 
 st.subheader("Box recipes")
 carry("compare_maps", next(iter(METHODS)), options_filter(METHODS))
@@ -103,7 +95,7 @@ recipes = list(RECIPES)
 for start in range(0, len(recipes), PER_ROW):
     for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
         found = localizer.detections(analyses[source], classes=[k], recipe=name)
-        column.image(picture(overlays[source], found, truth, category_id, class_name),
+        column.image(boxes_picture(overlays[source], found, truth, category_id, class_name),
                      caption=caption(name, found, truth))
 
 st.subheader("Every method × recipe")

@@ -8,11 +8,12 @@ import json
 import pandas as pd
 import streamlit as st
 
-from camloc.viz import COLORMAPS, draw_boxes, format_score, overlay_heatmap
+from camloc.viz import COLORMAPS, format_score, overlay_heatmap
 from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
+from pages.pictures import boxes_picture
 from pages.state import carry, options_filter
 from pages.tables import significant
 
@@ -63,7 +64,8 @@ heat = analysis.heatmaps([k])[0].numpy()
 detections = localizer.detections(analysis, classes=[k], recipe=recipe, **options)
 category_id = localizer.category_ids[k]
 overlay = overlay_heatmap(image, heat, alpha, colormap)
-boxed = draw_boxes(overlay, detections, {category_id: class_name})
+truth = ground_truth(gt_data, item.name, class_name)
+boxed = boxes_picture(overlay, detections, truth, category_id, class_name)
 
 top_k = st.slider("Top-k classes", 1, min(20, len(ranked)), min(5, len(ranked)), key="top_k")
 st.dataframe(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
@@ -76,15 +78,14 @@ cols[1].image(overlay, caption=f"{method_label} of “{class_name}” (p = {form
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
 cols[2].image(boxed, caption=f"{len(detections)} box(es), recipe {recipe}" + (f": {setting}" if setting else ""))
 
-truth = ground_truth(gt_data, item.name, class_name)
 rows = [{"box": [round(v) for v in d["bbox"]], "score": significant(d["score"]),
          **({"IoU with GT": round(best_iou(d["bbox"], truth), 3)} if truth is not None else {})} for d in detections]
 if rows:
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="boxes_table")
 else:
-    st.caption("No box: nothing in this map passes the threshold.")
+    st.caption(f"No box for “{class_name}” with recipe {recipe}.")
 if truth is not None:
-    st.caption(f"Ground truth: {len(truth)} “{class_name}” object(s) in {item.name}.")
+    st.caption(f"Ground truth: {len(truth)} “{class_name}” object(s) in {item.name} (white boxes).")
 
 down = st.columns(2)
 down[0].download_button("Overlay PNG", png_bytes(boxed), file_name=f"{item.name.rsplit('.', 1)[0]}_{class_name}.png",

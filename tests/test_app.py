@@ -167,7 +167,7 @@ def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     assert ious.notna().all() and ious.max() > 0
     count = sum(a["image_id"] == first["image_id"] and a["category_id"] == first["category_id"]
                 for a in EXAMPLE_ANNOTATIONS["annotations"])
-    assert f"Ground truth: {count} “{category}” object(s) in {name}." in texts(at.caption)
+    assert f"Ground truth: {count} “{category}” object(s) in {name} (white boxes)." in texts(at.caption)
     (tmp_path / "bad.json").write_text("{not json")
     at.sidebar.text_input(key="gt_file").set_value(str(tmp_path / "bad.json")).run()
     no_exception(at)
@@ -224,7 +224,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path):
     at.sidebar.file_uploader(key="uploads").set_value((zebra, (VAL_IMAGES / zebra).read_bytes(), "image/jpeg")).run()
     no_exception(at)
     assert at.sidebar.selectbox(key="class_name").value == "zebra"
-    assert "Ground truth: 2 “zebra” object(s) in 000000104455.jpg." in texts(at.caption)
+    assert "Ground truth: 2 “zebra” object(s) in 000000104455.jpg (white boxes)." in texts(at.caption)
     assert boxes_table(at)["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
     at.switch_page("pages/compare.py").run()
     no_exception(at)
