@@ -7,7 +7,7 @@
   course's ``coco_80_dataset.py`` setting), for comparison.
 
 Annotations are checked once by :class:`camloc.evaluation.GroundTruth` (ids, boxes, ...) and
-:func:`image_paths` (file names); a problem is a :class:`DataError` with a one-line message. An
+:func:`check_image_files` (file names); a problem is a :class:`DataError` with a one-line message. An
 image that fails to decode for any reason (:class:`camloc.images.ImageError`) never stops a run:
 it yields an :class:`Unreadable` record that :func:`collate_skipping` sets aside and lists.
 """
@@ -42,12 +42,11 @@ class Unreadable:
     reason: str
 
 
-def image_paths(folder: str | Path, images: list[dict[str, Any]], ann_name: str) -> list[Path]:
-    """The file of each image entry in ``folder``, checked: every entry has a ``file_name`` that is a
-    relative path inside the folder (no absolute path, no ``..``), and every file exists. Anything
-    else is a :class:`DataError` naming the entry."""
+def check_image_files(folder: str | Path, images: list[dict[str, Any]], ann_name: str) -> None:
+    """Every image entry has a ``file_name`` that is a relative path inside ``folder`` (no absolute
+    path, no ``..``) and that file exists; anything else is a :class:`DataError` naming the entry."""
     folder = Path(folder)
-    paths, missing = [], []
+    missing = []
     for index, image in enumerate(images):
         name = image.get("file_name")
         parts = Path(name).parts if isinstance(name, str) else ()
@@ -60,13 +59,11 @@ def image_paths(folder: str | Path, images: list[dict[str, Any]], ann_name: str)
         except OSError as exc:
             raise DataError(f"{ann_name}: image #{index} has file_name {name!r}, not a usable path "
                             f"({exc.strerror})") from None
-        paths.append(path)
         if not present:
             missing.append(name)
     if missing:
         raise DataError(f"{len(missing)} of {len(images)} images listed in {ann_name} are not in {folder} "
                         f"(e.g. {missing[0]}); check the image folder and the annotation file")
-    return paths
 
 
 class CocoImages(Dataset):
@@ -143,7 +140,7 @@ class CocoIndex:
                                                   truth.ann_bbox.tolist(), truth.ann_crowd.tolist()):
             if not crowd and image_id in self.boxes and category in index_of:
                 self.boxes[image_id].append((index_of[category], box))
-        image_paths(self.images_dir, self.images, self.ann_file.name)
+        check_image_files(self.images_dir, self.images, self.ann_file.name)
 
     @property
     def num_classes(self) -> int:

@@ -417,6 +417,11 @@ def derive_coco_head(model: CamModel, meta: dict[str, Any]) -> tuple[CamModel, d
 # checkpoints
 # ----------------------------------------------------------------------------------------------
 
+def _has_compressed_entries(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """The object a checkpoint file holds, loaded with ``torch.load(..., weights_only=True)``.
 
@@ -427,8 +432,7 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         if not path.is_file():
             raise ModelError(f"{path}: no such checkpoint file")
-        if zipfile.is_zipfile(path) and any(i.compress_type != zipfile.ZIP_STORED
-                                            for i in zipfile.ZipFile(path).infolist()):
+        if zipfile.is_zipfile(path) and _has_compressed_entries(path):
             raise ModelError(f"{path}: refused, its archive has compressed entries (torch.save writes none; a "
                              "compressed checkpoint can expand without bound); re-save it with torch.save")
         with warnings.catch_warnings():  # torch's notes on odd pickles; the outcome is reported below

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.data import CocoImages, DataError, as_list, image_paths
+from camloc.data import CocoImages, DataError, as_list, check_image_files
 from camloc.devices import resolve_device
 from camloc.errors import error_line
 from camloc.evaluation import STAT_NAMES, Detections, EvaluationError, GroundTruth, localization_metrics
@@ -130,7 +130,7 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     if not images:
         raise CliError(f"--ann {args.ann} lists no images")
     try:
-        image_paths(args.images, images, args.ann.name)
+        check_image_files(args.images, images, args.ann.name)
     except DataError as exc:
         raise CliError(str(exc)) from None
     return truth, images
