@@ -35,6 +35,7 @@ class Analysis:
     probs: Tensor  # (K,) every class's probability
     classes: Tensor  # (k,) the class indices whose maps are held
     raw_maps: Tensor  # (k, h, w) raw maps (no ReLU / normalisation)
+    views: tuple[tuple[float, bool], ...] = ((1.0, False),)  # the (scale, flip) views averaged
 
     def heatmaps(self, classes: Sequence[int] | None = None) -> Tensor:
         """Normalised maps ``(k, H, W)`` in [0, 1] at the original size, for ``classes`` (default: all held)."""
@@ -54,7 +55,12 @@ class Analysis:
         """One image's analysis from its per-view analyses (``Localizer.analyze(image, views=[view])`` for
         each of ``Localizer.views()``, in that order): the same numbers as analysing all views at once."""
         maps, probs = average_views([(a.raw_maps[None], a.probs[None]) for a in views])
-        return Analysis(views[0].size, probs[0], views[0].classes, maps[0])
+        return Analysis(views[0].size, probs[0], views[0].classes, maps[0], tuple(v for a in views for v in a.views))
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether a mirrored view is averaged in (what a ``flip`` recipe needs)."""
+        return any(flip for _, flip in self.views)
 
 
 class Localizer:
@@ -116,9 +122,12 @@ class Localizer:
             classes = torch.arange(len(self.class_names), device=self.device)
         return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
 
-    def views(self) -> list[tuple[float, bool]]:
-        """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, else one."""
-        return [(s, f) for s in TTA_SCALES for f in (False, True)] if self.tta else [(1.0, False)]
+    def views(self, recipe: str | Recipe | None = None) -> list[tuple[float, bool]]:
+        """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, the image
+        and its mirror for a ``flip`` recipe (default: the Localizer's), else the image alone."""
+        if self.tta:
+            return [(s, f) for s in TTA_SCALES for f in (False, True)]
+        return [(1.0, False), (1.0, True)] if self.recipe_for(recipe).flip else [(1.0, False)]
 
     def _view(self, images: Sequence[Image.Image], classes: Tensor | None, scale: float,
               flip: bool) -> tuple[Tensor, Tensor]:
@@ -148,17 +157,23 @@ class Localizer:
         batch = images if isinstance(images, (list, tuple)) else [images]
         pil = [load_image(im) for im in batch]
         wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
+        views = tuple(views or self.views())
         if wanted is None and self.method != "cam":
-            probs = self._probabilities(pil)
+            probs = self._probabilities(pil, views)
             wanted = torch.nonzero(self.select(probs).any(0)).flatten()
         maps, probs = self._maps_tta(pil, wanted, views)
         held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
-        return [Analysis((im.height, im.width), probs[b], held, maps[b]) for b, im in enumerate(pil)]
+        return [Analysis((im.height, im.width), probs[b], held, maps[b], views) for b, im in enumerate(pil)]
 
-    def _probabilities(self, images: Sequence[Image.Image]) -> Tensor:
+    def _probabilities(self, images: Sequence[Image.Image], views: Sequence[tuple[float, bool]]) -> Tensor:
+        """Class probabilities averaged over ``views`` (the same numbers as the analysis), no maps."""
+        total = None
         with torch.inference_mode():
-            logits, _ = self.model(self.to_tensor(images))
-        return probabilities(logits, self.meta["activation"])
+            for scale, flip in views:
+                x = self.to_tensor(images, max(32, round(self.img_size * scale)))
+                probs = probabilities(self.model(x.flip(-1) if flip else x)[0], self.meta["activation"])
+                total = probs if total is None else total + probs
+        return total / len(views)
 
     def select(self, probs: Tensor) -> Tensor:
         """Boolean ``(B, K)``: the classes the recipe gives boxes per image (supported ones only)."""
@@ -186,6 +201,9 @@ class Localizer:
         by the recipe. ``classes`` (class indices) bypasses the recipe's class gating; ``recipe``,
         ``threshold``, ``mode`` and ``options`` override the Localizer's recipe for this call."""
         chosen = self.recipe_for(recipe, threshold, mode, **options)
+        if chosen.flip and not analysis.mirrored:
+            raise ValueError(f"recipe {chosen.name!r} refines the maps with the mirrored image, which this analysis "
+                             "lacks; analyse with views=localizer.views(recipe)")
         if classes is None:
             held = set(analysis.classes.tolist())
             gate = chosen.select(analysis.probs.unsqueeze(0), self.supported)[0]

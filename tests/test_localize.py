@@ -7,7 +7,7 @@ from camloc.boxes import heatmaps_to_boxes
 from camloc.cam import normalize_maps
 from camloc.classes import COCO_CATEGORY_IDS
 from camloc.localize import Localizer
-from camloc.recipes import boxes_from_raw_maps, parse_class_selection
+from camloc.recipes import DEFAULT_RECIPE, boxes_from_raw_maps, parse_class_selection
 from tests.helpers import gradient_image, image_bytes, random_head_model
 
 
@@ -16,19 +16,37 @@ def tiny():
     return random_head_model("resnet18")
 
 
-def test_every_class_yields_boxes_in_original_pixels(tiny):
-    localizer = Localizer(*tiny, img_size=64)
+@pytest.mark.parametrize("recipe", ["seed", DEFAULT_RECIPE])
+def test_every_selected_class_yields_boxes_in_original_pixels(tiny, recipe):
+    localizer = Localizer(*tiny, img_size=64, recipe=recipe)
     image = gradient_image(90, 130)
     dets = localizer.predict(image, image_id=7)
-    assert len(dets) >= 80 and {d["category_id"] for d in dets} == set(COCO_CATEGORY_IDS)
+    probs = localizer.analyze(image)[0].probs
+    selected = {COCO_CATEGORY_IDS[k] for k in torch.nonzero(localizer.select(probs[None])[0]).flatten().tolist()}
+    assert {d["category_id"] for d in dets} == selected
+    assert selected == set(COCO_CATEGORY_IDS) if recipe == "seed" else len(selected) >= 1
     for det in dets:
         x, y, w, h = det["bbox"]
         assert det["image_id"] == 7 and x >= 0 and y >= 0 and w >= 1 and h >= 1
         assert x + w <= 130 and y + h <= 90 and 0.0 <= det["score"] <= 1.0
 
 
-def test_score_is_mean_heat_times_probability(tiny):
+def test_the_default_recipe_averages_the_mirrored_view(tiny):
     localizer = Localizer(*tiny, img_size=64)
+    assert localizer.recipe.name == DEFAULT_RECIPE and localizer.views() == [(1.0, False), (1.0, True)]
+    image = gradient_image(50, 70)
+    both = localizer.analyze(image)[0]
+    one, mirrored = (localizer.analyze(image, views=[view])[0] for view in localizer.views())
+    torch.testing.assert_close(both.raw_maps, (one.raw_maps + mirrored.raw_maps) / 2)
+    assert both.mirrored and not one.mirrored
+    with pytest.raises(ValueError, match="mirrored"):
+        localizer.detections(one)
+    assert localizer.detections(one, recipe="seed")  # a one-view recipe works on the one view
+    assert localizer.views("seed") == [(1.0, False)]
+
+
+def test_seed_score_is_mean_heat_times_probability(tiny):
+    localizer = Localizer(*tiny, img_size=64, recipe="seed")
     analysis = localizer.analyze(gradient_image(50, 70))[0]
     dets = localizer.detections(analysis, classes=[3])
     heat = analysis.heatmaps([3])[0].numpy()
@@ -41,7 +59,7 @@ def test_score_is_mean_heat_times_probability(tiny):
 
 
 def test_batch_equals_one_by_one_and_images_never_collide(tiny):
-    localizer = Localizer(*tiny, img_size=64)
+    localizer = Localizer(*tiny, img_size=64, recipe="seed")
     first, second = gradient_image(60, 80, seed=1), gradient_image(60, 80, seed=2)[::-1].copy()
     batch = localizer.analyze([first, second])
     assert not torch.allclose(batch[0].raw_maps, batch[1].raw_maps)
@@ -70,7 +88,8 @@ def test_class_selection(tiny):
 
 
 @pytest.mark.parametrize("options", [{"method": "gradcam"}, {"method": "gradcampp"}, {"tta": True},
-                                     {"threshold": 0.5, "boxes": "largest"}])
+                                     {"recipe": "seed", "threshold": 0.5, "boxes": "largest"},
+                                     {"recipe": "instances"}, {"recipe": "evidence", "boxes": "largest"}])
 def test_methods_and_options_run(tiny, options):
     dets = Localizer(*tiny, img_size=64, classes="topk:4", **options).predict(gradient_image(70, 50))
     assert len({d["category_id"] for d in dets}) == 4
@@ -79,7 +98,8 @@ def test_methods_and_options_run(tiny, options):
 
 
 def test_bad_options_are_value_errors(tiny):
-    for options in [{"method": "scorecam"}, {"threshold": "mean"}, {"boxes": "some"}]:
+    for options in [{"method": "scorecam"}, {"recipe": "seed", "threshold": "mean"}, {"recipe": "seed", "boxes": "some"},
+                    {"threshold": 0.5}, {"recipe": "nope"}, {"flip": "yes"}]:
         with pytest.raises(ValueError):
             Localizer(*tiny, **options)
 

@@ -50,7 +50,7 @@ def test_real_fine_tune_beats_chance_and_its_best_checkpoint_is_usable(tmp_path)
     assert best > 3 * chance and best > 0.3
     model, meta = load_model(out / "best.pt")
     assert meta["arch"] == "mobilenet_v2" and meta["coco_category_ids"][:3] == [1, 2, 3]
-    assert len(Localizer(model, meta).predict(VAL_IMAGES / "000000005001.jpg")) >= 80
+    assert len(Localizer(model, meta, recipe="seed").predict(VAL_IMAGES / "000000005001.jpg")) >= 80
     assert eval_main(["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(out / "best.pt"),
                       "--out", str(tmp_path / "eval"), "--limit", "8", "--workers", "0"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 8
