@@ -3,7 +3,8 @@
 The network runs once per (image bytes, model, method, classes, view) and the result is cached,
 so changing the class, threshold, box mode, recipe, opacity or colormap re-derives maps and boxes
 from the cache. TTA-CAM is the average of six cached views, one of which is the plain CAM pass,
-so switching to it runs the network five more times and never again for that image.
+so switching to it runs the network five more times and never again for that image; a recipe that
+refines the maps with the mirrored image shares that mirrored view.
 ``st.session_state["forward_passes"]`` counts the views really computed.
 """
 
@@ -25,6 +26,9 @@ from pages.state import carry, options_filter
 METHODS = {"CAM": ("cam", False), "Grad-CAM": ("gradcam", False), "Grad-CAM++": ("gradcampp", False),
            "TTA-CAM": ("cam", True)}
 THRESHOLD_MODES = ("Otsu", "Fraction of max")
+#: A recipe that takes each method's maps as they are (the course recipe: no mirror image), for the
+#: views of an analysis with no recipe in mind (class ranking, the All classes page).
+PLAIN_MAPS = "seed"
 
 
 def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False) -> Localizer:
@@ -40,10 +44,13 @@ def _analyze_view(image_bytes: bytes, model_key: str, method: str, classes: tupl
 
 
 def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], method: str = "cam",
-            tta: bool = False, classes: tuple[int, ...] | None = None) -> Analysis:
-    """The analysis of ``image`` (maps of ``classes``, default all) from cached views."""
+            tta: bool = False, classes: tuple[int, ...] | None = None, recipe: str | None = None) -> Analysis:
+    """The analysis of ``image`` (maps of ``classes``, default all) from cached views: the TTA views, or
+    those box ``recipe`` needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image
+    alone."""
     localizer = localizer_for(model, meta, method, tta)
-    views = [_analyze_view(image.data, model_key, method, classes, view, localizer) for view in localizer.views()]
+    views = [_analyze_view(image.data, model_key, method, classes, view, localizer)
+             for view in localizer.views(recipe or PLAIN_MAPS)]
     return views[0] if len(views) == 1 else Analysis.average(views)
 
 

@@ -7,13 +7,15 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from camloc.localize import Analysis, Localizer
+from camloc.models import CamModel
 from camloc.recipes import RECIPES
 from camloc.viz import COLORMAPS, format_score, overlay_heatmap
 from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
-from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
+from pages.inputs import InputImage, annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
 from pages.pictures import boxes_picture
 from pages.state import carry, options_filter
@@ -31,6 +33,18 @@ def scored(detections: list[dict[str, Any]], truth: list[list[float]] | None) ->
         found = sum(best_iou(g, [d["bbox"] for d in detections]) >= 0.5 for g in truth)
         row["objects found (IoU ≥ 0.5)"] = f"{found}/{len(truth)}"
     return row
+
+
+def method_analyses(item: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], k: int,
+                    recipe: str) -> dict[str, Analysis]:
+    """Each method's analysis of the image for class ``k``, with the views ``recipe`` needs (all cached)."""
+    return {label: analyze(item, model_key, model, meta, method, tta, None if method == "cam" else (k,), recipe)
+            for label, (method, tta) in METHODS.items()}
+
+
+def overlay(image: Image.Image, analysis: Analysis, k: int, alpha: float, colormap: str) -> Image.Image:
+    """Class ``k``'s map of ``analysis`` over the image."""
+    return overlay_heatmap(image, analysis.heatmaps([k])[0].numpy(), alpha, colormap)
 
 
 def caption(label: str, detections: list[dict[str, Any]], truth: list[list[float]] | None) -> str:
@@ -57,13 +71,13 @@ if image is None:
 try:
     ranking = analyze(item, model_key, model, meta)
     k = pick_class(ranked_classes(ranking.probs.numpy(), meta), meta, (model_key, item.digest))
-    analyses: dict[str, Analysis] = {
-        label: analyze(item, model_key, model, meta, method, tta, None if method == "cam" else (k,))
-        for label, (method, tta) in METHODS.items()}
+    recipe, options = pick_recipe()
+    recipes = list(RECIPES)
+    by_recipe = {name: method_analyses(item, model_key, model, meta, k, name) for name in recipes}
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()
-recipe, options = pick_recipe()
+analyses = by_recipe[recipe]
 carry("alpha", 0.5)
 alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))
@@ -73,7 +87,7 @@ class_name = names[k]
 localizer: Localizer = localizer_for(model, meta)
 category_id = localizer.category_ids[k]
 truth = ground_truth(gt_data, item.name, class_name)
-overlays = {label: overlay_heatmap(image, a.heatmaps([k])[0].numpy(), alpha, colormap) for label, a in analyses.items()}
+
 demo_hint(model_key, meta, item)
 st.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[k])})"
            + (f"; white boxes: its {len(truth)} ground-truth object(s)" if truth is not None else
@@ -84,22 +98,23 @@ setting = ", ".join(f"{key} {value}" for key, value in options.items())
 st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map.")
 for column, (label, analysis) in zip(st.columns(len(analyses)), analyses.items()):
     found = localizer.detections(analysis, classes=[k], recipe=recipe, **options)
-    column.image(boxes_picture(overlays[label], found, truth, category_id, class_name),
+    column.image(boxes_picture(overlay(image, analysis, k, alpha, colormap), found, truth, category_id, class_name),
                  caption=caption(label, found, truth))
 
 st.subheader("Box recipes")
 carry("compare_maps", next(iter(METHODS)), options_filter(METHODS))
 source = st.radio("Maps from", list(METHODS), horizontal=True, key="compare_maps")
 st.caption("Each recipe with its default options.")
-recipes = list(RECIPES)
 for start in range(0, len(recipes), PER_ROW):
     for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
-        found = localizer.detections(analyses[source], classes=[k], recipe=name)
-        column.image(boxes_picture(overlays[source], found, truth, category_id, class_name),
+        found = localizer.detections(by_recipe[name][source], classes=[k], recipe=name)
+        column.image(boxes_picture(overlay(image, by_recipe[name][source], k, alpha, colormap), found, truth,
+                                   category_id, class_name),
                      caption=caption(name, found, truth))
 
 st.subheader("Every method × recipe")
 st.caption("Each recipe with its default options.")
-rows = [{"method": label, "recipe": name, **scored(localizer.detections(analysis, classes=[k], recipe=name), truth)}
-        for label, analysis in analyses.items() for name in recipes]
+rows = [{"method": label, "recipe": name,
+         **scored(localizer.detections(by_recipe[name][label], classes=[k], recipe=name), truth)}
+        for label in METHODS for name in recipes]
 st.dataframe(pd.DataFrame(rows), hide_index=True, height="content", key="compare_table")

@@ -52,8 +52,8 @@ probs = ranking.probs.numpy()
 ranked = ranked_classes(probs, meta)
 k = pick_class(ranked, meta, (model_key, item.digest))
 class_name = names[k]
-analysis = ranking if method == "cam" else analyze(item, model_key, model, meta, method, tta, (k,))
 recipe, options = pick_recipe()
+analysis = analyze(item, model_key, model, meta, method, tta, None if method == "cam" else (k,), recipe)
 carry("alpha", 0.5)
 alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))
@@ -74,7 +74,8 @@ st.dataframe(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
 cols = st.columns(3)
 cols[0].image(image, caption=f"{item.name} ({image.width}×{image.height})")
 demo_hint(model_key, meta, item, cols[0])
-cols[1].image(overlay, caption=f"{method_label} of “{class_name}” (p = {format_score(probs[k])})")
+mirrored = " with its mirror image" if analysis.mirrored and not tta else ""
+cols[1].image(overlay, caption=f"{method_label}{mirrored} of “{class_name}” (p = {format_score(analysis.probs[k])})")
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
 cols[2].image(boxed, caption=f"{len(detections)} box(es), recipe {recipe}" + (f": {setting}" if setting else ""))
 

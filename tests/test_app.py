@@ -17,10 +17,12 @@ from camloc import pretrained
 from camloc.classes import COCO_NAMES
 from camloc.demo import EXAMPLES
 from camloc.evaluation import localization_metrics
+from camloc.localize import Localizer
 from camloc.models import build_torchvision, save_checkpoint
 from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
 from camloc.viz import class_hex
+from pages.analysis import METHODS, PLAIN_MAPS
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 from tests.helpers import gradient_image, image_bytes, random_head_model
 from train.cli import main as train_main
@@ -43,6 +45,20 @@ def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppT
 
 def boxes_table(at: AppTest):
     return at.dataframe[1].value  # the page's second table (after the top-k table)
+
+
+def views_computed(*uses: tuple[str, bool, str | None]) -> int:
+    """How many views the app computes for one image and class, for these (method, tta, recipe) uses:
+    each (method, view) once, whatever page or recipe asks for it again."""
+    model, meta = random_head_model("resnet18", 4)
+    return len({(method, view) for method, tta, recipe in uses
+                for view in Localizer(model, meta, method=method, tta=tta, device="cpu").views(recipe)})
+
+
+EXPLORE_FIRST = [("cam", False, PLAIN_MAPS), ("cam", False, DEFAULT_RECIPE)]  # ranking + the default recipe's maps
+COMPARE_ALL = [("cam", False, PLAIN_MAPS), *((method, tta, recipe) for method, tta in METHODS.values()
+                                              for recipe in RECIPES)]
+GRADIENTS = [(method, tta, recipe) for method, tta, recipe in COMPARE_ALL if method != "cam"]
 
 
 def no_exception(at: AppTest) -> None:
@@ -72,7 +88,7 @@ def coco_checkpoints(tmp_path):
 def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     at = page("explore.py", monkeypatch, tmp_path).run()
     no_exception(at)
-    assert at.session_state["forward_passes"] == 1
+    assert at.session_state["forward_passes"] == views_computed(*EXPLORE_FIRST)
     assert at.sidebar.selectbox(key="model_label").value.startswith("Demo")
     assert at.sidebar.selectbox(key="recipe").options == list(RECIPES)
     assert at.sidebar.selectbox(key="recipe").value == DEFAULT_RECIPE
@@ -94,12 +110,13 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     for recipe in RECIPES:
         at.sidebar.selectbox(key="recipe").set_value(recipe).run()
         no_exception(at)
-    assert at.session_state["forward_passes"] == 1  # sliders and recipes reuse the cached forward pass
+    cam_views = views_computed(*EXPLORE_FIRST, *[("cam", False, recipe) for recipe in RECIPES])
+    assert at.session_state["forward_passes"] == cam_views  # sliders and recipes reuse the cached passes
     at.sidebar.selectbox(key="recipe").set_value("seed").run()
     assert at.sidebar.radio(key="box_mode").value == "largest"  # each recipe keeps its own settings
     at.sidebar.radio(key="method").set_value("Grad-CAM++").run()
     no_exception(at)
-    assert len(boxes_table(at)) == 1 and at.session_state["forward_passes"] == 2
+    assert len(boxes_table(at)) == 1 and at.session_state["forward_passes"] == cam_views + 1
 
 
 def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
@@ -107,7 +124,8 @@ def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
     at.sidebar.selectbox(key="recipe").set_value("seed").run()
     at.sidebar.radio(key="method").set_value("TTA-CAM").run()
     no_exception(at)
-    assert at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once
+    tta = views_computed(*EXPLORE_FIRST, ("cam", True, PLAIN_MAPS))
+    assert tta == 6 and at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once
     assert "TTA-CAM of" in image_captions(at)[1]
     at.sidebar.selectbox(key="class_name").select_index(2).run()
     at.sidebar.radio(key="threshold_mode").set_value("Fraction of max").run()
@@ -272,7 +290,8 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
         if target != "pages/all_classes.py":
             assert at.sidebar.selectbox(key="class_name").value == "giraffe"
     assert image_captions(at)[0].startswith("street.png")
-    assert at.session_state["forward_passes"] == passes + 7  # only Compare's Grad-CAM, Grad-CAM++ and TTA views
+    # only the views Compare adds (gradient methods, TTA, the recipes' mirror views); none for All classes
+    assert at.session_state["forward_passes"] == passes - views_computed(*EXPLORE_FIRST) + views_computed(*COMPARE_ALL)
     at.sidebar.button(key="clear_uploads").click().run()
     assert image_captions(at)[0].startswith("shapes_")
 
@@ -317,13 +336,14 @@ def test_compare_shows_every_method_and_recipe_with_iou(monkeypatch, tmp_path):
     table = at.dataframe[0].value
     assert len(table) == 4 * len(RECIPES) and list(table["method"].unique()) == list(methods)
     assert table["IoU of top box"].between(0, 1).all() and table["IoU of top box"].max() > 0.3
-    assert at.session_state["forward_passes"] == 1 + 1 + 1 + 5  # CAM, Grad-CAM, Grad-CAM++, the other TTA views
+    first = views_computed(*COMPARE_ALL)
+    assert at.session_state["forward_passes"] == first  # each method's views, once
     at.sidebar.selectbox(key="class_name").select_index(1).run()
-    assert at.session_state["forward_passes"] == 10  # a new class: only the two gradient methods run again
+    assert at.session_state["forward_passes"] == first + views_computed(*GRADIENTS)  # only gradients run again
     at.radio(key="compare_maps").set_value("TTA-CAM").run()
     at.sidebar.slider(key="alpha").set_value(0.2).run()
     no_exception(at)
-    assert at.session_state["forward_passes"] == 10
+    assert at.session_state["forward_passes"] == first + views_computed(*GRADIENTS)
 
 
 def test_compare_without_ground_truth(monkeypatch, coco_checkpoints):
