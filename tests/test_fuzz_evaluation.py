@@ -287,12 +287,28 @@ def test_bad_annotation_and_detection_files_are_refused(tmp_path, name):
         coco_evaluate(tmp_path, [])  # a folder
 
 
-@fuzz(60)
-@given(hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex64]),
-                  hnp.array_shapes(min_dims=0, max_dims=3, max_side=5)),
-       hnp.arrays(st.sampled_from([np.int64, np.bool_, np.float64]), hnp.array_shapes(min_dims=0, max_dims=3,
-                                                                                       max_side=5)))
-def test_classification_ap_refuses_or_gives_probabilities(scores, targets):
+def _array(draw, dtypes: list, shape, finite: bool) -> np.ndarray:
+    dtype = np.dtype(draw(st.sampled_from(dtypes)))
+    options = {"allow_nan": False, "allow_infinity": False} if finite and dtype.kind in "fc" else {}
+    return draw(hnp.arrays(dtype, shape, elements=hnp.from_dtype(dtype, **options)))
+
+
+@st.composite
+def scores_and_targets(draw) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of any real or complex dtype and shape, finite half the time; targets of the same
+    shape half the time."""
+    finite = draw(st.booleans())
+    shape = draw(st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, max_side=6),
+                           hnp.array_shapes(min_dims=0, max_dims=3, max_side=5)))
+    scores = _array(draw, [np.float64, np.float32, np.int64, np.bool_, np.complex64], shape, finite)
+    target_shape = shape if draw(st.booleans()) else hnp.array_shapes(min_dims=0, max_dims=3, max_side=5)
+    return scores, _array(draw, [np.int64, np.bool_, np.float64], target_shape, finite)
+
+
+@fuzz(100)
+@given(scores_and_targets())
+def test_classification_ap_refuses_or_gives_probabilities(case):
+    scores, targets = case
     valid = (scores.ndim == 2 and scores.shape == targets.shape and scores.dtype.kind in "fi"
              and bool(np.isfinite(scores).all()) and bool(np.isfinite(targets.astype(np.float64)).all()))
     try:
