@@ -145,8 +145,11 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     page.wait_for_selector(f"text={ZEBRA.name}")
     settle(page)
     page.wait_for_selector("text=Ground truth: 2 “zebra” object(s)")  # the photo's own top class and its truth
-    first = boxes_image_src(page)
     shoot(page, tmp_path, "explore")
+    default_recipe = boxes_image_src(page)
+    choose(page, "Box recipe", "seed")  # the course recipe: Otsu or a fraction of the max
+    first = boxes_image_src(page)
+    assert first != default_recipe
     page.locator('[data-testid="stRadio"]').filter(has_text="Threshold").get_by_text("Fraction of max").click()
     settle(page)
     second = boxes_image_src(page)
@@ -173,6 +176,7 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     go_to(page, "Compare")
     page.wait_for_selector("text=“zebra” in 000000104455.jpg")
     page.wait_for_selector(f'[data-testid="stImage"] >> nth={4 + len(RECIPES) - 1}')  # 4 methods + the recipes
+    settle(page)
     assert page.locator('[data-testid="stImage"]').count() == 4 + len(RECIPES)
     no_exception(page)
     shoot(page, tmp_path, "compare")
