@@ -1,10 +1,10 @@
 """Cached forward passes and the pickers that read them: class (per image) and box recipe.
 
-The network runs once per (image bytes, model, method, classes, view) and the result is cached,
-so changing the class, threshold, box mode, recipe, opacity or colormap re-derives maps and boxes
-from the cache. TTA-CAM is the average of six cached views, one of which is the plain CAM pass,
-so switching to it runs the network five more times and never again for that image; a recipe that
-refines the maps with the mirrored image shares that mirrored view.
+The network runs once per (image bytes, model, method, view), for every class at once, and the
+result is cached, so changing the class, threshold, box mode, recipe, opacity or colormap
+re-derives maps and boxes from the cache. TTA-CAM is the average of six cached views, one of which
+is the plain CAM pass, so switching to it runs the network five more times and never again for that
+image; a recipe that refines the maps with the mirrored image shares that mirrored view.
 ``st.session_state["forward_passes"]`` counts the views really computed.
 """
 
@@ -44,10 +44,14 @@ def _analyze_view(image_bytes: bytes, model_key: str, method: str, classes: tupl
 
 
 def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], method: str = "cam",
-            tta: bool = False, classes: tuple[int, ...] | None = None, recipe: str | None = None) -> Analysis:
-    """The analysis of ``image`` (maps of ``classes``, default all) from cached views: the TTA views, or
-    those box ``recipe`` needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image
-    alone."""
+            tta: bool = False, recipe: str | None = None) -> Analysis:
+    """The analysis of ``image``, with the maps of every class, from cached views: the TTA views, or those
+    box ``recipe`` needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image alone.
+
+    Gradient methods too compute every class at once (one forward pass, batched backward passes
+    through the head only), which costs little more than one class and makes class changes free.
+    """
+    classes = None if method == "cam" else tuple(range(meta["num_classes"]))
     localizer = localizer_for(model, meta, method, tta)
     views = [_analyze_view(image.data, model_key, method, classes, view, localizer)
              for view in localizer.views(recipe or PLAIN_MAPS)]
