@@ -4,6 +4,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import re
 import shutil
 import threading
@@ -39,6 +40,8 @@ def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppT
         monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")
     if checkpoints is not None:
         monkeypatch.setenv("CAMLOC_CHECKPOINTS", str(checkpoints))
+    if name == "app.py":  # it sets OMP_WAIT_POLICY for its own process: keep that out of the other tests
+        monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     path = ROOT / name if name == "app.py" else ROOT / "pages" / name
     return AppTest.from_file(str(path), default_timeout=TIMEOUT)
 
