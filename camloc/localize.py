@@ -191,8 +191,7 @@ class Localizer:
     def boxes(self, analysis: Analysis, classes: Sequence[int], recipe: Recipe | None = None) -> ScoredBoxes:
         """Scored boxes of ``classes`` (indices held by ``analysis``); ``class_index`` refers to
         positions in ``classes``."""
-        rows = analysis.rows(classes)
-        return (recipe or self.recipe).boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size)
+        return recipe_boxes(analysis, classes, recipe or self.recipe)
 
     def detections(self, analysis: Analysis, image_id: int | None = None, classes: Sequence[int] | None = None,
                    threshold: str | float | None = None, mode: str | None = None, recipe: str | Recipe | None = None,
@@ -201,36 +200,11 @@ class Localizer:
         by the recipe. ``classes`` (class indices) bypasses the recipe's class gating; ``recipe``,
         ``threshold``, ``mode`` and ``options`` override the Localizer's recipe for this call."""
         chosen = self.recipe_for(recipe, threshold, mode, **options)
-        if chosen.flip and not analysis.mirrored:
-            raise ValueError(f"recipe {chosen.name!r} refines the maps with the mirrored image, which this analysis "
-                             "lacks; analyse with views=localizer.views(recipe)")
-        if classes is None:
-            held = set(analysis.classes.tolist())
-            gate = chosen.select(analysis.probs.unsqueeze(0), self.supported)[0]
-            classes = [k for k in torch.nonzero(gate).flatten().tolist() if k in held]
-        if not classes:
-            return []
-        found = self.boxes(analysis, classes, chosen)
-        class_of_box = np.asarray(classes)[found.class_index]
-        head = {} if image_id is None else {"image_id": image_id}
-        return [{**head, "category_id": self.category_ids[k], "bbox": [float(v) for v in box], "score": float(s)}
-                for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), found.score.tolist())]
+        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes)
 
     def baseline_detections(self, analysis: Analysis, kind: str, image_id: int | None = None) -> list[dict[str, Any]]:
-        """Boxes that ignore the maps, for comparison: ``"full"`` (the whole image) or ``"center"``
-        (the central half in each dimension), one per selected class, scored by its probability."""
-        height, width = analysis.size
-        boxes = {"full": [0.0, 0.0, float(width), float(height)],
-                 "center": [width / 4, height / 4, width / 2, height / 2]}
-        if kind not in boxes:
-            raise ValueError(f"baseline must be one of {sorted(boxes)}, got {kind!r}")
-        head = {} if image_id is None else {"image_id": image_id}
-        return [{**head, "category_id": self.category_ids[k], "bbox": list(boxes[kind]),
-                 "score": float(analysis.probs[k])} for k in self._chosen(analysis)]
-
-    def _chosen(self, analysis: Analysis) -> list[int]:
-        """Class indices the ``classes`` option picks for one analysed image."""
-        return torch.nonzero(self.select(analysis.probs.unsqueeze(0))[0]).flatten().tolist()
+        """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
+        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
 
     def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
         """Detections for each image of a batch (one forward pass for the whole batch)."""
@@ -254,6 +228,50 @@ def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tenso
         total_maps = maps if total_maps is None else total_maps + maps
         total_probs = probs if total_probs is None else total_probs + probs
     return total_maps / len(views), total_probs / len(views)
+
+
+def recipe_boxes(analysis: Analysis, classes: Sequence[int], recipe: Recipe) -> ScoredBoxes:
+    """``recipe``'s scored boxes of ``classes`` (indices held by ``analysis``)."""
+    if recipe.flip and not analysis.mirrored:
+        raise ValueError(f"recipe {recipe.name!r} refines the maps with the mirrored image, which this analysis "
+                         "lacks; analyse with views=localizer.views(recipe)")
+    rows = analysis.rows(classes)
+    return recipe.boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size)
+
+
+def selected_classes(analysis: Analysis, recipe: Recipe, supported: Tensor) -> list[int]:
+    """The class indices the recipe gates in for this image (among the supported ones)."""
+    gate = recipe.select(analysis.probs.unsqueeze(0), supported.to(analysis.probs.device))[0]
+    return torch.nonzero(gate).flatten().tolist()
+
+
+def recipe_detections(analysis: Analysis, recipe: Recipe, supported: Tensor, category_ids: Sequence[int],
+                      image_id: int | None = None, classes: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """COCO-results dicts of one analysed image: the recipe's boxes of ``classes`` (default: the
+    classes it gates in and whose maps are held), ``category_id`` from the class index."""
+    if classes is None:
+        held = set(analysis.classes.tolist())
+        classes = [k for k in selected_classes(analysis, recipe, supported) if k in held]
+    if not classes:
+        return []
+    found = recipe_boxes(analysis, classes, recipe)
+    class_of_box = np.asarray(classes)[found.class_index]
+    head = {} if image_id is None else {"image_id": image_id}
+    return [{**head, "category_id": category_ids[k], "bbox": [float(v) for v in box], "score": float(s)}
+            for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), found.score.tolist())]
+
+
+def baseline_detections(analysis: Analysis, kind: str, recipe: Recipe, supported: Tensor,
+                        category_ids: Sequence[int], image_id: int | None = None) -> list[dict[str, Any]]:
+    """Boxes that ignore the maps, for comparison: ``"full"`` (the whole image) or ``"center"`` (the
+    central half in each dimension), one per class the recipe gates in, scored by its probability."""
+    height, width = analysis.size
+    boxes = {"full": [0.0, 0.0, float(width), float(height)], "center": [width / 4, height / 4, width / 2, height / 2]}
+    if kind not in boxes:
+        raise ValueError(f"baseline must be one of {sorted(boxes)}, got {kind!r}")
+    head = {} if image_id is None else {"image_id": image_id}
+    return [{**head, "category_id": category_ids[k], "bbox": list(boxes[kind]), "score": float(analysis.probs[k])}
+            for k in selected_classes(analysis, recipe, supported)]
 
 
 def recipe_box_options(threshold: str | float | None, boxes: str | None) -> dict[str, Any]:

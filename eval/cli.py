@@ -1,35 +1,34 @@
 """``python -m eval``: localisation mAP of CAM boxes on a COCO split (val2017 by default).
 
 Writes ``OUT/detections.json`` (COCO results, loads unchanged in pycocotools' ``loadRes``) and
-``OUT/metrics.json`` (COCO 12 stats, VOC mAP@0.5, per-class APs, PR curves for the app), both
-atomically. Finished images are appended to ``OUT/.progress.jsonl`` as it runs, so an
-interrupted run continues with ``--resume``.
+``OUT/metrics.json`` (COCO 12 stats, VOC mAP@0.5, per-class APs, PR curves for the app,
+wsolevaluation's MaxBoxAccV2 / GT-known / Top-1 Loc of the maps), both atomically. Finished
+images are appended to progress files as it runs, so an interrupted run continues with
+``--resume``. Runs alone or under ``torchrun --nproc_per_node=N -m eval`` (see :mod:`eval.run`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from camloc.data import CocoImages, DataError, as_list, check_image_files
+from camloc.boxstage import default_box_workers
+from camloc.data import DataError, check_image_files
 from camloc.devices import resolve_device
 from camloc.errors import error_line
-from camloc.evaluation import STAT_NAMES, Detections, EvaluationError, GroundTruth, localization_metrics
+from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
 from camloc.images import ImageError
-from camloc.io_utils import OutputError, atomic_output, atomic_write_json, writable_folder
+from camloc.io_utils import OutputError
 from camloc.localize import Localizer
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.recipes import DEFAULT_RECIPE, RECIPES, make_recipe
+from eval.progress import ProgressError
+from eval.run import distributed_node, run_evaluation
 
-PROGRESS = ".progress.jsonl"
 #: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
 MAX_BATCH, MAX_WORKERS = 1024, 64
 
@@ -55,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true", help="average maps over scales 0.75/1/1.25 and flips")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--box-workers", type=int, default=default_box_workers(),
+                        help="processes turning maps into boxes while the next batch runs through the network "
+                             f"(0: in the main process; default: one per CPU core less one = {default_box_workers()})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--limit", type=int, help="only the first N images (by image id)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -65,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     if not 1 <= args.batch_size <= MAX_BATCH or not 0 <= args.workers <= MAX_WORKERS or (
-            args.limit is not None and args.limit < 1):
-        parser.error(f"--batch-size must be from 1 to {MAX_BATCH}, --workers from 0 to {MAX_WORKERS}, --limit ≥ 1")
+            args.limit is not None and args.limit < 1) or not 0 <= args.box_workers <= MAX_WORKERS:
+        parser.error(f"--batch-size must be from 1 to {MAX_BATCH}, --workers and --box-workers from 0 to "
+                     f"{MAX_WORKERS}, --limit ≥ 1")
     if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
         parser.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
     try:
@@ -81,42 +84,6 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "baseline", "img_size", "tta",
             "limit")
     return {k: str(getattr(args, k)) for k in keys}
-
-
-def read_progress(path: Path, settings: dict[str, Any], image_ids: set[int]) -> dict[int, list[dict]]:
-    """Finished images of an interrupted run: ``{image_id: detections}``. A torn last line (the run
-    was killed while writing it) is dropped; any other damage is a :class:`CliError`."""
-    if not path.is_file():
-        return {}
-    damaged, hint = f"--resume: the progress file {path} is damaged", "; delete it or run without --resume"
-    try:
-        lines = path.read_text().splitlines()
-        header = json.loads(lines[0])
-    except (OSError, ValueError, IndexError) as exc:
-        raise CliError(f"{damaged} ({exc.__class__.__name__}){hint}") from None
-    if not isinstance(header, dict) or "settings" not in header:
-        raise CliError(f"{damaged} (no settings line){hint}")
-    if header["settings"] != settings:
-        raise CliError(f"{path.parent} holds a run with other settings; use a new --out or run without --resume")
-    done: dict[int, list[dict]] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                break
-            raise CliError(f"{damaged} (line {number} is not JSON){hint}") from None
-        image_id = record.get("image_id") if isinstance(record, dict) else None
-        if type(image_id) is not int or image_id not in image_ids or not isinstance(record.get("detections"), list):
-            raise CliError(f"{damaged} (line {number} is not the record of an image of --ann){hint}")
-        try:
-            found = Detections(record["detections"])
-        except EvaluationError as exc:
-            raise CliError(f"{damaged} (line {number}: {exc}){hint}") from None
-        if (found.image != image_id).any():
-            raise CliError(f"{damaged} (line {number} mixes images){hint}")
-        done[image_id] = record["detections"]
-    return done
 
 
 def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
@@ -177,59 +144,28 @@ def print_report(metrics: dict[str, Any]) -> None:
     for name in STAT_NAMES:
         print(f"  {name:<6} {metrics['coco'][name]:.4f}")
     print(f"  VOC mAP@0.5 {metrics['voc_map50']:.4f}" if metrics["voc_map50"] is not None else "")
+    wsol = metrics.get("wsol") or {}
+    if wsol.get("MaxBoxAccV2") is not None:
+        per_delta = ", ".join(f"δ{d} {a:.4f}" for d, a in wsol["MaxBoxAcc"].items())
+        print(f"  MaxBoxAccV2 {wsol['MaxBoxAccV2']:.4f} ({per_delta}); GT-known Loc {wsol['GT-known Loc']:.4f}, "
+              f"Top-1 Loc {wsol['Top-1 Loc']:.4f} over {wsol['num_maps']} (image, class) maps")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    writable_folder(args.out)
-    truth, images = load_split(args)
-    localizer = build_localizer(args, truth)
-    progress_path = args.out / PROGRESS
-    settings = settings_of(args)
-    done = read_progress(progress_path, settings, {im["id"] for im in images}) if args.resume else {}
-    todo = [im for im in images if im["id"] not in done]
-    if not args.resume or not progress_path.is_file():
-        with atomic_output(progress_path) as handle:
-            handle.write(json.dumps({"settings": settings}) + "\n")
-    loader = DataLoader(CocoImages(args.images, todo), batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=as_list, persistent_workers=False)
-    failed: list[dict[str, Any]] = []
-    file_names = {im["id"]: im["file_name"] for im in todo}
-    start = time.perf_counter()
-    with progress_path.open("a") as log, tqdm(total=len(images), initial=len(done), unit="img",
-                                              desc="eval", file=sys.stderr) as bar:
-        for batch in loader:
-            readable = [(i, im) for i, im, err in batch if im is not None]
-            failed += [unreadable_record(i, file_names[i], err) for i, im, err in batch if im is None]
-            analyses = localizer.analyze([im for _, im in readable]) if readable else []
-            for (image_id, _), analysis in zip(readable, analyses):
-                dets = (localizer.baseline_detections(analysis, args.baseline, image_id) if args.baseline
-                        else localizer.detections(analysis, image_id))
-                done[image_id] = dets
-                log.write(json.dumps({"image_id": image_id, "detections": dets}) + "\n")
-            log.flush()
-            bar.update(len(batch))
-    elapsed = time.perf_counter() - start
-    if not done:
-        raise CliError(f"none of the {len(images)} images could be read ({failed[0]['reason']}); check --images")
-    if failed:
-        print(f"warning: {len(failed)} of {len(images)} images could not be read and are left out of the metrics "
-              f"(listed in metrics.json; first: {failed[0]['file_name']})", file=sys.stderr)
-    detections = [d for im in images for d in done.get(im["id"], [])]
-    metrics = localization_metrics(truth, detections, [im["id"] for im in images if im["id"] in done])
-    metrics["settings"] = settings
-    metrics["unreadable_images"] = failed
-    metrics["images_per_second"] = round(len(todo) / elapsed, 3) if todo and elapsed > 0 else None
-    atomic_write_json(args.out / "detections.json", detections)
-    atomic_write_json(args.out / "metrics.json", metrics, indent=1)
-    progress_path.unlink(missing_ok=True)
-    print_report(metrics)
-    print(f"\nwrote {args.out / 'detections.json'} ({len(detections)} detections) and {args.out / 'metrics.json'}")
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Evaluate (alone or as one rank of torchrun); rank 0 prints the report and returns the metrics."""
+    node = distributed_node(args)
+    try:
+        truth, images = load_split(args)
+        args.device = str(node.device)
+        localizer = build_localizer(args, truth)
+        metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
+    finally:
+        node.close()
+    if metrics is not None:
+        print_report(metrics)
+        print(f"\nwrote {args.out / 'detections.json'} ({metrics['num_detections']} detections) and "
+              f"{args.out / 'metrics.json'}")
     return metrics
-
-
-def unreadable_record(image_id: int, file_name: str, reason: str) -> dict[str, Any]:
-    """How ``metrics.json`` lists an image that could not be decoded."""
-    return {"image_id": image_id, "file_name": file_name, "reason": reason}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out / PROGRESS})",
+        print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out})",
               file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(error_line(exc, (CliError, EvaluationError, ModelError, DataError, ImageError, OutputError, OSError)),
-              file=sys.stderr)
+        print(error_line(exc, (CliError, EvaluationError, ModelError, DataError, ImageError, OutputError, OSError,
+                               ProgressError)), file=sys.stderr)
         return 2
     return 0
