@@ -10,9 +10,10 @@ Sets (quality figures never come from the images the recipes were tuned on):
 The recipes' parameters were chosen on other images: coco-mini train2017 (369 images) and
 synthetic seed 2. Each row: COCO AP, AP50, AP75, AR100, VOC mAP@0.5, wsolevaluation's
 MaxBoxAccV2 of the maps (it scores the maps, so it is the same for every recipe on the same
-maps), the box stage's milliseconds per image and end-to-end images/s (the forward pass, timed
-once, plus that recipe's box stage). The 95% intervals come from resampling the images with
-replacement (``--boot`` times); ratios to ``seed`` are paired (same resampled images).
+maps), the box stage's milliseconds per image and end-to-end images/s (the forward passes its
+maps need — one view, the image and its mirror, or six TTA views — plus that recipe's box
+stage). The 95% intervals come from resampling the images with replacement (``--boot`` times);
+ratios to ``seed`` are paired (same resampled images).
 
 ``PYTHONPATH=. python bench/recipes.py [--boot 200] [--sets real,synthetic]``
 """
@@ -43,38 +44,49 @@ REAL_ANN = SHARED / "coco-mini" / "annotations" / "instances_val2017_mini_disjoi
 REAL_WEIGHTS = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
 METRICS = ("AP", "AP50", "AP75", "AR100", "VOC")
 
-#: (row label, recipe name or baseline, recipe options, TTA)
-ROWS: list[tuple[str, str, dict[str, Any], bool]] = [
-    ("seed (course recipe)", "seed", {}, False),
-    ("seed + top-10 gating", "seed", {"classes": "topk:10"}, False),
-    ("evidence (seed boxes, evidence score)", "evidence", {}, False),
-    ("multilevel", "multilevel", {}, False),
-    ("instances", "instances", {}, False),
-    ("multilevel + TTA maps", "multilevel", {}, True),
-    ("full-image box baseline", "full", {}, False),
+#: (row label, recipe name or "full" for the full-image baseline, recipe options, maps: plain | flip | tta)
+ROWS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("seed (the course recipe)", "seed", {}, "plain"),
+    ("seed on flip maps (map refinement alone)", "seed", {"flip": True}, "flip"),
+    ("evidence (seed boxes, evidence score)", "evidence", {}, "plain"),
+    ("multilevel (proposals + evidence + NMS)", "multilevel", {}, "plain"),
+    ("instances (multilevel cut at saddles)", "instances", {}, "plain"),
+    ("**multilevel-flip** (default)", "multilevel-flip", {}, "flip"),
+    ("multilevel on 6-view TTA maps", "multilevel", {}, "tta"),
+    ("full-image box baseline", "full", {}, "plain"),
 ]
+#: Which of the six TTA views (in ``Localizer.views()`` order) each kind of maps averages.
+MAPS = {"plain": [(1.0, False)], "flip": [(1.0, False), (1.0, True)], "tta": None}
 
 
 @dataclass
 class Prepared:
-    """One set's ground truth, images and forward passes (per TTA setting)."""
+    """One set's ground truth, images and forward passes: analyses and forward seconds per kind of maps."""
 
     truth: GroundTruth
     images: list[dict]
-    analyses: dict[bool, list[Analysis]]
-    forward_s: dict[bool, float]
+    analyses: dict[str, list[Analysis]]
+    forward_s: dict[str, float]
 
 
 def prepare(model, meta, folder: Path, ann: Path, img_size: int) -> Prepared:
+    """Every TTA view of every image, once; each kind of maps averages its views (as the Localizer does)."""
     truth = GroundTruth(ann)
     images = sorted(truth.data["images"], key=lambda im: im["id"])
-    analyses, forward_s = {}, {}
-    for tta in (False, True):
-        localizer = Localizer(model, meta, img_size=img_size, tta=tta, device="cpu")
+    localizer = Localizer(model, meta, img_size=img_size, tta=True, device="cpu")
+    all_views = localizer.views()
+    per_view, seconds = {}, {}
+    for view in all_views:
         start, found = time.perf_counter(), []
         for i in range(0, len(images), 8):
-            found += localizer.analyze([folder / im["file_name"] for im in images[i:i + 8]])
-        analyses[tta], forward_s[tta] = found, time.perf_counter() - start
+            found += localizer.analyze([folder / im["file_name"] for im in images[i:i + 8]], views=[view])
+        per_view[view], seconds[view] = found, time.perf_counter() - start
+    analyses, forward_s = {}, {}
+    for kind, views in MAPS.items():
+        views = views or all_views
+        analyses[kind] = [Analysis.average(group) if len(views) > 1 else group[0]
+                          for group in zip(*(per_view[v] for v in views))]
+        forward_s[kind] = sum(seconds[v] for v in views)
     return Prepared(truth, images, analyses, forward_s)
 
 
@@ -106,7 +118,7 @@ def metrics(truth: GroundTruth, per_image: list[list[dict]], images: list[dict],
             "VOC": voc_map(truth_s, dets)["map"] or 0.0}
 
 
-def map_hits(prepared: Prepared, tta: bool) -> list[tuple[np.ndarray, list[bool]]]:
+def map_hits(prepared: Prepared, kind: str) -> list[tuple[np.ndarray, list[bool]]]:
     """wsolevaluation hits and recognition flags of every (image, present class) map, per image."""
     truth = prepared.truth
     cat_index = {cid: k for k, cid in enumerate(truth.category_ids.tolist())}
@@ -115,7 +127,7 @@ def map_hits(prepared: Prepared, tta: bool) -> list[tuple[np.ndarray, list[bool]
         if not a.get("iscrowd", 0):
             boxes.setdefault(a["image_id"], {}).setdefault(cat_index[a["category_id"]], []).append(a["bbox"])
     out = []
-    for im, analysis in zip(prepared.images, prepared.analyses[tta]):
+    for im, analysis in zip(prepared.images, prepared.analyses[kind]):
         present = sorted(boxes.get(im["id"], {}))
         hits = image_hits(analysis.raw_maps[analysis.rows(present)], [np.array(boxes[im["id"]][k]) for k in present],
                           analysis.size)
@@ -139,29 +151,29 @@ def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, boot: i
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, n, n) for _ in range(boot)]
     results = {}
-    for label, kind, options, tta in ROWS:
-        localizer = Localizer(model, meta, recipe="seed" if kind == "full" else kind, img_size=img_size, tta=tta,
+    for label, kind, options, maps in ROWS:
+        localizer = Localizer(model, meta, recipe="seed" if kind == "full" else kind, img_size=img_size,
                               device="cpu", **options)
         start = time.perf_counter()
-        per_image = detections(localizer, kind, prepared.analyses[tta], prepared.images)
+        per_image = detections(localizer, kind, prepared.analyses[maps], prepared.images)
         box_s = time.perf_counter() - start
         point = metrics(prepared.truth, per_image, prepared.images)
         draws = [metrics(prepared.truth, per_image, prepared.images, s) for s in samples]
-        results[label] = (point, draws, box_s, tta)
-    hits = {tta: map_hits(prepared, tta) for tta in (False, True)}
-    acc = {tta: (max_box_acc(hits[tta], np.arange(n)), [max_box_acc(hits[tta], s) for s in samples])
-           for tta in (False, True)}
+        results[label] = (point, draws, box_s, maps)
+    hits = {maps: map_hits(prepared, maps) for maps in MAPS}
+    acc = {maps: (max_box_acc(hits[maps], np.arange(n)), [max_box_acc(hits[maps], s) for s in samples])
+           for maps in MAPS}
     print(f"\n### {name}: {n} images, {boot} bootstrap resamples (95% intervals)\n")
     print("| recipe | AP | AP50 | AP75 | AR100 | VOC mAP | MaxBoxAccV2 | box ms/img | img/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, (point, draws, box_s, tta) in results.items():
+    for label, (point, draws, box_s, maps) in results.items():
         cells = []
         for m in METRICS:
             low, high = interval([d[m] for d in draws])
             cells.append(f"{point[m]:.4f} [{low:.4f}, {high:.4f}]")
-        wsol_point, wsol_draws = acc[tta]
+        wsol_point, wsol_draws = acc[maps]
         low, high = interval(wsol_draws)
-        per_s = n / (prepared.forward_s[tta] + box_s)
+        per_s = n / (prepared.forward_s[maps] + box_s)
         print(f"| {label} | {' | '.join(cells)} | {wsol_point:.3f} [{low:.3f}, {high:.3f}] "
               f"| {1000 * box_s / n:.1f} | {per_s:.2f} |")
     base_point, base_draws, _, _ = results[ROWS[0][0]]
