@@ -102,17 +102,41 @@ def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: s
     if not isinstance(mode, str) or mode not in BOX_MODES:
         raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
     num, height, width = maps.shape
-    stride = height + 1
-    # Stack the K masks vertically with one empty row after each: contours cannot cross tiles.
-    stacked = np.zeros((num, stride, width), dtype=np.uint8)
+    stacked = stacked_masks(num, height, width)
     foreground(to_uint8(maps), threshold, out=stacked[:, :height])
+    owner, rects = outer_boxes(stacked, mode)
+    return BoxSet(owner, rects, box_means(maps, owner, rects))
+
+
+def stacked_masks(num: int, height: int, width: int) -> np.ndarray:
+    """Zeros ``(num, height + 1, width)`` uint8: ``num`` masks stacked vertically with one empty row after
+    each (write mask ``i`` into ``[i, :height]``), so that one ``findContours`` call traces them all and no
+    contour crosses from one mask into the next."""
+    return np.zeros((num, height + 1, width), dtype=np.uint8)
+
+
+def trace_stacked(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Outer contours (``RETR_EXTERNAL``) of the masks of :func:`stacked_masks`, one OpenCV call:
+    ``(mask index (n,), bounding rects [x, y, w, h] (n, 4), contours)``, stably sorted by mask."""
+    num, stride, width = stacked.shape
     contours, _ = cv2.findContours(stacked.reshape(num * stride, width), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
     owner = rects[:, 1] // stride
     rects[:, 1] -= owner * stride
+    order = np.argsort(owner, kind="stable")
+    return owner[order], rects[order], tuple(contours[i] for i in order)
+
+
+def outer_boxes(stacked: np.ndarray, mode: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """The course recipe's boxes of stacked masks: every outer contour's bounding rect (``mode="largest"``:
+    the contour of largest ``cv2.contourArea`` per mask, first on ties), the whole image for an empty
+    mask; ``(mask index, xywh)`` sorted by mask."""
+    num, stride, width = stacked.shape
+    height = stride - 1
+    owner, rects, contours = trace_stacked(stacked)
     if mode == "largest" and len(rects):
         areas = np.array([cv2.contourArea(c) for c in contours])
-        order = np.lexsort((-areas, owner))  # by class, then largest area first (stable)
+        order = np.lexsort((-areas, owner))  # by mask, then largest area first (stable)
         first = np.unique(owner[order], return_index=True)[1]
         keep = np.sort(order[first])
         rects, owner = rects[keep], owner[keep]
@@ -120,8 +144,7 @@ def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: s
     rects = np.concatenate([rects, np.tile([0, 0, width, height], (len(empty), 1))])
     owner = np.concatenate([owner, empty])
     order = np.argsort(owner, kind="stable")
-    rects, owner = rects[order], owner[order]
-    return BoxSet(owner, rects, box_means(maps, owner, rects))
+    return owner[order], rects[order]
 
 
 def box_means(maps: np.ndarray, class_index: np.ndarray, xywh: np.ndarray) -> np.ndarray:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camloc.devicestage import DeviceMaps
 from camloc.evaluation.wsol import image_hits, recognised_classes
-from camloc.localize import Analysis, baseline_detections, recipe_detections
+from camloc.localize import Analysis, baseline_detections, boxes_to_detections, recipe_detections, selected_classes
 from camloc.recipes import Recipe
 
 
@@ -35,6 +36,7 @@ class ImageJob:
     image_id: int
     analysis: Analysis  # maps of the classes the recipe selects and of the classes present (ground truth)
     truth: tuple[tuple[int, np.ndarray], ...] = ()  # (class index, [x, y, w, h] boxes) of each class present
+    packed: np.ndarray | None = None  # device path: the masks to trace (camloc.devicestage), else None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ImageResult:
     detections: list[dict[str, Any]]
     hits: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 100), bool))  # (present classes, δ, τ)
     recognised: list[bool] = field(default_factory=list)
+    traced: tuple[np.ndarray, np.ndarray] | None = None  # device path: (mask index, xywh), scored by the main process
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,59 @@ class BoxStage:
 
     def __call__(self, job: ImageJob) -> ImageResult:
         analysis = job.analysis
-        if self.baseline:
+        if job.packed is not None:
+            dets, traced = [], self.recipe.trace(job.packed, analysis.size[1])
+        elif self.baseline:
             dets = baseline_detections(analysis, self.baseline, self.recipe, self.supported, self.category_ids,
                                        job.image_id)
         else:
             dets = recipe_detections(analysis, self.recipe, self.supported, self.category_ids, job.image_id)
+        if job.packed is None:
+            traced = None
         if not job.truth:
-            return ImageResult(job.image_id, dets)
+            return ImageResult(job.image_id, dets, traced=traced)
         present = [k for k, _ in job.truth]
         hits = image_hits(analysis.raw_maps[analysis.rows(present)], [boxes for _, boxes in job.truth], analysis.size)
-        return ImageResult(job.image_id, dets, hits, recognised_classes(analysis.probs, present))
+        return ImageResult(job.image_id, dets, hits, recognised_classes(analysis.probs, present), traced)
+
+
+class BoxPipeline:
+    """The main process's side of the box stage: it makes each image's job and finishes its result.
+
+    Device path (maps on a GPU, a recipe with :attr:`~camloc.recipes.Recipe.on_device`, no baseline;
+    ``device_path=True`` forces it on the CPU): the job's masks are computed and packed on the maps'
+    device (:meth:`~camloc.recipes.Recipe.device_stage`), the summed-area tables wait here, a worker
+    traces the masks, and :meth:`finish` scores the boxes from the tables. Otherwise the worker does
+    everything from the raw maps and :meth:`finish` passes its result on.
+    """
+
+    def __init__(self, stage: BoxStage, device_path: bool | None = None):
+        self.stage = stage
+        self.device_path = device_path
+        self.waiting: dict[int, tuple[DeviceMaps, list[int], Tensor]] = {}
+
+    def uses_device(self, analysis: Analysis) -> bool:
+        if self.stage.baseline or not self.stage.recipe.on_device:
+            return False
+        return analysis.raw_maps.device.type != "cpu" if self.device_path is None else self.device_path
+
+    def job(self, image_id: int, analysis: Analysis, truth: Sequence[tuple[int, np.ndarray]] = ()) -> ImageJob:
+        job = self.stage.job(image_id, analysis, truth)
+        if not self.uses_device(analysis):
+            return job
+        held = set(analysis.classes.tolist())
+        classes = [k for k in selected_classes(analysis, self.stage.recipe, self.stage.supported) if k in held]
+        maps = self.stage.recipe.device_stage(analysis.raw_maps[analysis.rows(classes)], analysis.size)
+        self.waiting[image_id] = (maps, classes, analysis.probs[classes].cpu())
+        return ImageJob(image_id, job.analysis, job.truth, maps.packed)
+
+    def finish(self, result: ImageResult) -> ImageResult:
+        if result.traced is None:
+            return result
+        maps, classes, probs = self.waiting.pop(result.image_id)
+        found = self.stage.recipe.finish(maps, *result.traced, probs)
+        dets = boxes_to_detections(found, classes, self.stage.category_ids, result.image_id)
+        return ImageResult(result.image_id, dets, result.hits, result.recognised)
 
 
 def default_box_workers() -> int:

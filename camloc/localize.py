@@ -254,8 +254,13 @@ def recipe_detections(analysis: Analysis, recipe: Recipe, supported: Tensor, cat
         classes = [k for k in selected_classes(analysis, recipe, supported) if k in held]
     if not classes:
         return []
-    found = recipe_boxes(analysis, classes, recipe)
-    class_of_box = np.asarray(classes)[found.class_index]
+    return boxes_to_detections(recipe_boxes(analysis, classes, recipe), classes, category_ids, image_id)
+
+
+def boxes_to_detections(found: ScoredBoxes, classes: Sequence[int], category_ids: Sequence[int],
+                        image_id: int | None = None) -> list[dict[str, Any]]:
+    """COCO-results dicts of scored boxes whose ``class_index`` are positions in ``classes``."""
+    class_of_box = np.asarray(classes, dtype=np.int64)[found.class_index]
     head = {} if image_id is None else {"image_id": image_id}
     return [{**head, "category_id": category_ids[k], "bbox": [float(v) for v in box], "score": float(s)}
             for k, box, s in zip(class_of_box.tolist(), found.xywh.tolist(), found.score.tolist())]

@@ -28,6 +28,8 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 from torchvision.ops import batched_nms
 
+from camloc.boxes import stacked_masks, trace_stacked
+
 #: Longer side (pixels) at which :func:`instance_cut` runs its watershed.
 INSTANCE_SIDE = 160
 
@@ -39,18 +41,13 @@ def level_boxes(u8: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np
     then OpenCV's contour order. A level above a map's maximum gives no box.
     """
     num, height, width = u8.shape
-    stride = height + 1
     cut = [float(np.ceil(np.float32(t) * np.float32(255)) - 1) for t in levels]  # u8 ≥ ⌈t·255⌉ ⟺ u8 > ⌈t·255⌉−1
-    stack = np.zeros((num, len(cut), stride, width), np.uint8)  # an empty row after each mask
+    stack = stacked_masks(num * len(cut), height, width).reshape(num, len(cut), height + 1, width)
     for k in range(num):
         for j, level in enumerate(cut):
             cv2.threshold(u8[k], level, 1, cv2.THRESH_BINARY, dst=stack[k, j, :height])
-    contours, _ = cv2.findContours(stack.reshape(-1, width), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    tile = rects[:, 1] // stride
-    rects[:, 1] -= tile * stride
-    order = np.argsort(tile, kind="stable")
-    return tile[order] // len(cut), tile[order] % len(cut), rects[order]
+    tile, rects, _ = trace_stacked(stack.reshape(-1, height + 1, width))
+    return tile // len(cut), tile % len(cut), rects
 
 
 def instance_labels(heat: np.ndarray, floor: float, min_peak: float, min_distance: float) -> np.ndarray:
@@ -110,8 +107,12 @@ def box_sums(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.ndar
 
 def box_evidence(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.ndarray:
     """``√(share · soft IoU)`` of each box (see the module docstring); 0 for a map with no heat."""
-    inside = np.maximum(box_sums(tables, owner, xywh), 0.0)
-    total = tables[owner, -1, -1]
+    return evidence(box_sums(tables, owner, xywh), tables[owner, -1, -1], xywh)
+
+
+def evidence(inside: np.ndarray, total: np.ndarray, xywh: np.ndarray) -> np.ndarray:
+    """``√(share · soft IoU)`` from each box's heat sum ``inside`` and its map's ``total`` heat."""
+    inside = np.maximum(inside, 0.0)
     area = (xywh[:, 2] * xywh[:, 3]).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(total > 0, inside / total, 0.0)

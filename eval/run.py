@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.boxstage import BoxStage, OrderedPool
+from camloc.boxstage import BoxPipeline, BoxStage, OrderedPool
 from camloc.data import CocoImages, as_list
 from camloc.distributed import Dist, setup_distributed
 from camloc.evaluation import BoxAccuracy, GroundTruth, localization_metrics
@@ -80,6 +80,7 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
     todo = [im for batch in batches for im in batch]
     starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
     stage = BoxStage(localizer.recipe, tuple(localizer.category_ids), localizer.supported.cpu(), args.baseline)
+    pipeline = BoxPipeline(stage)
     loader = DataLoader(CocoImages(args.images, todo), num_workers=args.workers, collate_fn=as_list,
                         batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)], persistent_workers=False)
     own = progress.progress_path(args.out, node.rank, node.world)
@@ -96,16 +97,16 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
                 for (image_id, _), analysis in zip(readable, analyses):
                     if image_id in finished:  # run only to keep its batch whole
                         continue
-                    for result in pool.submit(stage.job(image_id, analysis, truth_of.get(image_id, ()))):
-                        progress.write(log, result)
+                    for result in pool.submit(pipeline.job(image_id, analysis, truth_of.get(image_id, ()))):
+                        progress.write(log, pipeline.finish(result))
                 log.flush()
                 bar.update(sum(image_id not in finished for image_id, _, _ in batch) * node.world)
         except KeyboardInterrupt:  # keep what the box workers have in hand, then stop
             for result in pool.drain():
-                progress.write(log, result)
+                progress.write(log, pipeline.finish(result))
             raise
         for result in pool.drain():
-            progress.write(log, result)
+            progress.write(log, pipeline.finish(result))
     return sum(im["id"] not in finished for im in todo)
 
 

@@ -1,0 +1,108 @@
+"""The device map stage gives the CPU path's boxes (run here on the CPU; the same code runs on a GPU)."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from camloc.boxstage import BoxPipeline, BoxStage, OrderedPool
+from camloc.devicestage import histograms, otsu_levels, pack, unpack_stacked
+from camloc.localize import Localizer
+from camloc.recipes import RECIPES, make_recipe
+from tests.conftest import COCO80, VAL_IMAGES
+
+DEVICE_RECIPES = [("seed", {}), ("seed", {"threshold": 0.3}), ("seed", {"mode": "largest"}), ("evidence", {}),
+                  ("evidence", {"threshold": 0.6, "mode": "largest"}), ("multilevel", {}), ("multilevel-flip", {})]
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40)),
+              elements=st.sampled_from([0, 1, 2, 7, 100, 127, 128, 200, 254, 255]) | st.integers(0, 255)))
+def test_otsu_levels_equal_opencv(u8):
+    expected, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    assert otsu_levels(np.bincount(u8.ravel(), minlength=256)[None])[0] == int(expected)
+
+
+def test_histograms_and_bit_packing_round_trip():
+    rng = np.random.default_rng(0)
+    u8 = torch.from_numpy(rng.integers(0, 256, (3, 5, 13), dtype=np.uint8))
+    assert (histograms(u8) == np.stack([np.bincount(m.ravel(), minlength=256) for m in u8.numpy()])).all()
+    masks = u8 > 100
+    packed = pack(masks)
+    assert packed.shape == (3, 5, 2) and (packed == np.packbits(masks.numpy(), axis=-1)).all()
+    stacked = unpack_stacked(packed, 13)
+    assert stacked.shape == (3, 6, 13) and (stacked[:, :5] == masks.numpy()).all() and not stacked[:, 5].any()
+
+
+def adversarial_maps(seed: int) -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]:
+    """Random raw maps: white noise (many tiny contours), smooth blobs, constant and all-negative maps."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(6):
+        raw = rng.normal(size=(5, int(rng.integers(2, 12)), int(rng.integers(2, 12)))).astype(np.float32)
+        raw[0] = 0.3  # constant: no foreground, the whole image
+        raw[1] = -np.abs(raw[1])  # nothing left after ReLU
+        size = (int(rng.integers(8, 90)), int(rng.integers(8, 90))) if i % 2 else (120, 160)
+        cases.append((torch.from_numpy(raw), torch.from_numpy(rng.random(5).astype(np.float32)), size))
+    return cases
+
+
+def assert_same(cpu, device, exact_scores: bool):
+    assert np.array_equal(cpu.class_index, device.class_index)
+    assert np.array_equal(cpu.xywh, device.xywh)  # identical boxes
+    if exact_scores:
+        assert np.array_equal(cpu.score, device.score)
+    else:  # seed: float64 summed-area sums instead of per-box float64 means
+        np.testing.assert_allclose(device.score, cpu.score, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("name,options", DEVICE_RECIPES)
+def test_device_path_equals_the_cpu_path_on_adversarial_maps(name, options):
+    recipe = make_recipe(name, classes="all", **options)
+    for raw, probs, size in adversarial_maps(1):
+        assert_same(recipe.boxes(raw, probs, size), recipe.device_boxes(raw, probs, size), name != "seed")
+
+
+@pytest.mark.realdata
+def test_device_path_equals_the_cpu_path_on_real_maps():
+    localizer = Localizer.from_checkpoint(COCO80, device="cpu")
+    paths = sorted(VAL_IMAGES.glob("*.jpg"))[:2]
+    for analysis in localizer.analyze(paths, views=[(1.0, False), (1.0, True)]):
+        for name, options in DEVICE_RECIPES:
+            recipe = make_recipe(name, **options)
+            assert_same(recipe.boxes(analysis.raw_maps, analysis.probs, analysis.size),
+                        recipe.device_boxes(analysis.raw_maps, analysis.probs, analysis.size), name != "seed")
+
+
+def test_which_recipes_have_a_device_path():
+    assert {name for name, cls in RECIPES.items() if cls.on_device} == {"seed", "evidence", "multilevel",
+                                                                         "multilevel-flip"}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("recipe", ["multilevel-flip", "seed"])
+def test_the_eval_pipeline_traces_device_masks_in_worker_processes(recipe):
+    localizer = Localizer.from_checkpoint(COCO80, device="cpu", recipe=recipe)
+    analyses = localizer.analyze(sorted(VAL_IMAGES.glob("*.jpg"))[:3])
+    stage = BoxStage(localizer.recipe, tuple(localizer.category_ids), localizer.supported, None)
+    truth = [(0, np.array([[10.0, 20.0, 100.0, 80.0]]))]
+    results = {}
+    for device_path in (False, True):
+        pipeline = BoxPipeline(stage, device_path=device_path)
+        with OrderedPool(stage, workers=1) as pool:
+            jobs = [pipeline.job(i, a, truth) for i, a in enumerate(analyses)]
+            assert all((job.packed is not None) == device_path for job in jobs)
+            found = [pipeline.finish(r) for job in jobs for r in pool.submit(job)]
+            found += [pipeline.finish(r) for r in pool.drain()]
+        assert not pipeline.waiting and [r.image_id for r in found] == [0, 1, 2]
+        results[device_path] = found
+    for cpu, device in zip(results[False], results[True]):
+        assert [(d["category_id"], d["bbox"]) for d in cpu.detections] == \
+            [(d["category_id"], d["bbox"]) for d in device.detections]
+        np.testing.assert_allclose([d["score"] for d in device.detections], [d["score"] for d in cpu.detections],
+                                   rtol=1e-9)
+        assert np.array_equal(cpu.hits, device.hits) and cpu.recognised == device.recognised
