@@ -80,6 +80,20 @@ st.dataframe(pd.DataFrame({"metric": list(STAT_NAMES), "value": [significant(coc
              hide_index=True, height="content", key="coco_stats")
 if metrics.get("voc_map50") is not None:
     st.caption(f"VOC mAP@0.5 (all-point): {format_score(metrics['voc_map50'])}")
+wsol = metrics.get("wsol")
+if isinstance(wsol, dict) and isinstance(wsol.get("MaxBoxAcc"), dict) and wsol.get("MaxBoxAccV2") is not None:
+    st.subheader("WSOL metrics of the maps (wsolevaluation)")
+    best = wsol.get("best_threshold") or {}
+    rows = [{"metric": "MaxBoxAccV2 (mean over δ 30/50/70)", "value": significant(wsol["MaxBoxAccV2"]),
+             "best CAM threshold": ""}]
+    rows += [{"metric": f"MaxBoxAcc, IoU ≥ {int(delta) / 100:.2f}", "value": significant(value),
+              "best CAM threshold": str(best.get(delta, ""))} for delta, value in wsol["MaxBoxAcc"].items()]
+    rows += [{"metric": name, "value": significant(wsol[name]), "best CAM threshold": str(best.get("50", ""))}
+             for name in ("GT-known Loc", "Top-1 Loc") if wsol.get(name) is not None]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, height="content", key="wsol_stats")
+    st.caption(f"Over {wsol.get('num_maps', '?')} maps, one per image and class present; each is right at a "
+               "threshold when one of its boxes (all contours, at 224×224) matches a ground-truth box of its "
+               "class. Top-1 Loc also needs the class among the image's n most probable (n classes present).")
 st.subheader("Per-class AP")
 st.dataframe(pd.DataFrame([{k: significant(r[k]) if isinstance(r.get(k), float) else r.get(k)
                             for k in ("name", "num_gt", "AP", "AP50", "AP75", "voc_AP50")} for r in rows]),

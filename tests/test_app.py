@@ -524,6 +524,17 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     assert widths == sorted(widths, reverse=True) and widths[-1] == 2 and len(set(widths)) == len(widths)
     assert len(at.dataframe[0].value) == 12  # the browser test checks that all 12 rows show without a scroll
     assert not at.json  # nothing but the intended elements (no stray "magic" output)
+    assert len(at.dataframe) == 2 and "WSOL" not in " ".join(h.value for h in at.subheader)  # no "wsol": no table
+    metrics = json.loads((eval_folder / "metrics.json").read_text())
+    metrics["wsol"] = {"MaxBoxAccV2": 0.25, "MaxBoxAcc": {"30": 0.5, "50": 0.2, "70": 0.05},
+                       "best_threshold": {"30": 0.15, "50": 0.2, "70": 0.31}, "GT-known Loc": 0.2, "Top-1 Loc": 0.1,
+                       "num_maps": 40}
+    (eval_folder / "metrics.json").write_text(json.dumps(metrics))
+    at.run()
+    assert [h.value for h in at.subheader][1].startswith("WSOL metrics")
+    wsol = at.dataframe[1].value  # after the COCO summary
+    assert wsol["value"].tolist() == [0.25, 0.5, 0.2, 0.05, 0.2, 0.1]
+    assert wsol["best CAM threshold"].tolist()[1:] == ["0.15", "0.2", "0.31", "0.2", "0.2"]
     at.radio(key="iou").set_value("0.75").run()
     spec_75 = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec_75["data"] != spec["data"] or spec_75["layout"] != spec["layout"]
