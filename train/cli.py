@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from camloc.data import (
     train_transform,
 )
 from camloc.devices import resolve_device
+from camloc.distributed import Dist, setup_distributed
 from camloc.errors import error_line
 from camloc.evaluation import EvaluationError, classification_ap, coco_evaluate
 from camloc.images import ImageError, load_image
@@ -61,19 +61,6 @@ MAX_BATCH, MAX_WORKERS = 1024, 64
 
 class TrainingError(Exception):
     """A problem that stops training; printed as one line."""
-
-
-@dataclass
-class Dist:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,20 +118,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(f"--device: {exc}")
     return args
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo otherwise);
-    ``device`` is a resolved device name (see :func:`camloc.devices.resolve_device`)."""
-    use_cuda = device.startswith("cuda")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist(0, 1, torch.device(device))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return Dist(rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 
 def load_indexes(args: argparse.Namespace) -> tuple[CocoIndex, CocoIndex | None]:
@@ -362,8 +335,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
             write_log(args.out / "log.jsonl", history)
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                            if not isinstance(v, list)), flush=True)
-        if node.world > 1:
-            dist.barrier()
+        node.barrier()
     if node.main:
         warn_unreadable(history)
     return {"history": history, "best": best}
@@ -449,5 +421,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # also when setup_distributed itself failed half-way
     return 0
