@@ -3,8 +3,16 @@
 1. A synthetic COCO set (5000 images, 80 categories, ~450k detections, crowd boxes, tied
    scores) evaluated by camloc, pycocotools and faster-coco-eval (C++): seconds, ratios, and
    whether the 12 stats are identical (``==``).
-2. ``python -m eval`` throughput on coco-mini val2017 with the shared MobileNetV2 (images/s)
-   vs a bare forward pass of the same model on the same batches.
+2. ``python -m eval`` throughput (images/s, end to end: decode, forward, maps, boxes, WSOL hits;
+   model loading and the final metrics excluded) on coco-mini val2017 images, for MobileNetV2
+   (the shared COCO-80 weights) and ResNet-50 (random backbone; the COCO-80 head of the shared
+   model's biases, so its class probabilities and gating look like a real model's), both at
+   448², with the box stage in the main process (``--box-workers 0``) and in worker processes,
+   for the course recipe and the default one — next to the bare forward rate of the same
+   model and batch (per image, the network passes a recipe needs: one view, or two for a
+   ``flip`` recipe).
+3. The device map stage vs the CPU path, per image (here the "device" is this CPU: the same
+   code runs on a GPU, where it takes the per-pixel work off the CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import argparse
 import contextlib
 import copy
 import io
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +32,7 @@ import torch
 
 from camloc.evaluation import coco_evaluate
 from camloc.localize import Localizer
+from camloc.recipes import DEFAULT_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -119,8 +130,48 @@ def evaluator_benchmark(images: int, dets_per_image: int) -> None:
               f"its max |Δ| to pycocotools: {diff:.2e}")
 
 
-def cli_benchmark(limit: int, batch: int) -> None:
+def bare_forward(localizer: Localizer, batch: int, repeats: int) -> float:
+    """Images per second of the model alone on ``batch`` random images at the Localizer's input size."""
+    x = torch.randn(batch, 3, localizer.img_size, localizer.img_size)
+    with torch.inference_mode():
+        localizer.model(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            localizer.model(x)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def resnet50_checkpoint(folder: Path) -> Path:
+    """A ResNet-50 COCO-80 checkpoint: random backbone, the shared model's head biases, small head weights."""
+    from camloc.classes import COCO_NAMES
+    from camloc.models import build_model, load_model, save_checkpoint
+
+    shared, _ = load_model(SHARED / "weights" / "mobilenet_v2_coco80_linear.pth")
+    torch.manual_seed(0)
+    model, meta = build_model("resnet50", list(COCO_NAMES), input_size=448)
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.01)
+        model.head.bias.copy_(shared.head.bias)
+    path = folder / "resnet50_coco80.pt"
+    save_checkpoint(model, meta, path)
+    return path
+
+
+def cli_rate(checkpoint: Path, ann: Path, images: Path, recipe: str, box_workers: int, batch: int) -> float:
     from eval.cli import main
+
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        code = main(["--images", str(images), "--ann", str(ann), "--checkpoint", str(checkpoint), "--out", out,
+                     "--recipe", recipe, "--batch-size", str(batch), "--workers", "1",
+                     "--box-workers", str(box_workers), "--device", "cpu"])
+        if code != 0:
+            raise SystemExit(f"python -m eval failed with exit code {code}")
+        return json.loads((Path(out) / "metrics.json").read_text())["images_per_second"]
+
+
+def cli_benchmark(repeat: int, batch: int) -> None:
+    from camloc.boxstage import default_box_workers
 
     weights = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
     val = SHARED / "coco-mini" / "val2017"
@@ -128,34 +179,67 @@ def cli_benchmark(limit: int, batch: int) -> None:
     if not weights.is_file():
         print("../shared/data missing: eval-CLI throughput skipped")
         return
-    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
-        start = time.perf_counter()
-        code = main(["--images", str(val), "--ann", str(ann), "--checkpoint", str(weights), "--out", out,
-              "--limit", str(limit), "--batch-size", str(batch), "--workers", "1"])
-        cli = limit / (time.perf_counter() - start)
-    if code != 0:
-        raise SystemExit(f"python -m eval failed with exit code {code}")
+    workers = default_box_workers()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = json.loads(ann.read_text())
+        copies = {**data, "images": [{**im, "id": im["id"] * 10 + r} for r in range(repeat) for im in data["images"]],
+                  "annotations": [{**a, "id": a["id"] * 10 + r, "image_id": a["image_id"] * 10 + r}
+                                  for r in range(repeat) for a in data["annotations"]]}
+        repeated = Path(tmp) / "val_repeated.json"
+        repeated.write_text(json.dumps(copies))
+        print(f"\npython -m eval on {len(copies['images'])} coco-mini val images (each {repeat}×), 448², "
+              f"batch {batch}, this machine's {os.cpu_count()} cores; default --box-workers here: {workers}")
+        print("| model | recipe | bare forward img/s (per recipe's passes) | eval, box stage inline | "
+              f"eval, {workers} box worker(s) |\n| --- | --- | --- | --- | --- |")
+        for label, checkpoint in [("MobileNetV2", weights), ("ResNet-50", resnet50_checkpoint(Path(tmp)))]:
+            localizer = Localizer.from_checkpoint(checkpoint, device="cpu")
+            bare = bare_forward(localizer, batch, max(2, 64 // batch))
+            for recipe in ("seed", DEFAULT_RECIPE):
+                passes = len(localizer.views(recipe))
+                inline = cli_rate(checkpoint, repeated, val, recipe, 0, batch)
+                pooled = cli_rate(checkpoint, repeated, val, recipe, workers, batch)
+                ref = bare / passes
+                print(f"| {label} | {recipe} | {ref:.2f} | {inline:.2f} ({inline / ref:.2f}) "
+                      f"| {pooled:.2f} (**{pooled / ref:.2f}**) |")
+
+
+def device_stage_benchmark() -> None:
+    """Box stage per image: the CPU path vs the device path run on this CPU, on a real image's maps."""
+    from camloc.recipes import make_recipe
+
+    weights = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
+    if not weights.is_file():
+        return
     localizer = Localizer.from_checkpoint(weights, device="cpu")
-    x = torch.randn(batch, 3, localizer.img_size, localizer.img_size)
-    with torch.inference_mode():
-        localizer.model(x)
-        start = time.perf_counter()
-        for _ in range(0, limit, batch):
-            localizer.model(x)
-        bare = limit / (time.perf_counter() - start)
-    print(f"eval CLI on {limit} coco-mini val images (MobileNetV2, {localizer.img_size}², all 80 classes): "
-          f"{cli:.1f} img/s end to end (decode, CAM, boxes, metrics) vs bare forward {bare:.1f} img/s "
-          f"→ {cli / bare:.2f} of the forward-only rate")
+    image = sorted((SHARED / "coco-mini" / "val2017").glob("*.jpg"))[0]
+    analysis = localizer.analyze(image, views=[(1.0, False), (1.0, True)])[0]
+    print(f"\nbox stage of one real image ({analysis.size[1]}×{analysis.size[0]}), ms: CPU path vs device path "
+          "(device = this CPU)")
+    for name in ("seed", DEFAULT_RECIPE):
+        recipe = make_recipe(name)
+        classes = torch.nonzero(recipe.select(analysis.probs[None])[0]).flatten()
+        raw, probs = analysis.raw_maps[classes], analysis.probs[classes]
+        times = {}
+        for path, run in [("cpu", recipe.boxes), ("device", recipe.device_boxes)]:
+            run(raw, probs, analysis.size)
+            start = time.perf_counter()
+            for _ in range(3):
+                run(raw, probs, analysis.size)
+            times[path] = (time.perf_counter() - start) / 3 * 1000
+        print(f"  {name:16s} ({len(classes)} classes): CPU {times['cpu']:.1f} ms, device path {times['device']:.1f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets-per-image", type=int, default=90)
-    parser.add_argument("--cli-images", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=2, help="how many times the eval runs see each val image")
+    parser.add_argument("--skip-evaluator", action="store_true")
     args = parser.parse_args()
-    evaluator_benchmark(args.images, args.dets_per_image)
-    cli_benchmark(args.cli_images, 8)
+    if not args.skip_evaluator:
+        evaluator_benchmark(args.images, args.dets_per_image)
+    cli_benchmark(args.repeat, 8)
+    device_stage_benchmark()
 
 
 if __name__ == "__main__":
