@@ -32,6 +32,7 @@ bench: $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/cam_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/eval_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/recipes.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/train_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/synthetic_settings.py
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
