@@ -248,14 +248,13 @@ class Seed(Recipe):
 
     threshold: str | float = "otsu"
     mode: str = "all"
+    on_device: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
         if self.mode not in BOX_MODES:
             raise ValueError(f"box mode must be one of {BOX_MODES}, got {self.mode!r}")
-
-    on_device: ClassVar[bool] = True
 
     def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
         if raw_maps.device.type != "cpu":
