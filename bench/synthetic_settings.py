@@ -1,4 +1,5 @@
-"""Which settings localise best? AP50/AP of the bundled demo model on a fresh synthetic val set.
+"""Which settings of the course recipe (``seed``) localise best? AP50/AP of the bundled demo model on a fresh
+synthetic val set (``bench/recipes.py`` compares the recipes themselves).
 
 Varies the threshold (Otsu or a fraction of the max), the box mode (all contours / largest),
 the network input size and TTA, next to the full-image and centre-box baselines. The val set
@@ -50,12 +51,13 @@ def main() -> None:
         print(f"{args.checkpoint.name} on {args.images} unseen synthetic scenes (input {meta['input_size']} px)")
         print("| threshold | boxes | input | TTA | AP50 | AP |\n| --- | --- | --- | --- | --- | --- |")
         for threshold, boxes, size, tta in SETTINGS:
-            localizer = Localizer(model, meta, threshold=threshold, boxes=boxes, img_size=size, tta=tta, device="cpu")
+            localizer = Localizer(model, meta, recipe="seed", threshold=threshold, boxes=boxes, img_size=size, tta=tta,
+                                  device="cpu")
             ap50, ap = evaluate(localizer, truth, data / "val")
             print(f"| {threshold} | {boxes} | {size or meta['input_size']} | {'yes' if tta else 'no'} "
                   f"| {ap50:.3f} | {ap:.3f} |")
         for baseline in ("full", "center"):
-            ap50, ap = evaluate(Localizer(model, meta, device="cpu"), truth, data / "val", baseline)
+            ap50, ap = evaluate(Localizer(model, meta, recipe="seed", device="cpu"), truth, data / "val", baseline)
             print(f"| {baseline}-image baseline | — | — | — | {ap50:.3f} | {ap:.3f} |")
 
 
