@@ -143,6 +143,9 @@ def max_box_acc(per_image: list[tuple[np.ndarray, list[bool]]], sample: np.ndarr
 
 
 def interval(values: list[float]) -> tuple[float, float]:
+    """The central 95% of bootstrap draws (NaN without draws: ``--boot 0``)."""
+    if not values:
+        return float("nan"), float("nan")
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
@@ -190,7 +193,7 @@ def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, boot: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--boot", type=int, default=200, help="bootstrap resamples")
+    parser.add_argument("--boot", type=int, default=200, help="bootstrap resamples (0: point estimates and timings)")
     parser.add_argument("--sets", default="real,synthetic", help="real, synthetic or both")
     args = parser.parse_args()
     torch.manual_seed(0)
