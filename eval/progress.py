@@ -59,6 +59,15 @@ class Progress:
         return image_id in self.done or image_id in self.unreadable
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a torn last line (one without its newline) off ``path`` before more lines are appended."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+
+
 def write_unreadable(handle: IO[str], image_id: int, reason: str) -> None:
     """Append an image that could not be decoded."""
     handle.write(json.dumps({"image_id": image_id, "unreadable": reason}) + "\n")

@@ -60,7 +60,9 @@ def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, A
     own = progress.progress_path(args.out, node.rank, node.world)
     if args.resume:
         finished = progress.read_all(args.out, settings, image_ids)
-        if not own.is_file():
+        if own.is_file():
+            progress.drop_torn_tail(own)
+        else:
             progress.start(own, settings)
         return finished
     if node.main:  # files of an earlier run with another number of processes
