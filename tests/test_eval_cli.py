@@ -55,7 +55,8 @@ def test_end_to_end_metrics_equal_pycocotools_and_beat_the_full_image_baseline(t
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch, capsys):
-    assert main(eval_args(tmp_path / "whole", "--limit", "12", "--batch-size", "4")) == 0
+    """(Box stage inline here; resuming with box workers and torchrun ranks: tests/test_eval_pipeline.py.)"""
+    assert main(eval_args(tmp_path / "whole", "--limit", "12", "--batch-size", "4", "--box-workers", "0")) == 0
     expected = json.loads((tmp_path / "whole" / "detections.json").read_text())
 
     original = Localizer.analyze
@@ -69,11 +70,11 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(Localizer, "analyze", interrupt_after_two_batches)
     out = tmp_path / "cut"
-    assert main(eval_args(out, "--limit", "12", "--batch-size", "4")) == 130
+    assert main(eval_args(out, "--limit", "12", "--batch-size", "4", "--box-workers", "0")) == 130
     assert "--resume" in capsys.readouterr().err
     assert not (out / "detections.json").exists() and not (out / "metrics.json").exists()
     calls.clear()
-    assert main(eval_args(out, "--limit", "12", "--batch-size", "4", "--resume")) == 0
+    assert main(eval_args(out, "--limit", "12", "--batch-size", "4", "--box-workers", "0", "--resume")) == 0
     assert calls == [4]  # only the last batch was computed
     assert json.loads((out / "detections.json").read_text()) == expected
     with pytest.raises(SystemExit):  # an invalid option is argparse's one-line error

@@ -108,7 +108,8 @@ ANN_CHANGES = {
 
 def eval_argv(data: dict, out: Path, *extra: str, images=None, ann=None, checkpoint=None) -> list[str]:
     return ["--images", str(images or data["images"]), "--ann", str(ann or data["ann_path"]), "--checkpoint",
-            str(checkpoint or DEMO_CHECKPOINT), "--out", str(out), "--workers", "0", "--img-size", "64", *extra]
+            str(checkpoint or DEMO_CHECKPOINT), "--out", str(out), "--workers", "0", "--img-size", "64",
+            "--box-workers", "0", *extra]
 
 
 EVAL_OPTIONS = [["--img-size", "0"], ["--img-size", "-1"], ["--img-size", "31"], ["--img-size", "100000"],
