@@ -101,6 +101,13 @@ def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: s
     maps = _checked_maps(maps)
     if not isinstance(mode, str) or mode not in BOX_MODES:
         raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    return normalized_maps_to_boxes(maps, threshold, mode)
+
+
+def normalized_maps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: str = "all") -> BoxSet:
+    """:func:`heatmaps_to_boxes` without its checks, for float32 maps ``(K, H, W)`` that the caller made
+    valid (``normalize_maps`` of finite raw maps): the recipes' hot path, where the checks' two passes
+    over every pixel would cost an eighth of the box stage."""
     num, height, width = maps.shape
     stacked = stacked_masks(num, height, width)
     foreground(to_uint8(maps), threshold, out=stacked[:, :height])

@@ -128,6 +128,13 @@ def upsample_bilinear(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.matmul(torch.matmul(rows, maps), cols.T)
 
 
+def check_finite_maps(maps: Tensor) -> None:
+    """A ``ValueError`` unless every value of the raw maps is finite (checked before upsampling:
+    finite raw maps normalise into [0, 1], so the full-size maps need no second look)."""
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("maps contain NaN or infinite values; normalise finite maps to [0, 1]")
+
+
 def normalize_maps(maps: Tensor, size: tuple[int, int] | None = None) -> Tensor:
     """Upsample raw maps ``(..., h, w)`` to ``size = (H, W)`` (bilinear), ReLU, then min-max per map.
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from camloc.boxes import outer_boxes, stacked_masks, trace_stacked
-from camloc.cam import normalize_maps
+from camloc.cam import check_finite_maps, normalize_maps
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 
@@ -111,6 +111,7 @@ def device_maps(raw_maps: Tensor, size: tuple[int, int], cuts: Tensor | None = N
     ``⌈t·255⌉ − 1``); ``None``: Otsu's level of each map (histograms counted on the device, the
     levels themselves, 256 numbers a map, computed exactly as OpenCV on the CPU).
     """
+    check_finite_maps(raw_maps)
     heat = normalize_maps(raw_maps, size)
     u8 = to_uint8(heat)
     if cuts is None:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.boxes import BOX_MODES, BoxSet, heatmaps_to_boxes, parse_threshold, to_uint8
-from camloc.cam import normalize_maps
+from camloc.boxes import BOX_MODES, BoxSet, heatmaps_to_boxes, normalized_maps_to_boxes, parse_threshold, to_uint8
+from camloc.cam import check_finite_maps, normalize_maps
 from camloc.devicestage import DeviceMaps, device_maps
 from camloc.devicestage import box_sums as device_box_sums
 from camloc.devicestage import trace as trace_masks
@@ -221,10 +221,16 @@ def _known_options(cls: type[Recipe], options: dict[str, Any]) -> dict[str, Any]
 def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str | float = "otsu",
                         mode: str = "all", chunk: int = BOX_CHUNK) -> BoxSet:
     """Raw maps ``(k, h, w)`` → upsample/ReLU/normalise to ``size`` → :func:`heatmaps_to_boxes`,
-    a few classes at a time; ``class_index`` refers to positions along ``raw_maps``."""
+    a few classes at a time; ``class_index`` refers to positions along ``raw_maps`` (``ValueError``
+    for non-finite maps, or a threshold or mode that :func:`heatmaps_to_boxes` refuses)."""
+    check_finite_maps(raw_maps)
+    if not isinstance(mode, str) or mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    threshold = parse_threshold(threshold)
     parts = []
     for start in range(0, len(raw_maps), chunk):
-        found = heatmaps_to_boxes(normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy(), threshold, mode)
+        heat = normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy()
+        found = normalized_maps_to_boxes(heat, threshold, mode)
         parts.append(BoxSet(found.class_index + start, found.xywh, found.heat))
     if not parts:
         return BoxSet(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0))
@@ -303,6 +309,7 @@ class EvidenceScored(Recipe):
     def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
         if raw_maps.device.type != "cpu" and self.on_device:
             return self.device_boxes(raw_maps, probs, size)
+        check_finite_maps(raw_maps)
         owners, rects, scores = [], [], []
         for start in range(0, len(raw_maps), BOX_CHUNK):
             heat = normalize_maps(raw_maps[start:start + BOX_CHUNK], size).cpu().numpy()

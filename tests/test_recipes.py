@@ -187,3 +187,16 @@ def test_every_selected_class_gets_a_box_and_empty_input_gives_none():
         assert set(found.class_index.tolist()) == {0, 1, 2}, name
         assert np.isfinite(found.score).all() and (found.xywh[:, 2:] >= 1).all(), name
         assert len(make_recipe(name).boxes(torch.zeros(0, 4, 4), torch.zeros(0), (20, 30))) == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_raw_maps_are_refused_by_every_recipe(bad):
+    raw = torch.rand(2, 7, 7)
+    raw[1, 3, 3] = bad
+    for name in RECIPES:
+        recipe = make_recipe(name)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            recipe.boxes(raw, torch.tensor([0.5, 0.5]), (28, 28))
+        if recipe.on_device:
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                recipe.device_boxes(raw, torch.tensor([0.5, 0.5]), (28, 28))
