@@ -142,11 +142,13 @@ def max_box_acc(per_image: list[tuple[np.ndarray, list[bool]]], sample: np.ndarr
     return accuracy.result()["MaxBoxAccV2"] or 0.0
 
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """The central 95% of bootstrap draws (NaN without draws: ``--boot 0``)."""
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+def with_interval(point: float, draws: list[float], digits: int, unit: str = "") -> str:
+    """``point`` and the central 95% of its bootstrap ``draws`` (the point alone without draws: ``--boot 0``)."""
+    text = f"{point:.{digits}f}{unit}"
+    if not draws:
+        return text
+    low, high = np.percentile(draws, 2.5), np.percentile(draws, 97.5)
+    return f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, boot: int, seed: int = 0) -> None:
@@ -170,24 +172,17 @@ def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, boot: i
     print("| recipe | AP | AP50 | AP75 | AR100 | VOC mAP | MaxBoxAccV2 | box ms/img | img/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, (point, draws, box_s, maps) in results.items():
-        cells = []
-        for m in METRICS:
-            low, high = interval([d[m] for d in draws])
-            cells.append(f"{point[m]:.4f} [{low:.4f}, {high:.4f}]")
+        cells = [with_interval(point[m], [d[m] for d in draws], 4) for m in METRICS]
         wsol_point, wsol_draws = acc[maps]
-        low, high = interval(wsol_draws)
         per_s = n / (prepared.forward_s[maps] + box_s)
-        print(f"| {label} | {' | '.join(cells)} | {wsol_point:.3f} [{low:.3f}, {high:.3f}] "
+        print(f"| {label} | {' | '.join(cells)} | {with_interval(wsol_point, wsol_draws, 3)} "
               f"| {1000 * box_s / n:.1f} | {per_s:.2f} |")
     base_point, base_draws, _, _ = results[ROWS[0][0]]
     print(f"\nRatios to seed (paired bootstrap, 95% intervals); default recipe: {DEFAULT_RECIPE}\n")
     print("| recipe | AP | AP50 | AP75 | AR100 | VOC mAP |\n| --- | --- | --- | --- | --- | --- |")
     for label, (point, draws, _, _) in list(results.items())[1:]:
-        cells = []
-        for m in METRICS:
-            ratios = [d[m] / b[m] for d, b in zip(draws, base_draws) if b[m] > 0]
-            low, high = interval(ratios)
-            cells.append(f"{point[m] / base_point[m]:.2f}× [{low:.2f}, {high:.2f}]" if base_point[m] > 0 else "—")
+        cells = [with_interval(point[m] / base_point[m], [d[m] / b[m] for d, b in zip(draws, base_draws) if b[m] > 0],
+                               2, "×") if base_point[m] > 0 else "—" for m in METRICS]
         print(f"| {label} | {' | '.join(cells)} |")
 
 
