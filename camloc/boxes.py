@@ -39,6 +39,13 @@ class BoxSet:
         return len(self.class_index)
 
 
+def parse_box_mode(mode: str) -> str:
+    """One of :data:`BOX_MODES`; anything else is a ``ValueError``."""
+    if not isinstance(mode, str) or mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    return mode
+
+
 def parse_threshold(threshold: str | float) -> str | float:
     """``"otsu"`` or a fraction in (0, 1]; anything else is a ``ValueError``."""
     if isinstance(threshold, str) and threshold.strip().lower() == "otsu":
@@ -98,10 +105,7 @@ def _checked_maps(maps: np.ndarray) -> np.ndarray:
 def heatmaps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: str = "all") -> BoxSet:
     """Boxes of the normalised maps ``(K, H, W)`` (real numbers in [0, 1]; NaN, inf, values out of
     range, or a non-numeric array are a ``ValueError``); see the module docstring."""
-    maps = _checked_maps(maps)
-    if not isinstance(mode, str) or mode not in BOX_MODES:
-        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
-    return normalized_maps_to_boxes(maps, threshold, mode)
+    return normalized_maps_to_boxes(_checked_maps(maps), threshold, parse_box_mode(mode))
 
 
 def normalized_maps_to_boxes(maps: np.ndarray, threshold: str | float = "otsu", mode: str = "all") -> BoxSet:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.boxes import BOX_MODES, BoxSet, heatmaps_to_boxes, normalized_maps_to_boxes, parse_threshold, to_uint8
+from camloc.boxes import BoxSet, heatmaps_to_boxes, normalized_maps_to_boxes, parse_box_mode, parse_threshold, to_uint8
 from camloc.cam import check_finite_maps, normalize_maps
 from camloc.devicestage import DeviceMaps, device_maps
 from camloc.devicestage import box_sums as device_box_sums
@@ -224,9 +224,7 @@ def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str 
     a few classes at a time; ``class_index`` refers to positions along ``raw_maps`` (``ValueError``
     for non-finite maps, or a threshold or mode that :func:`heatmaps_to_boxes` refuses)."""
     check_finite_maps(raw_maps)
-    if not isinstance(mode, str) or mode not in BOX_MODES:
-        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
-    threshold = parse_threshold(threshold)
+    threshold, mode = parse_threshold(threshold), parse_box_mode(mode)
     parts = []
     for start in range(0, len(raw_maps), chunk):
         heat = normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy()
@@ -259,8 +257,7 @@ class Seed(Recipe):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
-        if self.mode not in BOX_MODES:
-            raise ValueError(f"box mode must be one of {BOX_MODES}, got {self.mode!r}")
+        parse_box_mode(self.mode)
 
     def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
         if raw_maps.device.type != "cpu":
@@ -367,8 +364,7 @@ class Evidence(EvidenceScored):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
-        if self.mode not in BOX_MODES:
-            raise ValueError(f"box mode must be one of {BOX_MODES}, got {self.mode!r}")
+        parse_box_mode(self.mode)
 
     on_device: ClassVar[bool] = True
 

@@ -87,7 +87,8 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
                         batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)], persistent_workers=False)
     own = progress.progress_path(args.out, node.rank, node.world)
     # two batches in flight: the workers box one batch while the network runs the next
-    with OrderedPool(stage, args.box_workers, max_pending=2 * args.batch_size) as pool, own.open("a") as log, \
+    with OrderedPool(stage, args.box_workers,
+                     max_pending=max(2 * args.batch_size, 4 * args.box_workers)) as pool, own.open("a") as log, \
             tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable), unit="img", desc="eval",
                  file=sys.stderr, disable=not node.main) as bar:
         try:
