@@ -46,6 +46,12 @@ def parse_box_mode(mode: str) -> str:
     return mode
 
 
+def fraction_cut(fraction: float) -> float:
+    """The level ``c`` with ``u8 > c`` ⟺ ``u8 ≥ ⌈f·255⌉`` for integer ``u8`` (``f·255`` in float32, as the
+    classic ``np.uint8(255 * cam)``): ``⌈f·255⌉ − 1``."""
+    return float(np.ceil(np.float32(fraction) * np.float32(255)) - 1)
+
+
 def parse_threshold(threshold: str | float) -> str | float:
     """``"otsu"`` or a fraction in (0, 1]; anything else is a ``ValueError``."""
     if isinstance(threshold, str) and threshold.strip().lower() == "otsu":
@@ -72,7 +78,7 @@ def foreground(u8: np.ndarray, threshold: str | float = "otsu", out: np.ndarray 
     threshold = parse_threshold(threshold)
     out = np.empty(u8.shape, np.uint8) if out is None else out
     # u8 ≥ f·255  ⟺  u8 > ⌈f·255⌉ − 1 for integer u8; one OpenCV call per map binarises in place
-    level = 0 if threshold == "otsu" else float(np.ceil(np.float32(threshold) * np.float32(255)) - 1)
+    level = 0 if threshold == "otsu" else fraction_cut(threshold)
     flags = cv2.THRESH_BINARY | (cv2.THRESH_OTSU if threshold == "otsu" else 0)
     for k in range(len(u8)):
         cv2.threshold(u8[k], level, 1, flags, dst=out[k])
@@ -151,11 +157,20 @@ def outer_boxes(stacked: np.ndarray, mode: str = "all") -> tuple[np.ndarray, np.
         first = np.unique(owner[order], return_index=True)[1]
         keep = np.sort(order[first])
         rects, owner = rects[keep], owner[keep]
-    empty = np.setdiff1d(np.arange(num), owner)
-    rects = np.concatenate([rects, np.tile([0, 0, width, height], (len(empty), 1))])
-    owner = np.concatenate([owner, empty])
+    owner, rects = with_whole_image(owner, rects, num, (height, width))
     order = np.argsort(owner, kind="stable")
     return owner[order], rects[order]
+
+
+def with_whole_image(owner: np.ndarray, xywh: np.ndarray, num: int, size: tuple[int, int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes ``(mask index, xywh)`` plus the whole image ``size = (H, W)`` for each of the ``num``
+    masks that has none, appended after them."""
+    height, width = size
+    empty = np.setdiff1d(np.arange(num), owner)
+    whole = np.tile([0, 0, width, height], (len(empty), 1))
+    return (np.concatenate([owner, empty]).astype(np.int64),
+            np.concatenate([np.asarray(xywh).reshape(-1, 4), whole]).astype(np.int64))
 
 
 def box_means(maps: np.ndarray, class_index: np.ndarray, xywh: np.ndarray) -> np.ndarray:

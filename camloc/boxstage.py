@@ -70,7 +70,7 @@ class BoxStage:
         return ImageJob(image_id, compact, tuple((k, np.asarray(b)) for k, b in truth if k in held))
 
     def __call__(self, job: ImageJob) -> ImageResult:
-        analysis = job.analysis
+        analysis, traced = job.analysis, None
         if job.packed is not None:
             dets, traced = [], self.recipe.trace(job.packed, analysis.size[1])
         elif self.baseline:
@@ -78,8 +78,6 @@ class BoxStage:
                                        job.image_id)
         else:
             dets = recipe_detections(analysis, self.recipe, self.supported, self.category_ids, job.image_id)
-        if job.packed is None:
-            traced = None
         if not job.truth:
             return ImageResult(job.image_id, dets, traced=traced)
         present = [k for k, _ in job.truth]

@@ -28,7 +28,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 from torchvision.ops import batched_nms
 
-from camloc.boxes import stacked_masks, trace_stacked
+from camloc.boxes import fraction_cut, stacked_masks, trace_stacked
 
 #: Longer side (pixels) at which :func:`instance_cut` runs its watershed.
 INSTANCE_SIDE = 160
@@ -41,7 +41,7 @@ def level_boxes(u8: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np
     then OpenCV's contour order. A level above a map's maximum gives no box.
     """
     num, height, width = u8.shape
-    cut = [float(np.ceil(np.float32(t) * np.float32(255)) - 1) for t in levels]  # u8 ≥ ⌈t·255⌉ ⟺ u8 > ⌈t·255⌉−1
+    cut = [fraction_cut(t) for t in levels]
     stack = stacked_masks(num * len(cut), height, width).reshape(num, len(cut), height + 1, width)
     for k in range(num):
         for j, level in enumerate(cut):

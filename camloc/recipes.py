@@ -27,7 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.boxes import BoxSet, heatmaps_to_boxes, normalized_maps_to_boxes, parse_box_mode, parse_threshold, to_uint8
+from camloc.boxes import (
+    BoxSet,
+    fraction_cut,
+    heatmaps_to_boxes,
+    normalized_maps_to_boxes,
+    parse_box_mode,
+    parse_threshold,
+    to_uint8,
+    with_whole_image,
+)
 from camloc.cam import check_finite_maps, normalize_maps
 from camloc.devicestage import DeviceMaps, device_maps
 from camloc.devicestage import box_sums as device_box_sums
@@ -334,22 +343,11 @@ class EvidenceScored(Recipe):
         return self.keep_best(owner, xywh, evidence(inside, totals[owner], xywh), probs)
 
 
-def with_whole_image(owner: np.ndarray, xywh: np.ndarray, num: int, size: tuple[int, int]
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """The proposals plus the whole image for each of the ``num`` maps that has none."""
-    height, width = size
-    empty = np.setdiff1d(np.arange(num), owner)
-    whole = np.tile([0, 0, width, height], (len(empty), 1))
-    return (np.concatenate([owner, empty]).astype(np.int64),
-            np.concatenate([np.asarray(xywh).reshape(-1, 4), whole]).astype(np.int64))
-
-
 def fixed_cuts(num: int, levels: Sequence[float]) -> Tensor | None:
     """``(num, L)`` cuts for ``u8 > cut`` ⟺ ``u8 ≥ ⌈t·255⌉`` at each level ``t``; ``None`` (Otsu) without levels."""
     if not levels:
         return None
-    cuts = [float(np.ceil(np.float32(t) * np.float32(255)) - 1) for t in levels]
-    return torch.tensor(cuts).repeat(num, 1)
+    return torch.tensor([fraction_cut(t) for t in levels]).repeat(num, 1)
 
 
 @register("evidence")

@@ -4,10 +4,11 @@
   each image's maps to the box stage (:mod:`camloc.boxstage`), which ``--box-workers`` processes
   run while the main process goes on with the next batch; results come back in image order and
   are appended to the progress file as they arrive.
-* Under ``torchrun --nproc_per_node=N`` every rank evaluates every N-th image (by image id) into
-  its own progress file; rank 0 waits for the others, merges the files, computes the metrics and
-  writes the outputs — the same ``detections.json`` as one process. ``--resume`` reads every
-  progress file in ``--out``, so a run may even resume with another number of processes.
+* Under ``torchrun --nproc_per_node=N`` the batches are dealt to the ranks in turn (see
+  :func:`batches_to_run`); each rank writes its own progress file; rank 0 waits for the others,
+  merges the files, computes the metrics and writes the outputs — the same ``detections.json`` as
+  one process. ``--resume`` reads every progress file in ``--out``, so a run may even resume with
+  another number of processes.
 """
 
 from __future__ import annotations
