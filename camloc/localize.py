@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
+from camloc.preprocess import normalise, pixels_of, resize_square
 from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, make_recipe
 
 TTA_SCALES = (0.75, 1.0, 1.25)
@@ -63,6 +63,42 @@ class Analysis:
         return any(flip for _, flip in self.views)
 
 
+@dataclass(frozen=True)
+class BatchAnalysis:
+    """A batch after the forward pass, on the model's device: what :class:`Analysis` holds for one image."""
+
+    sizes: tuple[tuple[int, int], ...]  # original (H, W) of each image
+    probs: Tensor  # (B, K)
+    classes: Tensor  # (k,) the class indices whose maps are held
+    raw_maps: Tensor  # (B, k, h, w)
+    views: tuple[tuple[float, bool], ...] = ((1.0, False),)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def image(self, index: int) -> Analysis:
+        """The analysis of one image of the batch (views of the batch's tensors, no copy)."""
+        return Analysis(self.sizes[index], self.probs[index], self.classes, self.raw_maps[index], self.views)
+
+    def images(self) -> list[Analysis]:
+        return [self.image(b) for b in range(len(self))]
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The backbone's autocast dtype (``None``: float32): ``auto`` is bf16 on a CUDA GPU that has it
+    (else fp16 there) and float32 elsewhere; ``fp32``, ``bf16`` and ``fp16`` force one."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    return PRECISIONS[precision]
+
+
 class Localizer:
     """Weakly-supervised localisation with class activation maps.
 
@@ -72,18 +108,23 @@ class Localizer:
     and any other ``recipe_options`` are parameters of the recipe (``None``: the recipe's
     default); ``img_size`` (default: the checkpoint's ``input_size``); ``tta`` averages maps and
     probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name
-    (default: the feature layer).
+    (default: the feature layer); ``precision`` the backbone's arithmetic (see
+    :func:`resolve_precision`; maps, probabilities and boxes are always computed in float32).
     """
 
     def __init__(self, model: CamModel, meta: dict[str, Any], method: str = "cam",
                  recipe: str | Recipe = DEFAULT_RECIPE, threshold: str | float | None = None, boxes: str | None = None,
                  classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
-                 device: str | torch.device | None = None, gradcam_layer: str | None = None, **recipe_options: Any):
+                 device: str | torch.device | None = None, gradcam_layer: str | None = None,
+                 precision: str = "auto", **recipe_options: Any):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes, **recipe_options)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
         self.meta = meta
         self.method = method
         self.img_size = int(img_size or meta["input_size"])
@@ -103,19 +144,33 @@ class Localizer:
         return cls(model, meta, **options)
 
     # ------------------------------------------------------------------ preprocessing
-    def to_tensor(self, images: Sequence[Image.Image], size: int | None = None) -> Tensor:
-        """RGB PIL images → normalised batch ``(B, 3, S, S)`` on the device (bilinear, antialiased)."""
-        size = size or self.img_size
-        batch = [TF.resize(TF.pil_to_tensor(im), [size, size], antialias=True) for im in images]
-        x = torch.stack(batch).to(self.device, non_blocking=True).float().div_(255)
-        return (x - self._mean) / self._std
+    def pixels(self, images: Sequence[ImageSource]) -> list[Tensor]:
+        """Any image sources (:func:`camloc.images.load_image`: EXIF-upright RGB) → ``uint8 (3, H, W)`` each;
+        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through."""
+        return [im if isinstance(im, Tensor) else pixels_of(load_image(im)) for im in images]
+
+    def to_tensor(self, images: Sequence[Image.Image | Tensor], size: int | None = None) -> Tensor:
+        """RGB PIL images or ``uint8 (3, H, W)`` pixels → normalised batch ``(B, 3, S, S)`` on the device
+        (bilinear, antialiased; resized on the device)."""
+        pixels = [im if isinstance(im, Tensor) else pixels_of(im) for im in images]
+        return normalise(resize_square(pixels, size or self.img_size, self.device), self._mean, self._std)
 
     # ------------------------------------------------------------------ forward + maps
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.precision or torch.float32,
+                              enabled=self.precision is not None)
+
     def _maps(self, x: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all) and logits ``(B, K)`` for a batch."""
+        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all) and logits ``(B, K)`` for a batch, both
+        float32 (under ``precision`` only the backbone runs in bf16/fp16: maps and logits are computed in
+        float32 from its features)."""
         if self.method == "cam":
             with torch.inference_mode():
-                logits, features = self.model(x)
+                with self._autocast():
+                    logits, features = self.model(x)
+                if self.precision is not None:
+                    features = features.float()
+                    logits = self.model.head_logits(features)
                 maps = class_activation_maps(*self.model.cam_terms(features)[:2], classes)
             return maps, logits
         if classes is None:
@@ -129,25 +184,37 @@ class Localizer:
             return [(s, f) for s in TTA_SCALES for f in (False, True)]
         return [(1.0, False), (1.0, True)] if self.recipe_for(recipe).flip else [(1.0, False)]
 
-    def _view(self, images: Sequence[Image.Image], classes: Tensor | None, scale: float,
-              flip: bool) -> tuple[Tensor, Tensor]:
-        """Raw maps (flipped back, at this view's grid) and probabilities of one view."""
-        x = self.to_tensor(images, max(32, round(self.img_size * scale)))
-        if flip:
-            x = x.flip(-1)
-        maps, logits = self._maps(x, classes)
-        if flip:
-            maps = maps.flip(-1)
-        return maps, probabilities(logits, self.meta["activation"])
+    def view_size(self, scale: float) -> int:
+        """The network input side of a view at ``scale``."""
+        return max(32, round(self.img_size * scale))
 
-    def _maps_tta(self, images: Sequence[Image.Image], classes: Tensor | None,
-                  views: Sequence[tuple[float, bool]] | None = None) -> tuple[Tensor, Tensor]:
-        """Raw maps and probabilities averaged over ``views`` (default: :meth:`views`)."""
-        return average_views([self._view(images, classes, s, f) for s, f in (views or self.views())])
+    def _forward_views(self, pixels: Sequence[Tensor], classes: Tensor | None,
+                       views: Sequence[tuple[float, bool]], maps: bool = True) -> tuple[Tensor | None, Tensor]:
+        """Raw maps and probabilities averaged over ``views`` (maps: ``None`` when ``maps`` is False).
+
+        Each scale is resized once; its mirrored view is ``x.flip(-1)`` of the same tensor (maps flipped
+        back). Each view is its own forward pass of the batch, so a view's numbers are the same whether it
+        is computed alone or with the others; views are averaged in the order given, at the first's grid."""
+        resized: dict[float, Tensor] = {}
+        ordered = []
+        for scale, flip in views:
+            if scale not in resized:
+                resized[scale] = self.to_tensor(pixels, self.view_size(scale))
+            x = resized[scale].flip(-1) if flip else resized[scale]
+            if maps:
+                raw, logits = self._maps(x, classes)
+                raw = raw.flip(-1) if flip else raw
+            else:
+                with torch.inference_mode(), self._autocast():
+                    raw, logits = None, self.model(x)[0].float()
+            ordered.append((raw, probabilities(logits, self.meta["activation"])))
+        if not maps:
+            return None, sum_in_order([p for _, p in ordered]) / len(ordered)
+        return average_views(ordered)
 
     def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA view) over a batch; maps of ``classes`` (CAM default: all classes).
+        """One forward pass (per TTA scale) over a batch; maps of ``classes`` (CAM default: all classes).
 
         Gradient methods cost one batched backward per class, so without ``classes`` they compute the
         maps of the classes the Localizer's ``classes`` option selects. ``views``: compute only these
@@ -155,25 +222,20 @@ class Localizer:
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
-        pil = [load_image(im) for im in batch]
+        return self.analyze_batch(self.pixels(batch), classes, views).images()
+
+    def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | None = None,
+                      views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
+        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch."""
         wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         views = tuple(views or self.views())
         if wanted is None and self.method != "cam":
-            probs = self._probabilities(pil, views)
+            _, probs = self._forward_views(pixels, None, views, maps=False)
             wanted = torch.nonzero(self.select(probs).any(0)).flatten()
-        maps, probs = self._maps_tta(pil, wanted, views)
+        maps, probs = self._forward_views(pixels, wanted, views)
         held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
-        return [Analysis((im.height, im.width), probs[b], held, maps[b], views) for b, im in enumerate(pil)]
-
-    def _probabilities(self, images: Sequence[Image.Image], views: Sequence[tuple[float, bool]]) -> Tensor:
-        """Class probabilities averaged over ``views`` (the same numbers as the analysis), no maps."""
-        total = None
-        with torch.inference_mode():
-            for scale, flip in views:
-                x = self.to_tensor(images, max(32, round(self.img_size * scale)))
-                probs = probabilities(self.model(x.flip(-1) if flip else x)[0], self.meta["activation"])
-                total = probs if total is None else total + probs
-        return total / len(views)
+        sizes = tuple((int(p.shape[-2]), int(p.shape[-1])) for p in pixels)
+        return BatchAnalysis(sizes, probs, held, maps, views)
 
     def select(self, probs: Tensor) -> Tensor:
         """Boolean ``(B, K)``: the classes the recipe gives boxes per image (supported ones only)."""
@@ -218,16 +280,21 @@ class Localizer:
         return self.predict_batch([image], None if image_id is None else [image_id])[0]
 
 
+def sum_in_order(tensors: Sequence[Tensor]) -> Tensor:
+    """``((t0 + t1) + t2) + …``: a fixed order of float additions, so a view's numbers never depend on
+    how the views were batched."""
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
+
+
 def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Mean of per-view ``(raw maps (B, k, h, w), probabilities (B, K))``, maps resized to the first view's grid."""
     grid = views[0][0].shape[-2:]
-    total_maps, total_probs = None, None
-    for maps, probs in views:
-        if maps.shape[-2:] != grid:
-            maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
-        total_maps = maps if total_maps is None else total_maps + maps
-        total_probs = probs if total_probs is None else total_probs + probs
-    return total_maps / len(views), total_probs / len(views)
+    maps = [m if m.shape[-2:] == grid else F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+            for m, _ in views]
+    return sum_in_order(maps) / len(views), sum_in_order([p for _, p in views]) / len(views)
 
 
 def recipe_boxes(analysis: Analysis, classes: Sequence[int], recipe: Recipe) -> ScoredBoxes:

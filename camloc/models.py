@@ -181,6 +181,16 @@ class CamModel(nn.Module):
         features, self._features = self._features, None
         return logits, features
 
+    def head_logits(self, features: Tensor) -> Tensor:
+        """The logits the rest of the network computes from its feature map ``A``: ``mean_xy(A′)·Wᵀ + b``
+        with :meth:`cam_terms` (or the grouped ImageNet head on the pooled map), in ``A``'s dtype.
+        After a bf16/fp16 backbone, called on the float32 features, it gives float32 logits."""
+        head = self.head
+        if isinstance(head, GroupedImageNetHead):
+            return head((F.relu(features) if self.family.feature_relu else features).mean((-2, -1)))
+        adjusted, weight, bias = self.cam_terms(features)
+        return adjusted.mean((-2, -1)) @ weight.T.to(adjusted.dtype) + bias.to(adjusted.dtype)
+
     def cam_terms(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(A', W, b)`` with ``class_activation_maps(A', W).mean((-2,-1)) + b == logits``.
 
