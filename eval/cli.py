@@ -10,13 +10,13 @@ images are appended to progress files as it runs, so an interrupted run continue
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from camloc.boxstage import default_box_workers
 from camloc.data import DataError, check_image_files
 from camloc.devices import resolve_device
 from camloc.errors import error_line
@@ -26,6 +26,7 @@ from camloc.io_utils import OutputError
 from camloc.localize import Localizer
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.recipes import DEFAULT_RECIPE, RECIPES, make_recipe
+from camloc.workerpool import default_box_workers
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
 
@@ -58,12 +59,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="processes turning maps into boxes while the next batch runs through the network "
                              f"(0: in the main process; default: one per CPU core less one = {default_box_workers()})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the backbone's arithmetic (auto: bf16 on a GPU, fp32 on a CPU); maps, scores and "
+                             "boxes are always float32 or wider")
+    parser.add_argument("--decode", default="auto", choices=["auto", "worker", "device"],
+                        help="where JPEGs are decoded: in the loader workers, or on the device in batches "
+                             "(nvJPEG on a GPU); auto: device on a GPU, workers on a CPU")
+    parser.add_argument("--box-scale", type=int,
+                        help="recipe option (evidence recipes): trace boxes at this many times the feature grid "
+                             "instead of the image's resolution")
+    parser.add_argument("--profile", action="store_true",
+                        help="seconds per stage (data, decode, preprocess, forward, box stage, workers, write) and "
+                             "the stage that bounds the run, printed and kept in metrics.json")
     parser.add_argument("--limit", type=int, help="only the first N images (by image id)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
-        make_recipe(args.recipe, threshold=args.threshold, mode=args.boxes, classes=args.classes)
+        make_recipe(args.recipe, threshold=args.threshold, mode=args.boxes, classes=args.classes,
+                    box_scale=args.box_scale)
     except ValueError as exc:
         parser.error(str(exc))
     if not 1 <= args.batch_size <= MAX_BATCH or not 0 <= args.workers <= MAX_WORKERS or (
@@ -80,10 +94,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    """What determines the detections: a resumed run must have the same."""
-    keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "baseline", "img_size", "tta",
-            "limit")
-    return {k: str(getattr(args, k)) for k in keys}
+    """What determines the detections: a resumed run must have the same. Files are identified by content
+    (SHA-256 of the checkpoint, its JSON sidecar and the annotations) and the image folder by its real
+    path; each image's file is checked when a run resumes (:func:`eval.progress.check_stamps`)."""
+    keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "box_scale", "baseline",
+            "img_size", "tta", "limit", "precision", "decode")
+    settings = {k: str(getattr(args, k)) for k in keys}
+    sidecar = args.checkpoint.with_suffix(".json")
+    settings.update({"checkpoint_sha256": file_digest(args.checkpoint),
+                     "sidecar_sha256": file_digest(sidecar) if sidecar.is_file() else None,
+                     "ann_sha256": file_digest(args.ann), "images_folder": str(args.images.resolve()),
+                     "device_type": torch.device(args.device).type})
+    return settings
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
@@ -114,9 +145,9 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
     id *and* name (a model whose ids merely overlap, such as the 6-class demo model on COCO, is refused)."""
     try:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
-                                              threshold=args.threshold,
-                                              boxes=args.boxes, classes=args.classes, img_size=args.img_size,
-                                              tta=args.tta, device=args.device)
+                                              threshold=args.threshold, boxes=args.boxes, classes=args.classes,
+                                              box_scale=args.box_scale, img_size=args.img_size, tta=args.tta,
+                                              device=args.device, precision=args.precision)
     except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
     known = truth.category_names
@@ -130,8 +161,6 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
         raise CliError(f"--checkpoint {args.checkpoint}: its class {name!r} has category id {cid}, which is "
                        f"{theirs!r} in {args.ann.name} ({len(clash)} of {len(localizer.class_names)} classes differ "
                        "by name); evaluate a model trained on these categories")
-    if args.device.startswith("cuda"):
-        localizer.model.to(memory_format=torch.channels_last)
     return localizer
 
 

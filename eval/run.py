@@ -1,21 +1,33 @@
-"""The evaluation run: decode → forward → box stage → progress → metrics, pipelined and shardable.
+"""The evaluation run: read → decode → preprocess → forward → box stage → progress → metrics, a batch at a time.
 
-* DataLoader workers decode images; the main process runs the forward pass of a batch and hands
-  each image's maps to the box stage (:mod:`camloc.boxstage`), which ``--box-workers`` processes
-  run while the main process goes on with the next batch; results come back in image order and
-  are appended to the progress file as they arrive.
+* Loader workers read each image (:mod:`camloc.reader`): ``uint8`` pixels, or a JPEG's bytes that the
+  main process decodes on the device with the rest of the batch; nothing is pickled but tensors.
+* The main process resizes, normalises and mirrors the batch on the model's device, runs the forward
+  pass (bf16 backbone on a GPU, float32 maps) and the box stage of the whole batch
+  (:class:`~camloc.boxstage.BoxPipeline`); the host-side remainder of each batch (wsolevaluation hits,
+  tracing full-resolution masks, recipes that run on the CPU) goes to ``--box-workers`` processes
+  while the main process runs the next batch. Results come back in batch order and each batch is one
+  line of the progress file, so an interrupted run continues with ``--resume``.
+* On a GPU the host-side finishing of batch ``i`` (waiting for its workers, writing its line) runs in
+  a second thread while the main thread launches batch ``i + 1``, so the device does not idle while
+  the host works.
 * Under ``torchrun --nproc_per_node=N`` the batches are dealt to the ranks in turn (see
   :func:`batches_to_run`); each rank writes its own progress file; rank 0 waits for the others,
   merges the files, computes the metrics and writes the outputs — the same ``detections.json`` as
   one process. ``--resume`` reads every progress file in ``--out``, so a run may even resume with
   another number of processes.
+* ``--profile`` charges every stage its seconds (:mod:`camloc.profiling`) and names the one that
+  bounds the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -23,16 +35,20 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.boxstage import BoxPipeline, BoxStage, OrderedPool
-from camloc.data import CocoImages, as_list
+from camloc.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth
 from camloc.distributed import Dist, setup_distributed
-from camloc.evaluation import BoxAccuracy, GroundTruth, localization_metrics
-from camloc.io_utils import atomic_write_json, writable_folder
+from camloc.evaluation import BoxAccuracy, Detections, GroundTruth, localization_metrics
+from camloc.io_utils import atomic_output, atomic_write_json, writable_folder
 from camloc.localize import Localizer
+from camloc.profiling import StageClock, format_report, set_thread_lane, stage
+from camloc.reader import SplitImages, collate, decode_batch
+from camloc.workerpool import OrderedPool
 from eval import progress
 
+LOADER_LANE, BOX_LANE, FINISH_LANE = "loader workers", "box workers", "main: finishing thread"
 
-def present_classes(truth: GroundTruth, localizer: Localizer) -> dict[int, list[tuple[int, np.ndarray]]]:
+
+def present_classes(truth: GroundTruth, localizer: Localizer) -> dict[int, Truth]:
     """Per image: ``(model class index, its non-crowd [x, y, w, h] boxes)`` of each class present."""
     index = {cid: k for k, cid in enumerate(localizer.category_ids)}
     keep = ~truth.ann_crowd & np.isin(truth.ann_category, list(index))
@@ -40,7 +56,7 @@ def present_classes(truth: GroundTruth, localizer: Localizer) -> dict[int, list[
     for image_id, category, box in zip(truth.ann_image[keep].tolist(), truth.ann_category[keep].tolist(),
                                        truth.ann_bbox[keep]):
         boxes.setdefault(image_id, {}).setdefault(index[category], []).append(box)
-    return {image_id: [(k, np.array(b)) for k, b in sorted(per.items())] for image_id, per in boxes.items()}
+    return {image_id: tuple((k, np.array(b)) for k, b in sorted(per.items())) for image_id, per in boxes.items()}
 
 
 def batches_to_run(images: list[dict], batch_size: int, node: Dist, finished: progress.Progress) -> list[list[dict]]:
@@ -55,12 +71,14 @@ def batches_to_run(images: list[dict], batch_size: int, node: Dist, finished: pr
     return [b for b in batches[node.rank::node.world] if any(im["id"] not in finished for im in b)]
 
 
-def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, Any],
-                     image_ids: set[int]) -> progress.Progress:
-    """What is already done (``--resume``), and this rank's progress file ready for appending."""
+def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, Any], images: list[dict]
+                     ) -> progress.Progress:
+    """What is already done (``--resume``; its image files checked unchanged), and this rank's progress file
+    ready for appending."""
     own = progress.progress_path(args.out, node.rank, node.world)
     if args.resume:
-        finished = progress.read_all(args.out, settings, image_ids)
+        finished = progress.read_all(args.out, settings, {im["id"] for im in images})
+        progress.check_stamps(finished, args.images, {im["id"]: im["file_name"] for im in images})
         if own.is_file():
             progress.drop_torn_tail(own)
         else:
@@ -74,44 +92,128 @@ def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, A
     return progress.Progress()
 
 
+class BatchWriter:
+    """Finishes batches in order (joins worker results, keeps only unfinished images, writes one progress
+    line per batch) — in the calling thread, or in a second thread that the main thread feeds."""
+
+    def __init__(self, pipeline: BoxPipeline, pool: OrderedPool, log, finished: progress.Progress,
+                 clock: StageClock | None, threaded: bool):
+        self.pipeline, self.pool, self.log, self.finished, self.clock = pipeline, pool, log, finished, clock
+        self.meta: dict[int, tuple] = {}
+        self.queue: queue.Queue | None = queue.Queue(maxsize=2) if threaded else None
+        self.thread = threading.Thread(target=self._serve, daemon=True) if threaded else None
+        self.error: BaseException | None = None
+        if self.thread:
+            self.thread.start()
+
+    def submit(self, index: int, job, meta: tuple) -> None:
+        """Hand over batch ``index``'s job (``None``: nothing readable) and ``(ids, stamps, unreadable)``."""
+        self.meta[index] = meta
+        if self.queue is None:
+            self._take(index, job)
+            return
+        if self.error:
+            raise self.error
+        self.queue.put((index, job))
+
+    def _serve(self) -> None:
+        if self.clock:
+            set_thread_lane(FINISH_LANE, self.clock)
+        while (item := self.queue.get()) is not None:
+            try:
+                self._take(*item)
+            except BaseException as exc:  # re-raised by the main thread at its next submit or close
+                self.error = exc
+                return
+
+    def _take(self, index: int, job) -> None:
+        if job is None:
+            self._write(index, None)
+            return
+        for result in self.pool.submit(job):
+            self._write(result.index, self.pipeline.finish(result))
+
+    def _write(self, index: int, batch: FinishedBatch | None) -> None:
+        ids, stamps, unreadable = self.meta.pop(index)
+        if batch is None:
+            batch = FinishedBatch(Detections.from_arrays(*(np.zeros(0),) * 4), (), ())
+        if self.clock:
+            self.clock.add("host box stage + wsol hits", batch.worker_seconds, BOX_LANE)
+        with stage("write progress"):
+            keep = [i for i, image_id in enumerate(ids) if image_id not in self.finished]
+            wanted = {ids[i] for i in keep}
+            dets = batch.detections
+            if len(keep) < len(ids):  # run only to keep its batch whole
+                dets = dets.rows(np.isin(dets.image, list(wanted)))
+            progress.write_batch(self.log, [ids[i] for i in keep], [stamps[i] for i in keep],
+                                 [u for u in unreadable if u[0] not in self.finished], dets,
+                                 [batch.hits[i] for i in keep], [batch.recognised[i] for i in keep])
+            self.log.flush()
+
+    def close(self, drain: bool = True) -> None:
+        """Finish what is in flight (``drain``) and stop the thread; re-raise its error."""
+        if self.queue is not None:
+            self.queue.put(None)
+            self.thread.join()
+        if self.error:
+            raise self.error
+        if drain:
+            for result in self.pool.drain():
+                self._write(result.index, self.pipeline.finish(result))
+        for index in sorted(self.meta):  # batches with nothing readable, after the last job
+            self._write(index, None)
+
+
 def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, images: list[dict],
-                   truth_of: dict[int, list], settings: dict[str, Any]) -> int:
+                   truth_of: dict[int, Truth], settings: dict[str, Any], clock: StageClock | None) -> int:
     """Run this rank's share of ``images`` that are not done yet; returns how many it ran."""
-    image_ids = {im["id"] for im in images}
-    finished = prepare_progress(args, node, settings, image_ids)
+    finished = prepare_progress(args, node, settings, images)
     batches = batches_to_run(images, args.batch_size, node, finished)
     todo = [im for batch in batches for im in batch]
     starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
-    stage = BoxStage(localizer.recipe, tuple(localizer.category_ids), localizer.supported.cpu(), args.baseline)
-    pipeline = BoxPipeline(stage)
-    loader = DataLoader(CocoImages(args.images, todo), num_workers=args.workers, collate_fn=as_list,
-                        batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)], persistent_workers=False)
+    device = localizer.device
+    device_decode = args.decode == "device" or (args.decode == "auto" and device.type == "cuda")
+    pipeline = BoxPipeline(localizer.recipe, localizer.category_ids, localizer.supported, args.baseline)
+    loader = DataLoader(SplitImages(args.images, todo, device_decode), num_workers=args.workers, collate_fn=collate,
+                        batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)],
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+    if clock:
+        clock.lanes.update({LOADER_LANE: max(args.workers, 1), BOX_LANE: max(args.box_workers, 1)})
     own = progress.progress_path(args.out, node.rank, node.world)
-    # two batches in flight: the workers box one batch while the network runs the next
-    with OrderedPool(stage, args.box_workers,
-                     max_pending=max(2 * args.batch_size, 4 * args.box_workers)) as pool, own.open("a") as log, \
+    views = localizer.views()
+    with OrderedPool(BoxStage(localizer.recipe), args.box_workers, max_pending=max(2, 2 * args.box_workers)) as pool, \
+            own.open("a") as log, \
             tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable), unit="img", desc="eval",
                  file=sys.stderr, disable=not node.main) as bar:
+        writer = BatchWriter(pipeline, pool, log, finished, clock, threaded=device.type == "cuda")
+        batch_iter = iter(loader)
         try:
-            for batch in loader:
-                readable = [(image_id, image) for image_id, image, _ in batch if image is not None]
-                for image_id, image, reason in batch:
-                    if image is None and image_id not in finished:
-                        progress.write_unreadable(log, image_id, reason)
-                analyses = localizer.analyze([image for _, image in readable]) if readable else []
-                for (image_id, _), analysis in zip(readable, analyses):
-                    if image_id in finished:  # run only to keep its batch whole
-                        continue
-                    for result in pool.submit(pipeline.job(image_id, analysis, truth_of.get(image_id, ()))):
-                        progress.write(log, pipeline.finish(result))
-                log.flush()
-                bar.update(sum(image_id not in finished for image_id, _, _ in batch) * node.world)
+            for index in itertools.count():
+                with stage("wait for data"):
+                    read = next(batch_iter, None)
+                if read is None:
+                    break
+                if clock:
+                    clock.add("read + decode", sum(item.seconds for item in read.items), LOADER_LANE)
+                with stage("decode on device"):
+                    readable, unreadable = decode_batch(read, device)
+                ids = [image_id for image_id, _ in readable]
+                stamps = {item.image_id: item.stamp for item in read.items}
+                meta = (ids, [stamps[i] for i in ids], unreadable)
+                if not readable:
+                    writer.submit(index, None, meta)
+                else:
+                    analysis = localizer.analyze_batch([pixels for _, pixels in readable], views=views)
+                    job = pipeline.job(index, ids, analysis, [truth_of.get(i, ()) for i in ids])
+                    writer.submit(index, job, meta)
+                bar.update(sum(item.image_id not in finished for item in read.items) * node.world)
         except KeyboardInterrupt:  # keep what the box workers have in hand, then stop
-            for result in pool.drain():
-                progress.write(log, pipeline.finish(result))
+            writer.close()
             raise
-        for result in pool.drain():
-            progress.write(log, pipeline.finish(result))
+        except BaseException:
+            writer.close(drain=False)
+            raise
+        writer.close()
     return sum(im["id"] not in finished for im in todo)
 
 
@@ -119,11 +221,26 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
                    settings: dict[str, Any], node: Dist) -> dict[str, Any] | None:
     """Evaluate ``images``; rank 0 returns the metrics (written to ``--out``), other ranks ``None``."""
     start = time.perf_counter()
-    ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings)
-    node.barrier()
-    if not node.main:
-        return None
-    elapsed = time.perf_counter() - start
+    clock = StageClock(localizer.device) if args.profile else None
+    with clock.active() if clock else contextlib.nullcontext():
+        ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings, clock)
+        node.barrier()
+        if not node.main:
+            return None
+        elapsed = time.perf_counter() - start
+        with stage("metrics + outputs"):
+            metrics = finish_run(args, truth, images, settings, ran, node, elapsed)
+    if clock:
+        report = clock.report(ran, time.perf_counter() - start)
+        metrics["profile"] = report
+        atomic_write_json(args.out / "metrics.json", metrics, indent=1)
+        print("\n" + format_report(report), file=sys.stderr)
+    return metrics
+
+
+def finish_run(args: argparse.Namespace, truth: GroundTruth, images: list[dict], settings: dict[str, Any], ran: int,
+               node: Dist, elapsed: float) -> dict[str, Any]:
+    """Merge every rank's progress, compute the metrics, write ``detections.json`` and ``metrics.json``."""
     ids = {im["id"] for im in images}
     finished = progress.read_all(args.out, settings, ids)
     missing = [im["id"] for im in images if im["id"] not in finished]
@@ -137,22 +254,38 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
     if failed:
         print(f"warning: {len(failed)} of {len(images)} images could not be read and are left out of the metrics "
               f"(listed in metrics.json; first: {failed[0]['file_name']})", file=sys.stderr)
-    detections = [d for im in images if im["id"] in finished.done for d in finished.done[im["id"]].detections]
+    detections = in_image_order(finished.all_detections(), [im["id"] for im in images])
     metrics = localization_metrics(truth, detections, [im["id"] for im in images if im["id"] in finished.done])
     accuracy = BoxAccuracy()
     for im in images:
         if im["id"] in finished.done:
-            result = finished.done[im["id"]]
-            accuracy.add(result.hits, result.recognised)
+            accuracy.add(*finished.done[im["id"]])
     metrics["wsol"] = accuracy.result()
     metrics["settings"] = settings
     metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(ran * node.world / elapsed, 3) if ran and elapsed > 0 else None
-    atomic_write_json(args.out / "detections.json", detections)
+    with atomic_output(args.out / "detections.json") as handle:
+        handle.write(detections_json(detections))
     atomic_write_json(args.out / "metrics.json", metrics, indent=1)
     for path in progress.progress_files(args.out):
         path.unlink(missing_ok=True)
     return metrics
+
+
+def in_image_order(detections: Detections, order: list[int]) -> Detections:
+    """The detections grouped by image in ``order`` (stable: each image's own order kept)."""
+    rank = np.full(int(max(order)) + 1 if order else 1, -1, np.int64)
+    rank[np.asarray(order, np.int64)] = np.arange(len(order))
+    return detections.rows(np.argsort(rank[detections.image], kind="stable"))
+
+
+def detections_json(detections: Detections) -> str:
+    """COCO results JSON: ``[{"image_id", "category_id", "bbox", "score"}, ...]``, numbers in Python's exact
+    shortest form (what ``json.dumps`` of the dicts writes)."""
+    return "[" + ", ".join(
+        f'{{"image_id": {i}, "category_id": {c}, "bbox": [{x!r}, {y!r}, {w!r}, {h!r}], "score": {s!r}}}'
+        for i, c, (x, y, w, h), s in zip(detections.image.tolist(), detections.category.tolist(),
+                                        detections.bbox.tolist(), detections.score.tolist())) + "]"
 
 
 def distributed_node(args: argparse.Namespace) -> Dist:

@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from camloc.boxstage import BoxPipeline, BoxStage, OrderedPool
+from camloc.boxstage import BoxPipeline, BoxStage
 from camloc.devicestage import histograms, otsu_levels, pack, unpack_stacked
 from camloc.localize import Localizer
 from camloc.recipes import RECIPES, make_recipe
+from camloc.workerpool import OrderedPool
 from tests.conftest import COCO80, VAL_IMAGES
 
 DEVICE_RECIPES = [("seed", {}), ("seed", {"threshold": 0.3}), ("seed", {"mode": "largest"}), ("evidence", {}),
@@ -87,22 +88,25 @@ def test_which_recipes_have_a_device_path():
 @pytest.mark.realdata
 def test_the_eval_pipeline_traces_device_masks_in_worker_processes():
     localizer = Localizer.from_checkpoint(COCO80, device="cpu")
-    analyses = localizer.analyze(sorted(VAL_IMAGES.glob("*.jpg"))[:2])
-    stage = BoxStage(localizer.recipe, tuple(localizer.category_ids), localizer.supported, None)
-    truth = [(0, np.array([[10.0, 20.0, 100.0, 80.0]]))]
+    pixels = localizer.pixels(sorted(VAL_IMAGES.glob("*.jpg"))[:2])
+    batch = localizer.analyze_batch(pixels)
+    truth = [((0, np.array([[10.0, 20.0, 100.0, 80.0]])),)] * 2
     results = {}
-    with OrderedPool(stage, workers=1) as pool:
+    with OrderedPool(BoxStage(localizer.recipe), workers=1) as pool:
         for device_path in (False, True):
-            pipeline = BoxPipeline(stage, device_path=device_path)
-            jobs = [pipeline.job(i, a, truth) for i, a in enumerate(analyses)]
-            assert all((job.packed is not None) == device_path for job in jobs)
-            found = [pipeline.finish(r) for job in jobs for r in pool.submit(job)]
-            found += [pipeline.finish(r) for r in pool.drain()]
-            assert not pipeline.waiting and [r.image_id for r in found] == [0, 1]
-            results[device_path] = found
-    for cpu, device in zip(results[False], results[True]):
-        assert [(d["category_id"], d["bbox"]) for d in cpu.detections] == \
-            [(d["category_id"], d["bbox"]) for d in device.detections]
-        np.testing.assert_allclose([d["score"] for d in device.detections], [d["score"] for d in cpu.detections],
-                                   rtol=1e-9)
-        assert np.array_equal(cpu.hits, device.hits) and cpu.recognised == device.recognised
+            pipeline = BoxPipeline(localizer.recipe, localizer.category_ids, localizer.supported,
+                                   device_path=device_path)
+            assert pipeline.path(batch) == ("traced" if device_path else "host")
+            job = pipeline.job(0, [7, 9], batch, truth)
+            assert (job.packed is not None) == device_path and (job.maps is None) == device_path
+            found = [pipeline.finish(r) for r in pool.submit(job)] + [pipeline.finish(r) for r in pool.drain()]
+            assert not pipeline.waiting and len(found) == 1
+            results[device_path] = found[0]
+    cpu, device = results[False], results[True]
+    assert np.array_equal(cpu.detections.image, device.detections.image)
+    assert set(cpu.detections.image.tolist()) == {7, 9}
+    assert np.array_equal(cpu.detections.category, device.detections.category)
+    assert np.array_equal(cpu.detections.bbox, device.detections.bbox)
+    np.testing.assert_allclose(device.detections.score, cpu.detections.score, rtol=1e-9)
+    assert all(np.array_equal(a, b) for a, b in zip(cpu.hits, device.hits)) and cpu.recognised == device.recognised
+    assert [h.shape for h in cpu.hits] == [(1, 3, 100)] * 2

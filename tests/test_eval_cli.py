@@ -59,16 +59,16 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch, caps
     assert main(eval_args(tmp_path / "whole", "--limit", "12", "--batch-size", "4", "--box-workers", "0")) == 0
     expected = json.loads((tmp_path / "whole" / "detections.json").read_text())
 
-    original = Localizer.analyze
+    original = Localizer.analyze_batch
     calls = []
 
-    def interrupt_after_two_batches(self, images, classes=None):
-        calls.append(len(images))
+    def interrupt_after_two_batches(self, pixels, classes=None, views=None):
+        calls.append(len(pixels))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, images, classes)
+        return original(self, pixels, classes, views)
 
-    monkeypatch.setattr(Localizer, "analyze", interrupt_after_two_batches)
+    monkeypatch.setattr(Localizer, "analyze_batch", interrupt_after_two_batches)
     out = tmp_path / "cut"
     assert main(eval_args(out, "--limit", "12", "--batch-size", "4", "--box-workers", "0")) == 130
     assert "--resume" in capsys.readouterr().err
@@ -108,9 +108,11 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
         assert not (out / "detections.json").exists() and not (out / "metrics.json").exists()
 
 
-def test_unreadable_images_are_skipped_listed_and_the_rest_equals_pycocotools(tmp_path, capsys):
+@pytest.mark.parametrize("decode", ["worker", "device"])
+def test_unreadable_images_are_skipped_listed_and_the_rest_equals_pycocotools(tmp_path, capsys, decode):
     """A folder where 4 of 16 real images are damaged: the run finishes, lists them, warns once, and
-    its metrics are pycocotools' on the 12 readable images."""
+    its metrics are pycocotools' on the 12 readable images — with JPEGs decoded in the loader workers or
+    handed over as bytes and decoded on the device (here the CPU: the same code as nvJPEG's path)."""
     ann = json.loads(VAL_ANN.read_text())
     chosen = sorted(ann["images"], key=lambda im: im["id"])[:16]
     folder = tmp_path / "images"
@@ -128,7 +130,7 @@ def test_unreadable_images_are_skipped_listed_and_the_rest_equals_pycocotools(tm
                                                                          if a["image_id"] in ids])))
     out = tmp_path / "out"
     assert main(["--images", str(folder), "--ann", str(subset), "--checkpoint", str(COCO80), "--out", str(out),
-                 "--workers", "1", "--batch-size", "4"]) == 0
+                 "--workers", "1", "--batch-size", "4", "--decode", decode]) == 0
     err = capsys.readouterr().err
     assert sum("warning:" in line for line in err.splitlines()) == 1 and "Traceback" not in err
     metrics = json.loads((out / "metrics.json").read_text())

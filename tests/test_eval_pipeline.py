@@ -1,5 +1,6 @@
 """The evaluation pipeline: box workers and torchrun ranks give the same outputs as one process."""
 
+import base64
 import json
 import os
 import subprocess
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from camloc.boxstage import OrderedPool
+from camloc.evaluation import Detections
+from camloc.workerpool import OrderedPool
 from eval import progress
 from eval.cli import main
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
@@ -74,38 +76,104 @@ def test_resume_reads_the_progress_of_every_rank(tmp_path):
     assert main(eval_args(tmp_path / "whole", "--box-workers", "0")) == 0
     expected = outputs(tmp_path / "whole")
     settings = json.loads((tmp_path / "whole" / "metrics.json").read_text())["settings"]
-    # a 2-rank run that stopped: rank 0 finished its first image, rank 1 nothing; another layout's file is stale
+    # a 2-rank run that stopped: rank 0 finished its first batch, rank 1 nothing; another layout's file is stale
     out = tmp_path / "cut"
     out.mkdir()
-    image_ids = {im["id"] for im in json.loads(VAL_ANN.read_text())["images"]}
-    ordered = sorted(image_ids)[:12]
-    first = [d for d in expected[0] if d["image_id"] == ordered[0]]
+    images = sorted(json.loads(VAL_ANN.read_text())["images"], key=lambda im: im["id"])
+    image_ids = {im["id"] for im in images}
+    first = [im["id"] for im in images[:4]]
+    stamps = [(os.stat(VAL_IMAGES / im["file_name"]).st_size, os.stat(VAL_IMAGES / im["file_name"]).st_mtime_ns)
+              for im in images[:4]]
+    dets = [d for d in expected[0] if d["image_id"] in first]
     progress.start(progress.progress_path(out, 0, 2), settings)
     with progress.progress_path(out, 0, 2).open("a") as log:
-        from camloc.boxstage import ImageResult
-
-        hits = np.zeros((0, 3, 100), bool)
-        progress.write(log, ImageResult(ordered[0], first, hits, []))
+        progress.write_batch(log, first, stamps, [], Detections(dets), [np.zeros((0, 3, 100), bool)] * 4, [[]] * 4)
     progress.start(progress.progress_path(out, 1, 2), settings)
     done = progress.read_all(out, settings, image_ids)
-    assert set(done.done) == {ordered[0]} and done.done[ordered[0]].detections == first
+    assert set(done.done) == set(first) and done.all_detections().to_dicts() == dets
     assert main(eval_args(out, "--box-workers", "0", "--resume")) == 0  # resumed by one process
     resumed = outputs(out)
     assert resumed[0] == expected[0]
     assert not progress.progress_files(out)
 
 
+def batch_line(image_id: int, **changes) -> str:
+    """A valid progress line of one image with no detections and one present class, changed by ``changes``."""
+    empty = {key: "" for key in progress.COLUMNS}
+    record = {"images": [image_id], "stamps": [[10, 20]], "unreadable": [], "detections": empty,
+              "wsol": {"recognised": [[True]], "hits": [np.packbits(np.zeros(300, bool)).tobytes().hex()]}}
+    return json.dumps({**record, **changes})
+
+
 def test_a_damaged_progress_file_is_one_line(tmp_path):
     settings = {"a": "1"}
     path = progress.progress_path(tmp_path)
-    progress.start(path, settings)
-    with path.open("a") as log:
-        log.write('{"image_id": 5, "detections": [], "wsol": {"recognised": [true], "hits": "00"}}\n')
-        log.write('{"image_id": 6, "detections": []}\n')
-    with pytest.raises(progress.ProgressError, match=r"line 2: wsol.hits does not match"):
-        progress.read(path, settings, {5, 6})
-    path.write_text(json.dumps({"settings": settings}) + '\n{"image_id": 5, "unreadable": "truncated"}\n{"imag')
-    found = progress.read(path, settings, {5})  # a torn last line is dropped
-    assert found.unreadable == {5: "truncated"} and 5 in found
-    with pytest.raises(progress.ProgressError, match="other settings"):
-        progress.read(path, {"a": "2"}, {5})
+    cases = {"wsol.hits does not match": batch_line(5, wsol={"recognised": [[True]], "hits": ["00"]}),
+             "not the record of images": batch_line(7),
+             "stamps must give": batch_line(5, stamps=[]),
+             "name images it did not finish": batch_line(5, detections=dict(
+                 image_id=base64.b64encode(np.array([6], "<i8").tobytes()).decode(),
+                 category_id=base64.b64encode(np.array([1], "<i8").tobytes()).decode(),
+                 bbox=base64.b64encode(np.zeros(4, "<f8").tobytes()).decode(),
+                 score=base64.b64encode(np.ones(1, "<f8").tobytes()).decode())),
+             "detection scores include NaN": batch_line(5, detections=dict(
+                 image_id=base64.b64encode(np.array([5], "<i8").tobytes()).decode(),
+                 category_id=base64.b64encode(np.array([1], "<i8").tobytes()).decode(),
+                 bbox=base64.b64encode(np.zeros(4, "<f8").tobytes()).decode(),
+                 score=base64.b64encode(np.array([np.nan], "<f8").tobytes()).decode()))}
+    for message, line in cases.items():
+        progress.start(path, settings)
+        with path.open("a") as log:
+            log.write(batch_line(5) + "\n" + line + "\n" + batch_line(6) + "\n")
+        with pytest.raises(progress.ProgressError, match=rf"line 3: .*{message}"):
+            progress.read(path, settings, {5, 6})
+    path.write_text(json.dumps({"settings": settings}) + "\n" + batch_line(6, images=[], stamps=[], unreadable=[
+        [5, "truncated"]], wsol={"recognised": [], "hits": []}) + "\n" + batch_line(6)[:20])
+    found = progress.read(path, settings, {5, 6})  # a torn last line is dropped
+    assert found.unreadable == {5: "truncated"} and 5 in found and 6 not in found
+    with pytest.raises(progress.ProgressError, match=r"other settings \(a differ\)"):
+        progress.read(path, {"a": "2"}, {5, 6})
+
+
+@pytest.mark.realdata
+def test_resume_refuses_another_image_folder_or_a_changed_image(tmp_path):
+    """The same file names with other photos must not be merged into the interrupted run."""
+    images = sorted(json.loads(VAL_ANN.read_text())["images"], key=lambda im: im["id"])[:4]
+    ids = {im["id"] for im in images}
+    ann = dict(json.loads(VAL_ANN.read_text()), images=images)
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in ids]
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+    for im, other in zip(images, images[::-1]):  # same names, other photos
+        (folders[0] / im["file_name"]).write_bytes((VAL_IMAGES / im["file_name"]).read_bytes())
+        (folders[1] / im["file_name"]).write_bytes((VAL_IMAGES / other["file_name"]).read_bytes())
+
+    def run(folder, *extra):
+        return main(["--images", str(folder), "--ann", str(tmp_path / "ann.json"), "--checkpoint", str(COCO80),
+                     "--out", str(tmp_path / "out"), "--workers", "0", "--batch-size", "2", "--box-workers", "0",
+                     "--recipe", "seed", *extra])
+
+    assert run(folders[0]) == 0
+    settings = json.loads((tmp_path / "out" / "metrics.json").read_text())["settings"]
+    assert len(settings["checkpoint_sha256"]) == 64 and settings["images_folder"] == str(folders[0].resolve())
+    path = progress.progress_path(tmp_path / "out")
+    stamps = [(os.stat(folders[0] / im["file_name"]).st_size, os.stat(folders[0] / im["file_name"]).st_mtime_ns)
+              for im in images[:2]]
+
+    def interrupted():  # the first batch finished, then the run stopped
+        progress.start(path, settings)
+        with path.open("a") as log:
+            progress.write_batch(log, [im["id"] for im in images[:2]], stamps, [], Detections([]),
+                                 [np.zeros((0, 3, 100), bool)] * 2, [[]] * 2)
+
+    interrupted()
+    assert run(folders[1], "--resume") == 2  # another folder: other settings
+    interrupted()
+    (folders[0] / images[0]["file_name"]).write_bytes((VAL_IMAGES / images[3]["file_name"]).read_bytes())
+    assert run(folders[0], "--resume") == 2  # an image replaced since it was read
+    interrupted()
+    (folders[0] / images[0]["file_name"]).write_bytes((VAL_IMAGES / images[0]["file_name"]).read_bytes())
+    os.utime(folders[0] / images[0]["file_name"], ns=(stamps[0][1], stamps[0][1]))
+    assert run(folders[0], "--resume") == 0  # restored byte for byte, same mtime: resumes

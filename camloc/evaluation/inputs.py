@@ -242,6 +242,46 @@ class Detections:
     def of(cls, source: Detections | str | Path | Sequence[dict]) -> Detections:
         return source if isinstance(source, Detections) else cls(source)
 
+    @classmethod
+    def from_arrays(cls, image: np.ndarray, category: np.ndarray, bbox: np.ndarray, score: np.ndarray) -> Detections:
+        """Detections from flat arrays (a pipeline's output: no dicts built); the same checks: integer ids,
+        ``(n, 4)`` boxes and scores of finite numbers."""
+        made = cls.__new__(cls)
+        made.image, made.category = (int_matrix(a, what) for a, what in ((image, "image ids"),
+                                                                          (category, "category ids")))
+        made.bbox = real_matrix(np.asarray(bbox, dtype=np.float64).reshape(-1, 4), "detection boxes")
+        made.score = real_matrix(np.asarray(score, dtype=np.float64).reshape(-1, 1), "detection scores")[:, 0]
+        if not len(made.image) == len(made.category) == len(made.bbox) == len(made.score):
+            raise EvaluationError(f"detection arrays differ in length: {len(made.image)} image ids, "
+                                  f"{len(made.category)} category ids, {len(made.bbox)} boxes, "
+                                  f"{len(made.score)} scores")
+        return made
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Detections]) -> Detections:
+        return cls.from_arrays(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0)
+                                 for f in ("image", "category", "bbox", "score")))
+
+    def rows(self, keep: np.ndarray) -> Detections:
+        """The detections at positions or mask ``keep``."""
+        return Detections.from_arrays(self.image[keep], self.category[keep], self.bbox[keep], self.score[keep])
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """COCO results: ``{image_id, category_id, bbox, score}`` per detection."""
+        return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+                for i, c, b, s in zip(self.image.tolist(), self.category.tolist(), self.bbox.tolist(),
+                                      self.score.tolist())]
+
+
+def int_matrix(values: Any, what: str) -> np.ndarray:
+    """A 1-D array of integers as int64 (a float array is refused: ids are never rounded)."""
+    array = np.asarray(values)
+    if array.size == 0:
+        return np.zeros(0, np.int64)
+    if array.dtype.kind not in "iu" or array.ndim != 1:
+        raise EvaluationError(f"{what} must be a 1-D array of integers, got {array.dtype} of shape {array.shape}")
+    return array.astype(np.int64)
+
 
 def real_matrix(values: Any, what: str, kinds: str = "iuf") -> np.ndarray:
     """A 2-D array of finite real numbers (dtype kinds ``kinds``: b bool, i/u integer, f float)."""

@@ -1,0 +1,120 @@
+"""The evidence recipes' box stage for many maps at once, at a resolution matched to the feature grid.
+
+A class map is an ``h × w`` grid (14×14 for ResNet-50 at 448 px); upsampled to a 640×480 photo it
+holds no more information than at a few times the grid, but costs ~400× the pixels. Here every map
+of a batch — any images, any classes — is upsampled to ``(scale·h, scale·w)`` (``scale`` = 4: 56×56
+for a 14×14 grid), normalised (ReLU, min-max), cut at the recipe's levels (fractions of the max, or
+Otsu's level per map), its connected components boxed (:func:`camloc.components.component_boxes`),
+each box scored by the share of the map's evidence it holds
+(:func:`camloc.proposals.evidence_of`, from float64 summed-area tables), kept by per-class NMS over
+the whole batch (``torchvision.ops.batched_nms`` with one group per (image, class)), and scaled to
+the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``.
+
+All of it is whole-batch tensor work on the maps' device: the host's Python work is the same for one
+map or ten thousand. The regions are 8-connected components (the course recipe's contours are the
+outer borders of the same 8-connected regions; a region nested in another's hole adds its own box).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from camloc.boxes import fraction_cut
+from camloc.cam import check_finite_maps, normalize_maps
+from camloc.components import component_boxes
+from camloc.devicestage import histograms, otsu_levels, to_uint8
+from camloc.profiling import stage
+from camloc.proposals import evidence_of
+
+
+@dataclass(frozen=True)
+class GridBoxes:
+    """Scored boxes of many maps, on the maps' device: row ``i`` belongs to map ``map_index[i]``."""
+
+    map_index: Tensor  # (n,) int64
+    xywh: Tensor  # (n, 4) float64, [x, y, w, h] in image pixels
+    score: Tensor  # (n,) float64
+
+
+def thresholds(u8: Tensor, levels: Sequence[float] | None) -> Tensor:
+    """``(N, L)`` cuts for ``u8 > cut``: each level ``t`` as ``⌈t·255⌉ − 1``, or (``levels=None``) Otsu's
+    level of each map, computed as OpenCV does."""
+    if levels is None:
+        return torch.from_numpy(otsu_levels(histograms(u8))).to(u8.device).view(-1, 1)
+    return torch.tensor([fraction_cut(t) for t in levels], device=u8.device).repeat(len(u8), 1)
+
+
+def summed_area_tables(heat: Tensor) -> Tensor:
+    """``(N, H+1, W+1)`` float64 tables ``I[y, x] = Σ heat[:y, :x]``."""
+    tables = torch.zeros(heat.shape[0], heat.shape[1] + 1, heat.shape[2] + 1, dtype=torch.float64,
+                         device=heat.device)
+    tables[:, 1:, 1:] = heat.double().cumsum(-1).cumsum(-2)
+    return tables
+
+
+def table_sums(tables: Tensor, owner: Tensor, xywh: Tensor) -> Tensor:
+    """``Σ`` over each integer box ``[x, y, w, h]`` of map ``owner`` from its summed-area table."""
+    x, y, w, h = xywh.unbind(1)
+    return (tables[owner, y + h, x + w] - tables[owner, y, x + w]) - (tables[owner, y + h, x] - tables[owner, y, x])
+
+
+def largest_per_map(owner: Tensor, area: Tensor) -> Tensor:
+    """Indices of the first row of largest ``area`` of each owner (rows sorted by owner)."""
+    order = torch.sort(-area, stable=True).indices
+    order = order[torch.sort(owner[order], stable=True).indices]
+    first = torch.ones(len(order), dtype=torch.bool, device=owner.device)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    return torch.sort(order[first]).values
+
+
+def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, scale: int,
+               levels: Sequence[float] | None, mode: str = "all", nms_iou: float = 0.5) -> GridBoxes:
+    """Scored boxes of raw maps ``(N, h, w)`` (see the module docstring).
+
+    ``probs (N,)``: each map's class probability (``score = p · evidence``); ``sizes (N, 2)``: its image's
+    ``(H, W)``; ``group (N,)``: maps of one group share NMS (one per image and class); ``levels``: fractions
+    of the max (``None``: Otsu); ``mode="largest"``: only the component with the most pixels per map and
+    level. A map with no region gets the whole image. Rows are sorted by group, best score first.
+    """
+    device = raw_maps.device
+    empty = GridBoxes(torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 4, dtype=torch.float64,
+                      device=device), torch.zeros(0, dtype=torch.float64, device=device))
+    if len(raw_maps) == 0:
+        return empty
+    check_finite_maps(raw_maps)
+    num, height, width = raw_maps.shape
+    shape = (height * scale, width * scale)
+    heat = normalize_maps(raw_maps, shape)
+    u8 = to_uint8(heat)
+    cuts = thresholds(u8, levels)
+    per_map = cuts.shape[1]
+    masks = u8[:, None] > cuts.to(torch.int16)[:, :, None, None]
+    with stage("connected components"):
+        tile, corners, area = component_boxes(masks.reshape(num * per_map, *shape))
+    if mode == "largest" and len(tile):
+        keep = largest_per_map(tile, area)
+        tile, corners = tile[keep], corners[keep]
+    owner = tile // per_map
+    xywh = torch.cat([corners[:, :2], corners[:, 2:] - corners[:, :2] + 1], 1)
+    missing = torch.ones(num, dtype=torch.bool, device=device)
+    missing[owner] = False
+    bare = torch.nonzero(missing).flatten()
+    owner = torch.cat([owner, bare])
+    whole = torch.tensor([0, 0, shape[1], shape[0]], device=device)
+    xywh = torch.cat([xywh, whole.expand(len(bare), 4)])
+    tables = summed_area_tables(heat)
+    score = evidence_of(table_sums(tables, owner, xywh), tables[owner, -1, -1], xywh) * probs.double()[owner]
+    corners = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).double()
+    with stage("NMS"):
+        kept = batched_nms(corners, score, group[owner], float(nms_iou))
+    kept = kept[torch.sort(-score[kept], stable=True).indices]
+    kept = kept[torch.sort(group[owner[kept]], stable=True).indices]
+    owner, xywh, score = owner[kept], xywh[kept].double(), score[kept]
+    height_px, width_px = sizes[owner].double().unbind(1)
+    stretch = torch.stack([width_px / shape[1], height_px / shape[0]] * 2, 1)
+    return GridBoxes(owner, xywh * stretch, score)
