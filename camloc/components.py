@@ -131,9 +131,11 @@ def component_boxes(masks: Tensor, connectivity: int = 8) -> tuple[Tensor, Tenso
 
 
 def sort_boxes(owner: Tensor, boxes: Tensor, area: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows ordered by ``owner``, then by the box's ``x0, y0, x1, y1``, then ``area`` (stable sorts, least key
-    first)."""
-    order = torch.arange(len(owner), device=owner.device)
-    for key in (area, boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], owner):
+    """Rows ordered by ``owner``, then by the box's ``x0, y0, x1, y1``, then ``area`` (three stable sorts: the
+    box as one integer ``((x0·H + y0)·W + x1)·H + y1 < (H·W)²`` fits int64 for masks under 2**24 pixels)."""
+    height, width = int(boxes[:, 3].max()) + 1 if len(boxes) else 1, int(boxes[:, 2].max()) + 1 if len(boxes) else 1
+    x0, y0, x1, y1 = boxes.unbind(1)
+    order = torch.sort(area, stable=True).indices
+    for key in (((x0 * height + y0) * width + x1) * height + y1, owner):
         order = order[torch.sort(key[order], stable=True).indices]
     return owner[order], boxes[order], area[order]

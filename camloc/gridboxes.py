@@ -6,8 +6,8 @@ of a batch — any images, any classes — is upsampled to ``(scale·h, scale·w
 for a 14×14 grid), normalised (ReLU, min-max), cut at the recipe's levels (fractions of the max, or
 Otsu's level per map), its connected components boxed (:func:`camloc.components.component_boxes`),
 each box scored by the share of the map's evidence it holds
-(:func:`camloc.proposals.evidence_of`, from float64 summed-area tables), kept by per-class NMS over
-the whole batch (``torchvision.ops.batched_nms`` with one group per (image, class)), and scaled to
+(:func:`camloc.proposals.evidence_of`, from float64 summed-area tables), kept by greedy NMS within
+each (image, class) for the whole batch at once (:func:`camloc.nms.grouped_nms`), and scaled to
 the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``.
 
 All of it is whole-batch tensor work on the maps' device: the host's Python work is the same for one
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from camloc.boxes import fraction_cut
 from camloc.cam import check_finite_maps, normalize_maps
 from camloc.components import component_boxes
 from camloc.devicestage import histograms, otsu_levels, to_uint8
+from camloc.nms import grouped_nms
 from camloc.profiling import stage
 from camloc.proposals import evidence_of
 
@@ -111,9 +111,7 @@ def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, sc
     score = evidence_of(table_sums(tables, owner, xywh), tables[owner, -1, -1], xywh) * probs.double()[owner]
     corners = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).double()
     with stage("NMS"):
-        kept = batched_nms(corners, score, group[owner], float(nms_iou))
-    kept = kept[torch.sort(-score[kept], stable=True).indices]
-    kept = kept[torch.sort(group[owner[kept]], stable=True).indices]
+        kept = grouped_nms(corners, score, group[owner], float(nms_iou))
     owner, xywh, score = owner[kept], xywh[kept].double(), score[kept]
     height_px, width_px = sizes[owner].double().unbind(1)
     stretch = torch.stack([width_px / shape[1], height_px / shape[0]] * 2, 1)
