@@ -26,9 +26,12 @@ def _pairwise_iou(boxes: Tensor) -> Tensor:
     """``(G, M, M)`` IoU of ``(G, M, 4)`` corner boxes, ``inter / (area_i + area_j − inter)`` in their dtype."""
     x0, y0, x1, y1 = boxes.unbind(-1)
     area = (x1 - x0) * (y1 - y0)
-    width = (torch.minimum(x1[:, :, None], x1[:, None, :]) - torch.maximum(x0[:, :, None], x0[:, None, :])).clamp(min=0)
-    height = (torch.minimum(y1[:, :, None], y1[:, None, :]) - torch.maximum(y0[:, :, None], y0[:, None, :])).clamp(min=0)
-    inter = width * height
+
+    def overlap(low: Tensor, high: Tensor) -> Tensor:
+        return (torch.minimum(high[:, :, None], high[:, None, :]) - torch.maximum(low[:, :, None], low[:, None, :])
+                ).clamp(min=0)
+
+    inter = overlap(x0, x1) * overlap(y0, y1)
     return inter / (area[:, :, None] + area[:, None, :] - inter)
 
 
