@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
-from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, make_recipe
+from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, make_recipe
 
 TTA_SCALES = (0.75, 1.0, 1.25)
 
@@ -45,10 +45,11 @@ class Analysis:
     def rows(self, classes: Sequence[int]) -> list[int]:
         """Positions in ``raw_maps`` of the given class indices (a ``ValueError`` if one is not held)."""
         where = {int(k): i for i, k in enumerate(self.classes.tolist())}
-        missing = [int(k) for k in classes if int(k) not in where]
+        indices = class_indices(classes, len(self.probs))
+        missing = [k for k in indices if k not in where]
         if missing:
             raise ValueError(f"no map computed for class indices {missing}")
-        return [where[int(k)] for k in classes]
+        return [where[k] for k in indices]
 
     @staticmethod
     def average(views: Sequence[Analysis]) -> Analysis:
@@ -155,8 +156,9 @@ class Localizer:
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
+        wanted = None if classes is None else torch.as_tensor(class_indices(classes, len(self.class_names)),
+                                                              dtype=torch.long, device=self.device)
         pil = [load_image(im) for im in batch]
-        wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         views = tuple(views or self.views())
         if wanted is None and self.method != "cam":
             probs = self._probabilities(pil, views)
