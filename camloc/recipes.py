@@ -86,11 +86,10 @@ def class_indices(values: Sequence[int] | Tensor | np.ndarray, num_classes: int 
     if wrong:
         raise ValueError(f"class indices must be integers (not {wrong[0]!r}), got {items!r}")
     indices = [int(k) for k in items]
-    limit = f"0 to {num_classes - 1}" if num_classes is not None else "0 or more"
     outside = [k for k in indices if k < 0 or (num_classes is not None and k >= num_classes)]
     if outside:
-        raise ValueError(f"class indices {outside} are out of range: a model with "
-                         f"{num_classes if num_classes is not None else 'K'} classes takes {limit}")
+        allowed = "non-negative" if num_classes is None else f"0 to {num_classes - 1} for {num_classes} classes"
+        raise ValueError(f"class indices {outside} are out of range (allowed: {allowed})")
     return indices
 
 
