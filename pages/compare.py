@@ -14,7 +14,7 @@ from pages.analysis import METHODS, Maps, analyze, pick_class, pick_recipe, rank
 from pages.geometry import best_iou
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
-from pages.pictures import BoxDisplay, pick_box_display, scene
+from pages.pictures import BoxDisplay, encoded, pick_box_display, scene
 from pages.state import carry, options_filter
 from pages.tables import show_table
 
@@ -61,7 +61,7 @@ def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], image, k: in
         for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
             maps = analyze(item, model_key, model, meta, method, tta, name)
             found = maps.detections(k, name)
-            column.image(scene(maps, k, image, found, display, truth, alpha, colormap), output_format="PNG",
+            column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap)), output_format="JPEG",
                          caption=caption(name, maps, shown_views, found, display, truth, k))
 
 
@@ -115,7 +115,7 @@ st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " 
            "best first.")
 for column, (label, maps) in zip(st.columns(len(by_method)), by_method.items()):
     found = maps.detections(k, recipe, options)
-    column.image(scene(maps, k, image, found, display, truth, alpha, colormap), output_format="PNG",
+    column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap)), output_format="JPEG",
                  caption=caption(label, maps, ranking.views, found, display, truth, k))
 st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
 

@@ -12,6 +12,7 @@ from camloc.demo import EXAMPLES
 from camloc.images import ImageError, load_image
 from camloc.viz import color_hex, distinct_colors, draw_boxes
 from pages.geometry import best_match
+from pages.pictures import encoded
 from pages.state import carry
 from pages.tables import show_table
 
@@ -85,9 +86,9 @@ preds = sorted((d for d in detections if d.get("image_id") == info["id"] and d.g
 shown = list(dict.fromkeys(a["category_id"] for a in [*truth, *preds]))  # this image's classes, truth first
 colours = dict(zip(shown, distinct_colors(len(shown))))
 cols = st.columns(2)
-cols[0].image(draw_boxes(image, truth, names, colors=colours), output_format="PNG",
+cols[0].image(encoded(draw_boxes(image, truth, names, colors=colours)), output_format="JPEG",
               caption=f"{info['file_name']}: {len(truth)} ground-truth box(es), GT1…")
-cols[1].image(draw_boxes(image, preds, names, colors=colours), output_format="PNG",
+cols[1].image(encoded(draw_boxes(image, preds, names, colors=colours)), output_format="JPEG",
               caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}, numbered best first")
 if not det_text.strip():
     st.caption("Give a detections file (e.g. the detections.json of `python -m eval`) to see predictions here.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pandas as pd
@@ -11,7 +12,7 @@ from camloc.viz import COLORMAPS, colorbar, format_score
 from pages.analysis import METHODS, analyze, pick_class, pick_recipe, ranked_classes
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
 from pages.model_picker import pick_model
-from pages.pictures import heat_picture, pick_box_display, scene
+from pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
 from pages.state import carry, options_filter
 from pages.tables import boxes_table, show_table
 
@@ -75,8 +76,8 @@ demo_hint(model_key, meta, item, cols[0])
 cols[1].image(heat, caption=f"{method_label} of “{class_name}” (p = {format_score(probs[k])})")
 cols[1].image(colorbar(colormap), caption="The map, 0 at its minimum and 1 at its maximum")
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
-cols[2].image(boxed, caption=f"{display.caption(detections)}, recipe {recipe}" + (f": {setting}" if setting else ""),
-              output_format="PNG")
+boxes_caption = f"{display.caption(detections)}, recipe {recipe}" + (f": {setting}" if setting else "")
+cols[2].image(encoded(boxed), caption=boxes_caption, output_format="JPEG")
 
 if detections:
     show_table(boxes_table(detections, truth), key="boxes_table")
@@ -90,7 +91,7 @@ elif truth is not None:
     st.caption(f"“{class_name}” is not in the ground truth of {item.name}: no IoU to show.")
 
 down = st.columns(2)
-down[0].download_button("Overlay PNG", boxed,
+down[0].download_button("Overlay PNG", functools.partial(png_bytes, boxed),
                         file_name=f"{item.name.rsplit('.', 1)[0]}_{class_name}.png", mime="image/png")
 down[1].download_button("Detections JSON (every box)", json.dumps(detections, indent=1), file_name="detections.json",
                         mime="application/json")

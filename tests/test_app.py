@@ -367,8 +367,8 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     assert table["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
     assert len(table) > 5 and boxes_caption(at).startswith(f"5 of {len(table)} boxes drawn")
     boxed = pictures(at)[image_captions(at).index(boxes_caption(at))]
-    assert count_tags(boxed, GROUND_TRUTH_COLOR) == 2  # ground-truth tags are not hidden under others
-    assert count_tags(boxed, distinct_colors(1)[0]) == 5  # the 5 boxes drawn, each tagged
+    assert count_tags(boxed, GROUND_TRUTH_COLOR, 24) == 2  # ground-truth tags are not hidden under others
+    assert count_tags(boxed, distinct_colors(1)[0], 24) == 5  # the 5 boxes drawn, each tagged
     p_zebra = format_score(at.dataframe[0].value["probability"][0])
     assert f"(p = {p_zebra})" in heat_caption(at)  # the table and the caption give one figure
     at.sidebar.slider(key="most_boxes").set_value(50).run()
@@ -378,7 +378,8 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     assert len(boxes) == 2 + len(table) and all(layout) and not overlapping([tag for _, tag in layout])
     for box, (text, (x0, y0, x1, y1)) in zip(boxes, layout):  # on top, in the box's colour
         assert text in (box.label, box.key)
-        assert (boxed[round(y0) + 1:round(y1) - 1, round(x0) + 1:round(x1) - 1] == box.color).all(-1).mean() > 0.5
+        inside = boxed[round(y0) + 1:round(y1) - 1, round(x0) + 1:round(x1) - 1].astype(int)
+        assert (np.abs(inside - box.color).max(-1) <= 24).mean() > 0.5
     at.sidebar.slider(key="most_boxes").set_value(5).run()
     at.sidebar.slider(key="box_floor").set_value(0.1).run()
     at.switch_page("pages/compare.py").run()
@@ -774,7 +775,7 @@ def test_dataset_browser_tags_every_box(monkeypatch, tmp_path, pictures):
         for box in boxes:
             x, y, w, h = box["bbox"]
             colour = tuple(int(c) for c in picture[y + h - 2, x + w // 2])  # its bottom edge
-            assert count_tags(picture, colour, 12) >= 1, f"box {box} has no tag"
+            assert count_tags(picture, colour, 24) >= 1, f"box {box} has no tag"
     [table] = tables_with(at, "score")
     assert table["#"].tolist() == list(range(1, 11)) and table["class"].tolist() == [f"thing {i}" for i in range(1, 11)]
     assert tables_with(at, "crowd")[0]["#"].tolist() == ["GT1", "GT2", "GT3"]
