@@ -204,14 +204,15 @@ def layout_tags(boxes: Sequence[LabelledBox], size: tuple[int, int],
     return result
 
 
-def draw_labelled(image: Image.Image | np.ndarray, boxes: Sequence[LabelledBox],
-                  width: int | None = None) -> Image.Image:
+def draw_labelled(image: Image.Image | np.ndarray, boxes: Sequence[LabelledBox], width: int | None = None,
+                  text_scale: float = 1.0) -> Image.Image:
     """Draw ``boxes``, the first on top: outlines in their colours with a thin black halo, then one tag per
     box (:func:`layout_tags`; filled with the box's colour, text in black or white, whichever reads better).
-    Line width and tag size follow the image size (``width`` overrides the line width)."""
+    Line width and text size follow the image size (``width`` overrides the line width; ``text_scale``
+    enlarges the text for a picture shown smaller than a third of a screen)."""
     canvas = Image.fromarray(_rgb(image).copy())
     draw = ImageDraw.Draw(canvas)
-    font = _font(label_size(*canvas.size))
+    font = _font(round(label_size(*canvas.size) * text_scale))
     width = width or max(2, round(max(canvas.size) / 160))
     for box in reversed(boxes):
         x, y, w, h = (float(v) for v in box.bbox)

@@ -66,7 +66,7 @@ def views_label(views: tuple[tuple[float, bool], ...]) -> str:
         return "one view of the image"
     if {scale for scale, _ in views} == {1.0}:
         return "the image and its mirror image, averaged"
-    return f"{len(views)} views (scales × mirror image), averaged"
+    return f"{len(views)} views averaged: {len({scale for scale, _ in views})} scales, each with its mirror image"
 
 
 @dataclass(frozen=True)

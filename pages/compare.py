@@ -61,7 +61,8 @@ def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], image, k: in
         for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
             maps = analyze(item, model_key, model, meta, method, tta, name)
             found = maps.detections(k, name)
-            column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap)), output_format="JPEG",
+            column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
+                         output_format="JPEG",
                          caption=caption(name, maps, shown_views, found, display, truth, k))
 
 
@@ -115,7 +116,8 @@ st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " 
            "best first.")
 for column, (label, maps) in zip(st.columns(len(by_method)), by_method.items()):
     found = maps.detections(k, recipe, options)
-    column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap)), output_format="JPEG",
+    column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
+                 output_format="JPEG",
                  caption=caption(label, maps, ranking.views, found, display, truth, k))
 st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from camloc.demo import EXAMPLES
 from camloc.images import ImageError, load_image
-from camloc.viz import color_hex, distinct_colors, draw_boxes
+from camloc.viz import color_hex, distinct_colors, draw_boxes, format_score
 from pages.geometry import best_match
 from pages.pictures import encoded
 from pages.state import carry
@@ -102,7 +102,7 @@ else:
         iou, at = best_match(d["bbox"], [box for _, box in same])
         x, y, w, h = (round(float(v)) for v in d["bbox"])
         rows.append({"#": rank, "class": names.get(d["category_id"], d["category_id"]), "score": float(d["score"]),
-                     "x": x, "y": y, "w": w, "h": h, "IoU": float(iou) if same else float("nan"),
+                     "x": x, "y": y, "w": w, "h": h, "IoU": format_score(iou) if same else "—",
                      "best GT": f"GT{same[at][0]}" if same else "class not in the ground truth"})
     st.caption("Detections, best first; IoU with the ground-truth box of the same class it overlaps most.")
     show_table(pd.DataFrame(rows), key="ds_table", colours=[color_hex(colours[d["category_id"]]) for d in preds])

@@ -23,6 +23,8 @@ from pages.state import carry
 
 MOST_BOXES = 5
 SCORE_FLOOR = 0.1
+#: Text of a Compare tile's tags, relative to a picture shown a third of the page wide.
+TILE_TEXT = 1.5
 
 
 @dataclass(frozen=True)
@@ -72,20 +74,23 @@ def heat_picture(key: tuple, k: int, alpha: float, colormap: str, _image: Image.
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def boxes_picture(key: tuple, k: int, alpha: float, colormap: str, boxes: tuple[tuple[float, ...], ...],
-                  truth: tuple[tuple[float, ...], ...], _image: Image.Image, _maps: Maps) -> Image.Image:
+                  truth: tuple[tuple[float, ...], ...], text_scale: float, _image: Image.Image,
+                  _maps: Maps) -> Image.Image:
     """The heat picture with the ground-truth boxes (white, ``GT1``…) and ``boxes`` (``(x, y, w, h,
     score)``, best first, tagged by rank), every box tagged (cached per setting)."""
     tagged = [LabelledBox(tuple(b), GROUND_TRUTH_COLOR, f"GT{i}", f"GT{i}") for i, b in enumerate(truth, 1)]
     tagged += [LabelledBox(tuple(b[:4]), detection_color(), f"{rank} {format_score(b[4])}", str(rank))
                for rank, b in enumerate(boxes, 1)]
-    return draw_labelled(heat_picture(key, k, alpha, colormap, _image, _maps), tagged)
+    return draw_labelled(heat_picture(key, k, alpha, colormap, _image, _maps), tagged, text_scale=text_scale)
 
 
 def scene(maps: Maps, k: int, image: Image.Image, detections: Sequence[dict[str, Any]], display: BoxDisplay,
-          truth: Sequence[Sequence[float]] | None, alpha: float, colormap: str) -> Image.Image:
-    """The boxes picture of class ``k``: the boxes ``display`` draws, and the ground truth, over the map."""
+          truth: Sequence[Sequence[float]] | None, alpha: float, colormap: str, tile: bool = False) -> Image.Image:
+    """The boxes picture of class ``k``: the boxes ``display`` draws, and the ground truth, over the map;
+    a ``tile`` (a quarter of the page wide) gets larger text."""
     boxes = tuple((*d["bbox"], d["score"]) for d in detections[:display.drawn(detections)])
-    return boxes_picture(maps.key, k, alpha, colormap, boxes, tuple(tuple(b) for b in truth or ()), image, maps)
+    return boxes_picture(maps.key, k, alpha, colormap, boxes, tuple(tuple(b) for b in truth or ()),
+                         TILE_TEXT if tile else 1.0, image, maps)
 
 
 def encoded(picture: Image.Image) -> bytes:
