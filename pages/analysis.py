@@ -99,13 +99,19 @@ def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, 
     Gradient methods too compute every class at once (one forward pass, batched backward passes
     through the head only), which costs little more than one class and makes class changes free.
     """
-    classes = None if method == "cam" else tuple(range(meta["num_classes"]))
     localizer = localizer_for(model, meta, method, tta)
-    views = tuple(localizer.views(recipe or PLAIN_MAPS))
-    analyses = [_analyze_view(image.digest, model_key, method, classes, view, image.data, localizer)
-                for view in views]
-    analysis = analyses[0] if len(analyses) == 1 else Analysis.average(analyses)
-    return Maps((image.digest, model_key, method, tta, views), analysis, localizer)
+    key = (image.digest, model_key, method, tta, tuple(localizer.views(recipe or PLAIN_MAPS)))
+    return Maps(key, _joined_views(key, meta["num_classes"], image.data, localizer), localizer)
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _joined_views(key: tuple, num_classes: int, _image_bytes: bytes, _localizer: Localizer) -> Analysis:
+    """The analysis over the views of ``key`` (``(digest, model, method, TTA, views)``) from the cached views,
+    kept as one object (read-only), so that a page asking for it again pays one lookup, not one per view."""
+    digest, model_key, method, _, views = key
+    classes = None if method == "cam" else tuple(range(num_classes))
+    analyses = [_analyze_view(digest, model_key, method, classes, view, _image_bytes, _localizer) for view in views]
+    return analyses[0] if len(analyses) == 1 else Analysis.average(analyses)
 
 
 def ranked_classes(probs: np.ndarray, meta: dict[str, Any]) -> list[int]:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import streamlit as st
 from PIL import Image
 
@@ -67,9 +68,15 @@ def detection_color() -> tuple[int, int, int]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+def class_map(key: tuple, k: int, _maps: Maps) -> np.ndarray:
+    """Class ``k``'s normalised map of ``_maps`` at image size (cached: opacity and colormap reuse it)."""
+    return _maps.analysis.heatmaps([k])[0].numpy()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
 def heat_picture(key: tuple, k: int, alpha: float, colormap: str, _image: Image.Image, _maps: Maps) -> Image.Image:
     """Class ``k``'s normalised map of ``_maps`` over the image (cached per setting)."""
-    return overlay_heatmap(_image, _maps.analysis.heatmaps([k])[0].numpy(), alpha, colormap)
+    return overlay_heatmap(_image, class_map(key, k, _maps), alpha, colormap)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

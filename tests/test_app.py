@@ -40,6 +40,7 @@ EXAMPLE_ANNOTATIONS = json.loads((EXAMPLES / "annotations.json").read_text())
 def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppTest:
     """A page (or the whole app for ``app.py``) with fresh caches, so forward passes count from zero."""
     st.cache_data.clear()
+    st.cache_resource.clear()
     monkeypatch.chdir(ROOT)
     if offline:
         monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")
