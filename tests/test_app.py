@@ -249,6 +249,20 @@ def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(mon
     assert boxes_caption(at).startswith(f"{total} boxes, recipe")
 
 
+def test_a_checkpoint_overwritten_in_place_is_run_again(monkeypatch, coco_checkpoints):
+    """The maps are cached per model key, which names the checkpoint's modification time: a checkpoint that
+    a new training epoch overwrote is not shown with the old one's maps."""
+    at = page("explore.py", monkeypatch, coco_checkpoints).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    before = at.dataframe[0].value
+    path = coco_checkpoints / "coco.pt"
+    save_checkpoint(*random_head_model("resnet18", 80, seed=1), path)
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
+    at.run()
+    no_exception(at)
+    assert not at.dataframe[0].value.equals(before)
+
+
 def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     first = EXAMPLE_ANNOTATIONS["annotations"][0]
     name = next(im["file_name"] for im in EXAMPLE_ANNOTATIONS["images"] if im["id"] == first["image_id"])
