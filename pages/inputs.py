@@ -155,7 +155,7 @@ def ground_truth(annotations: dict[str, Any] | None, image_name: str, class_name
 
 def demo_hint(model_key: str, meta: dict[str, Any], image: InputImage, where=st) -> None:
     """With the demo model, say next to an uploaded photo that the model knows only the synthetic shapes."""
-    if model_key == DEMO_KEY and not image.example:
+    if model_key.startswith(f"{DEMO_KEY}@") and not image.example:
         where.info(f"The bundled demo model knows only {len(meta['class_names'])} synthetic shapes "
                    f"({', '.join(meta['class_names'])}), so its maps of a real photo mean little. "
                    "Pick a COCO model under **Model** in the sidebar: a checkpoint from `python -m train`, or "
