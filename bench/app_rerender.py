@@ -150,6 +150,8 @@ def walk(page: Page, url: str) -> dict[str, float]:
     times["a 2nd photo (shown: picked, where the upload did not show it)"] = timer(
         lambda: show_upload(page, timer, PHOTOS[1]), f"text={PHOTOS[1].name} (640×480")
     timer(choose(page, "Image", PHOTOS[0].name), f"text={PHOTOS[0].name} (640×480")
+    times["rerun, nothing changed (the R key)"] = timer((lambda: page.locator("h1").first.click(),
+                                                        lambda: page.keyboard.press("r")))
     times["class"] = timer(choose(page, "Class", "person"))
     times["opacity (no network, no boxes)"] = timer(slider_step(page, "Overlay opacity"))
     times["recipe (default → seed)"] = timer(choose(page, "Box recipe", "seed"))
