@@ -37,7 +37,7 @@ def caption(label: str, maps: Maps, shown_views: str, detections: list[dict[str,
             truth: list[list[float]] | None, k: int) -> str:
     """A tile's caption: what it is, its probability where its views differ from the heading's, its boxes and
     how they match the ground truth."""
-    text = f"{label}: {display.caption(detections)}"
+    text = f"{label}: {display.caption(detections, short=True)}"
     if maps.views != shown_views:
         text += f"; p = {format_score(maps.probs[k])} ({maps.views})"
     if truth:
@@ -113,7 +113,7 @@ st.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[
 st.subheader("Methods")
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
 st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map, numbered "
-           "best first.")
+           f"best first; drawn: {display.rule} (sidebar); the table below counts them all.")
 for column, (label, maps) in zip(st.columns(len(by_method)), by_method.items()):
     found = maps.detections(k, recipe, options)
     column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),

@@ -42,13 +42,17 @@ class BoxDisplay:
         cut = self.floor * detections[0]["score"]
         return min(self.most, sum(d["score"] >= cut for d in detections))
 
-    def caption(self, detections: Sequence[dict[str, Any]]) -> str:
-        """``"5 of 16 boxes drawn (11 hidden: …)"``, or ``"2 boxes"`` when all are drawn."""
+    def caption(self, detections: Sequence[dict[str, Any]], short: bool = False) -> str:
+        """``"5 of 16 boxes drawn (11 hidden: …)"`` (``short``: without the why), or ``"2 boxes"`` when all
+        are drawn."""
         total, drawn = len(detections), self.drawn(detections)
         if drawn == total:
             return f"{total} box{'es' if total != 1 else ''}"
-        return (f"{drawn} of {total} boxes drawn ({total - drawn} hidden: at most {self.most}, none below "
-                f"{format_score(self.floor)} × the best score)")
+        return f"{drawn} of {total} boxes drawn" + ("" if short else f" ({total - drawn} hidden: {self.rule})")
+
+    @property
+    def rule(self) -> str:
+        return f"at most {self.most}, none below {format_score(self.floor)} × the best score"
 
 
 def pick_box_display(where=st.sidebar) -> BoxDisplay:
