@@ -20,7 +20,7 @@ from PIL import Image
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
 from camloc.pretrained import OFFLINE_ENV
-from camloc.recipes import RECIPES
+from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
 from camloc.viz import format_score
 from pages.analysis import METHODS
@@ -172,12 +172,16 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     no_exception(page)
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 
-    # the other image pages, by the sidebar: same model, same photo, same class
+    # the other image pages, by the sidebar: same model, same photo, same class (and the default recipe)
     choose(page, "Class", "zebra")
+    choose(page, "Box recipe", DEFAULT_RECIPE)
     go_to(page, "All classes")
     page.wait_for_selector(f"text=Showing your upload: {ZEBRA.name}")
     page.wait_for_selector('text=zebra')
     no_exception(page)
+    page.locator('[data-testid="stDataFrame"]').last.wait_for()  # the overlay's legend: its colours, 3 digits
+    page.get_by_text("Multi-class overlay").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    settle(page)
     shoot(page, tmp_path, "all_classes")
     go_to(page, "Compare")
     page.wait_for_selector("text=“zebra” in 000000104455.jpg")
