@@ -1,9 +1,10 @@
 """Seconds of page script per rerun (no browser), two checkouts side by side in one run.
 
 Runs Explore and Compare under ``streamlit.testing.v1.AppTest`` with the shared COCO-80 MobileNetV2
-and a real 640×480 COCO photo, then times reruns that need no network pass: a rerun with nothing
-changed, a class change and an opacity change — the part of a re-render that is Python on the server
-(the browser's share is in ``bench/app_rerender.py``). Each checkout runs in its own process (both
+and a real 640×480 COCO photo: the upload (the network's passes, Compare's for every method), then
+reruns that need no network pass: a rerun with nothing changed, a class change and an opacity change —
+the part of a re-render that is Python on the server (the browser's share is in
+``bench/app_rerender.py``). Each checkout runs in its own process (both
 have a ``pages`` package), the order alternating between rounds; median over the rounds.
 
     PYTHONPATH=. .venv/bin/python bench/app_script_time.py --before /tmp/app-before [--rounds 5]
@@ -37,7 +38,9 @@ times = {}
 for name in ("explore", "compare"):
     at = AppTest.from_file(f"pages/{name}.py", default_timeout=600).run()
     at.sidebar.selectbox(key="model_label").set_value(model).run()
+    start = time.perf_counter()
     at.sidebar.file_uploader(key="uploads").set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    times[f"{name}: a new photo (the network's passes)"] = time.perf_counter() - start
     at.sidebar.selectbox(key="class_name").set_value("person").run()
     at.sidebar.selectbox(key="class_name").set_value("zebra").run()  # both classes' boxes computed once
     at.sidebar.slider(key="alpha").set_value(0.55).run()
