@@ -15,11 +15,9 @@ both run with this interpreter. Needs ``../shared/data`` and Debian's ``chromium
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,8 +29,9 @@ from pathlib import Path
 from playwright.sync_api import Page, sync_playwright
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from bench.checkouts import parse_checkouts, side_by_side
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COCO80 = DATA / "weights" / "mobilenet_v2_coco80_linear.pth"
 VAL = DATA / "coco-mini" / "val2017"
 ANNOTATIONS = DATA / "coco-mini" / "annotations" / "instances_val2017_mini.json"
@@ -172,41 +171,29 @@ def walk(page: Page, url: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="the other checkout (the app before a change)")
-    parser.add_argument("--after", type=Path, default=ROOT, help="this checkout (default)")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_checkouts(__doc__.split("\n\n")[0], rounds=3)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None or not COCO80.is_file():
         sys.exit("error: needs Debian's chromium and ../shared/data (the COCO-80 weights, coco-mini)")
-    apps = {"before": args.before.resolve(), "after": args.after.resolve()}
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
-    print(f"load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
         checkpoints = Path(folder)
         for suffix in (".pth", ".json"):
             shutil.copy(COCO80.with_suffix(suffix), checkpoints / COCO80.with_suffix(suffix).name)
         browser = playwright.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
-        for round_ in range(args.rounds):
-            for name in (list(apps) if round_ % 2 == 0 else list(apps)[::-1]):
-                process, url = start_server(apps[name], checkpoints)
-                try:
-                    tab = browser.new_page(viewport={"width": 1500, "height": 1000})
-                    results[name].append(walk(tab, url))
-                    tab.close()
-                finally:
-                    process.terminate()
-                    process.wait(30)
-                print(f"round {round_ + 1} {name}: " + ", ".join(f"{t:.2f}" for t in results[name][-1].values()),
-                      flush=True)
+
+        def measure(app: Path) -> dict[str, float]:
+            process, url = start_server(app, checkpoints)
+            try:
+                tab = browser.new_page(viewport={"width": 1500, "height": 1000})
+                times = walk(tab, url)
+                tab.close()
+                return times
+            finally:
+                process.terminate()
+                process.wait(30)
+
+        side_by_side(args, measure, "change (Explore unless said)", digits=2)
         browser.close()
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}\n")
-    print(f"| change (Explore unless said) | before ({args.before.name}) | after | after / before |")
-    print("| --- | --- | --- | --- |")
-    for step in results["after"][0]:
-        before, after = (statistics.median(r[step] for r in results[name]) for name in ("before", "after"))
-        print(f"| {step} | {before:.2f} s | {after:.2f} s | {after / before:.2f} |")
 
 
 if __name__ == "__main__":

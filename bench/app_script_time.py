@@ -12,18 +12,17 @@ have a ``pages`` package), the order alternating between rounds; median over the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from bench.checkouts import parse_checkouts, side_by_side
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COCO80 = DATA / "weights" / "mobilenet_v2_coco80_linear.pth"
 PHOTO = DATA / "coco-mini" / "val2017" / "000000104455.jpg"
 
@@ -68,28 +67,13 @@ def timed(checkout: Path, checkpoints: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="the other checkout (the app before a change)")
-    parser.add_argument("--after", type=Path, default=ROOT, help="this checkout (default)")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_checkouts(__doc__.split("\n\n")[0], rounds=5)
     if not COCO80.is_file():
         sys.exit("error: needs ../shared/data (the COCO-80 weights, coco-mini)")
-    apps = {"before": args.before.resolve(), "after": args.after.resolve()}
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
-    print(f"load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for suffix in (".pth", ".json"):
             shutil.copy(COCO80.with_suffix(suffix), Path(folder) / COCO80.with_suffix(suffix).name)
-        for round_ in range(args.rounds):
-            for name in (list(apps) if round_ % 2 == 0 else list(apps)[::-1]):
-                results[name].append(timed(apps[name], Path(folder)))
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}\n")
-    print(f"| page: rerun | before ({args.before.name}) | after | after / before |")
-    print("| --- | --- | --- | --- |")
-    for step in results["after"][0]:
-        before, after = (statistics.median(r[step] for r in results[name]) for name in ("before", "after"))
-        print(f"| {step} | {before:.3f} s | {after:.3f} s | {after / before:.2f} |")
+        side_by_side(args, lambda app: timed(app, Path(folder)), "page: change", digits=3)
 
 
 if __name__ == "__main__":
