@@ -16,6 +16,7 @@ import io
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -90,21 +91,14 @@ def _png_short_by(stream: BinaryIO) -> tuple[int, int] | None:
     return (produced, expected) if produced < expected else None
 
 
-def _decode(source: Path | bytes, name: str) -> Image.Image:
-    """Open and fully decode a file or encoded bytes; any failure becomes an :class:`ImageError`."""
+@contextlib.contextmanager
+def _decoding(name: str) -> Iterator[None]:
+    """Turn whatever opening or decoding an image raises into an :class:`ImageError` naming ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata; errors raise
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source if isinstance(source, Path) else io.BytesIO(source), formats=FORMATS)
-            _check_size(*image.size, name)
-            image.load()
-        if image.format == "PNG":
-            with source.open("rb") if isinstance(source, Path) else io.BytesIO(source) as stream:
-                short = _png_short_by(stream)
-            if short:
-                raise ImageError(f"{name}: PNG image data ends early ({short[0]:,} of {short[1]:,} bytes); "
-                                 "the file is damaged, re-export it")
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -119,7 +113,33 @@ def _decode(source: Path | bytes, name: str) -> Image.Image:
     except Exception as exc:  # Pillow's decoders fail with any exception type
         detail = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
         raise ImageError(f"{name}: image data is corrupt or truncated ({detail}); re-export the file") from None
+
+
+def _load_pixels(image: Image.Image, name: str) -> Image.Image:
+    """Decode an opened (lazy) image, inside :func:`_decoding`: the size is checked before any pixel is
+    decoded, and a PNG's data stream is checked for an early end (Pillow would fill the missing rows
+    with black) on the image's own file object — the same checks whether the image came as a path,
+    as bytes or as a ``PIL.Image`` the caller opened. An image already decoded has no stream left."""
+    _check_size(*image.size, name)
+    stream = getattr(image, "fp", None)
+    if image.format == "PNG" and stream is not None:
+        position = stream.tell()
+        try:
+            short = _png_short_by(stream)
+        finally:
+            stream.seek(position)
+        if short:
+            raise ImageError(f"{name}: PNG image data ends early ({short[0]:,} of {short[1]:,} bytes); "
+                             "the file is damaged, re-export it")
+    image.load()
     return image
+
+
+def _decode(source: Path | bytes, name: str) -> Image.Image:
+    """Open and fully decode a file or encoded bytes; any failure becomes an :class:`ImageError`."""
+    with _decoding(name):
+        image = Image.open(source if isinstance(source, Path) else io.BytesIO(source), formats=FORMATS)
+        return _load_pixels(image, name)
 
 
 def _float_to_uint8(values: np.ndarray, name: str) -> np.ndarray:
@@ -189,13 +209,8 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     if isinstance(source, np.ndarray):
         return _from_array(source, label)
     if isinstance(source, Image.Image):
-        _check_size(*source.size, label)
-        try:
-            source.load()
-        except Exception as exc:  # a lazily opened image decodes here, with any exception type
-            raise ImageError(f"{label}: image data is corrupt or truncated ({exc.__class__.__name__}); "
-                             "re-export the file") from None
-        image = source
+        with _decoding(label):  # a lazily opened image decodes here
+            image = _load_pixels(source, label)
     elif isinstance(source, (str, Path)):
         image = _decode(_readable_path(Path(source), label), label)
     elif isinstance(source, (bytes, bytearray, memoryview)):

@@ -23,7 +23,7 @@ from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
 from camloc.preprocess import normalise, pixels_of, resize_square
 from camloc.profiling import stage
-from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, make_recipe
+from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, make_recipe
 
 TTA_SCALES = (0.75, 1.0, 1.25)
 
@@ -46,10 +46,11 @@ class Analysis:
     def rows(self, classes: Sequence[int]) -> list[int]:
         """Positions in ``raw_maps`` of the given class indices (a ``ValueError`` if one is not held)."""
         where = {int(k): i for i, k in enumerate(self.classes.tolist())}
-        missing = [int(k) for k in classes if int(k) not in where]
+        indices = class_indices(classes, len(self.probs))
+        missing = [k for k in indices if k not in where]
         if missing:
             raise ValueError(f"no map computed for class indices {missing}")
-        return [where[int(k)] for k in classes]
+        return [where[k] for k in indices]
 
     @staticmethod
     def average(views: Sequence[Analysis]) -> Analysis:
@@ -226,12 +227,15 @@ class Localizer:
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
+        if classes is not None:
+            class_indices(classes, len(self.class_names))  # refused before any image is decoded
         return self.analyze_batch(self.pixels(batch), classes, views).images()
 
     def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | None = None,
                       views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
         """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch."""
-        wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
+        wanted = None if classes is None else torch.as_tensor(class_indices(classes, len(self.class_names)),
+                                                              dtype=torch.long, device=self.device)
         views = tuple(views or self.views())
         if wanted is None and self.method != "cam":
             _, probs = self._forward_views(pixels, None, views, maps=False)

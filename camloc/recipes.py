@@ -19,6 +19,7 @@ upsample, ReLU, min-max, Otsu (or a fraction of the max), every outer contour (o
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
@@ -96,18 +97,36 @@ class BatchBoxes:
 GATES = ("all", "topk", "prob")
 
 
+def class_indices(values: Sequence[int] | Tensor | np.ndarray, num_classes: int | None = None) -> list[int]:
+    """Explicit class indices, checked once for every caller (``classes=`` of a recipe or a Localizer, of
+    :meth:`~camloc.localize.Localizer.analyze` and of :meth:`~camloc.localize.Localizer.detections`):
+    each an integer — Python, NumPy or from an integer tensor; never a bool, never a float such as 1.5 —
+    with ``0 ≤ k < num_classes`` when ``num_classes`` is given. Otherwise one ``ValueError`` that names
+    the values and what is allowed."""
+    if isinstance(values, str):
+        raise ValueError(f"class indices must be a sequence of integers, got the string {values!r}")
+    try:
+        items = values.tolist() if isinstance(values, (Tensor, np.ndarray)) else list(values)
+    except TypeError:
+        raise ValueError(f"class indices must be a sequence of integers, got {values!r}") from None
+    items = items if isinstance(items, list) else [items]  # a 0-d tensor or array: one index
+    wrong = [k for k in items if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral)]
+    if wrong:
+        raise ValueError(f"class indices must be integers (not {wrong[0]!r}), got {items!r}")
+    indices = [int(k) for k in items]
+    outside = [k for k in indices if k < 0 or (num_classes is not None and k >= num_classes)]
+    if outside:
+        allowed = "non-negative" if num_classes is None else f"0 to {num_classes - 1} for {num_classes} classes"
+        raise ValueError(f"class indices {outside} are out of range (allowed: {allowed})")
+    return indices
+
+
 def parse_class_selection(selection: str | Sequence[int]) -> tuple[tuple[str, float], ...] | list[int]:
     """Class gating → a normalised selection: explicit class indices (a list), or a string of
     ``"all"``, ``"topk:N"`` (N ≥ 1), ``"prob:P"`` (0 ≤ P ≤ 1), or both of the last two joined by a
     comma (``"topk:10,prob:0.05"``: the 10 most probable classes that also have p ≥ 0.05)."""
     if not isinstance(selection, str):
-        try:
-            indices = [int(k) for k in selection]
-        except (TypeError, ValueError):
-            raise ValueError(f"classes must be a selection string or class indices, got {selection!r}") from None
-        if any(k < 0 for k in indices) or any(isinstance(k, bool) for k in selection):
-            raise ValueError(f"class indices must be non-negative integers, got {list(selection)!r}")
-        return indices
+        return class_indices(selection)
     parts = []
     for part in selection.strip().lower().split(","):
         kind, _, value = part.strip().partition(":")
@@ -141,10 +160,8 @@ def select_classes(probs: Tensor, selection: str | Sequence[int], supported: Ten
     num_classes = probs.shape[-1]
     supported = torch.ones(num_classes, dtype=torch.bool, device=probs.device) if supported is None else supported
     if isinstance(chosen, list):
-        if any(k >= num_classes for k in chosen):
-            raise ValueError(f"class indices {chosen} are out of range for {num_classes} classes")
         mask = torch.zeros_like(probs, dtype=torch.bool)
-        mask[:, chosen] = True
+        mask[:, class_indices(chosen, num_classes)] = True
         return mask & supported
     mask = torch.ones_like(probs, dtype=torch.bool)
     for kind, value in chosen:

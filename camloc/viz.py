@@ -1,42 +1,81 @@
-"""Pictures of maps and boxes: heatmap overlay, labelled boxes, top-k CAM grid, multi-class overlay.
+"""Pictures of maps and boxes: heatmap overlay and its colour bar, labelled boxes, top-k CAM grid,
+multi-class overlay.
 
 Every function takes an RGB ``PIL.Image`` (or ``H×W×3`` uint8 array) and normalised maps in
 [0, 1], and returns a new RGB ``PIL.Image``; inputs are never modified.
 
-Classes are coloured by their **category id** (the id a dataset and a model's ``category_ids``
-agree on), so a class has the same colour on every page, picture and plot. Boxes and labels are
-sized from the image, so they stay readable when the picture is shown small, and are outlined in
-black so that any class colour stays visible over any heatmap.
+Colours are chosen **per picture**: the classes shown together take :func:`distinct_colors` in
+the order of the list beside them, each as far as possible (CIEDE2000) from the ones before it,
+none grey, pale or near black. Boxes and labels are sized from the image, so they stay readable
+when the picture is shown small, and are outlined in black so that any colour stays visible over
+any heatmap. Every box gets a tag: its full label where one fits without covering another tag,
+else its short key (the rank of a detection, ``GT1``… for ground truth), which the table beside
+the picture resolves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from skimage.color import deltaE_ciede2000, rgb2lab
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT}
 
-#: Categorical palette: the first 96 colours of the Glasbey sequence (each colour as far as possible
-#: from all earlier ones) with chroma ≥ 20 and lightness ≤ 70, i.e. no greys and nothing pale on
-#: white — colorcet's ``glasbey_dark`` (https://colorcet.holoviz.org, CC-BY 4.0). Index = category id,
-#: which covers COCO's ids 1–90 without repeats.
-PALETTE = tuple(f"#{c}" for c in (
-    "d60000", "8c3bff", "018700", "00acc6", "e6a500", "ff7ed1", "6b004f", "573b00", "005659", "15e18c", "0000dd",
-    "a17569", "bcb6ff", "bf03b8", "645472", "790000", "0774d8", "729a7c", "ff7752", "004b00", "8e7b01", "f2007b",
-    "8eba00", "a57bb8", "5901a3", "e2afaf", "a03a52", "a1c8c8", "9e4b00", "546744", "bac389", "5e7b87", "60383b",
-    "8287ff", "380000", "e252ff", "2f5282", "7ecaff", "c4668e", "008069", "919eb6", "cc7407", "7e2a8e", "00bda3",
-    "2db152", "4d33ff", "00e400", "ff00cd", "c85748", "e49cff", "1ca1ff", "6e70aa", "c89a69", "77563b", "03dae6",
-    "c1a3c3", "ff6989", "ba00fd", "915280", "9e0174", "93a14f", "364424", "af6dff", "596d00", "ff3146", "828056",
-    "006d2d", "8956af", "5949a3", "773416", "85c39a", "5e1123", "d48580", "a32818", "0087b1", "ca0044", "ffa056",
-    "eb4d00", "6b9700", "528549", "755900", "c8c33f", "91d370", "4b9793", "4d230c", "60345b", "8300cf", "8a0031",
-    "9e6e31", "ac8399", "c63189", "015438", "086b83", "87a8eb", "6466ef", "c35dba"))
+#: Class colours are drawn from the sRGB colours (a 15-step grid) with CIE L* in this range — nothing
+#: pale on white, nothing near black — and chroma C*ab of at least :data:`MIN_CHROMA`: no greys.
+LIGHTNESS = (35.0, 75.0)
+MIN_CHROMA = 40.0
+#: The first class colour: magenta, which none of :data:`COLORMAPS` contains, so the boxes of a
+#: picture's (first) class stand out over any heatmap.
+FIRST_COLOR = (255, 0, 255)
 GROUND_TRUTH_COLOR = (255, 255, 255)
 HALO = (0, 0, 0)
+#: Pixels kept free between two tags, so that neighbouring tags read as two.
+TAG_GAP = 3
+
+
+@cache
+def _candidate_colors() -> tuple[np.ndarray, np.ndarray]:
+    """The class-colour candidates: sRGB (n, 3) uint8 and their CIELAB coordinates (n, 3)."""
+    levels = np.arange(0, 256, 15)
+    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = rgb2lab(rgb[None] / 255.0)[0]
+    keep = (np.hypot(lab[:, 1], lab[:, 2]) >= MIN_CHROMA) & (lab[:, 0] >= LIGHTNESS[0]) & (lab[:, 0] <= LIGHTNESS[1])
+    return rgb[keep].astype(np.uint8), lab[keep]
+
+
+@cache
+def _color_sequence(n: int) -> tuple[tuple[int, int, int], ...]:
+    rgb, lab = _candidate_colors()
+    anchor = rgb2lab(np.array([[FIRST_COLOR]], np.float64) / 255.0)[0, 0]
+    chosen = [int(np.argmin(deltaE_ciede2000(lab, np.broadcast_to(anchor, lab.shape))))]
+    nearest = deltaE_ciede2000(lab, np.broadcast_to(lab[chosen[0]], lab.shape))
+    while len(chosen) < n:  # farthest-point sampling: each new colour maximises its distance to the nearest chosen one
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, deltaE_ciede2000(lab, np.broadcast_to(lab[chosen[-1]], lab.shape)))
+    return tuple(tuple(int(v) for v in rgb[i]) for i in chosen)
+
+
+def distinct_colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` RGB colours for the classes shown together, in order: the candidate nearest to
+    :data:`FIRST_COLOR` first, then each the candidate farthest from all before it in CIEDE2000
+    (scikit-image's ``deltaE_ciede2000``), so any first ``k`` are as far apart as this greedy rule makes
+    them (ΔE2000 ≥ 32 for 8 colours, ≥ 24 for 12, ≥ 18 for 16). The same ``n`` gives the same list."""
+    if n < 0:
+        raise ValueError(f"the number of colours must be ≥ 0, got {n}")
+    return list(_color_sequence(max(n, 1))[:n])
+
+
+def color_hex(color: Sequence[int]) -> str:
+    """``(r, g, b)`` → ``#rrggbb``."""
+    return "#" + "".join(f"{int(c):02x}" for c in color)
 
 
 def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -68,17 +107,6 @@ def overlay_heatmap(image: Image.Image | np.ndarray, heat: np.ndarray, alpha: fl
     return Image.fromarray(cv2.addWeighted(rgb, 1.0 - alpha, colour, alpha, 0.0))
 
 
-def class_hex(category_id: int) -> str:
-    """The ``#rrggbb`` colour of the class with this category id (see :data:`PALETTE`)."""
-    return PALETTE[int(category_id) % len(PALETTE)]
-
-
-def class_color(category_id: int) -> tuple[int, int, int]:
-    """The RGB colour of the class with this category id, the same on every page and plot."""
-    code = class_hex(category_id)
-    return int(code[1:3], 16), int(code[3:5], 16), int(code[5:7], 16)
-
-
 def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever contrasts more with ``background`` (WCAG relative luminance)."""
     linear = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in background]
@@ -87,8 +115,19 @@ def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def format_score(score: float) -> str:
-    """A score or probability with 3 significant digits (``0.862``, ``0.0523``, ``1.00``)."""
-    return f"{score:#.3g}"
+    """A score, probability or IoU with 3 significant digits, written the way the app's tables write a
+    number with format ``%.3g`` (JavaScript's ``String(Number(x.toPrecision(3)))``), so that a picture and
+    the table beside it show the same text: ``0.57``, ``0.0523``, ``0.000317``, ``1``, ``1.23e-7``."""
+    value = Decimal(float(score))
+    if not value.is_finite():
+        return "NaN" if value.is_nan() else ("-Infinity" if value < 0 else "Infinity")
+    if value == 0:
+        return "0"
+    rounded = value.quantize(Decimal(1).scaleb(value.adjusted() - 2), rounding=ROUND_HALF_UP)
+    if rounded.adjusted() < -6 or rounded.adjusted() >= 21:  # where JavaScript writes an exponent
+        return f"{rounded.normalize():e}"
+    text = format(rounded, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def label_size(width: int, height: int) -> int:
@@ -102,53 +141,138 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size)
 
 
-def draw_boxes(image: Image.Image | np.ndarray, detections: Sequence[dict], names: dict[int, str] | None = None,
-               color: tuple[int, int, int] | None = None, width: int | None = None) -> Image.Image:
-    """Draw COCO ``detections`` or annotations (``bbox`` [x, y, w, h], ``category_id``, optional ``score``).
+@dataclass(frozen=True)
+class LabelledBox:
+    """A box to draw: ``bbox`` ``[x, y, w, h]`` in pixels, its outline ``color``, its ``label`` (e.g.
+    ``"1 zebra 0.57"``) and its ``key`` (e.g. ``"1"``), the short name shown where the label finds no
+    free place; the table beside the picture resolves the key."""
 
-    Each box is outlined in its class colour (or ``color``) with a thin black halo, and labelled
-    ``"name score"`` (3 significant digits) — or just ``"name"`` when it has no score (ground
-    truth). Line width and label size follow the image size (``width`` overrides the line width).
-    Boxes are drawn from the lowest score up, so the best box is on top; labels are placed from the
-    highest score down, and a label that would cover one already placed is left out (its box is
-    still drawn), so that a picture with many boxes stays readable.
+    bbox: tuple[float, float, float, float]
+    color: tuple[int, int, int]
+    label: str
+    key: str = ""
+
+
+def _spots(bbox: Sequence[float], tag_w: float, tag_h: float, size: tuple[int, int]) -> np.ndarray:
+    """Top-left corners ``(n, 2)`` for a tag of ``tag_w × tag_h`` along a box, in order of preference: above
+    its top-left corner, inside it, below the bottom-left corner, inside it, the same on the right; then
+    every place along its top and bottom edges (above, inside) and its left and right sides (outside,
+    inside), a tag apart. Each kept inside the image, none twice."""
+    x, y, w, h = (float(v) for v in bbox)
+    corners = [(left, top) for left in (x, x + w - tag_w) for top in (y - tag_h, y, y + h, y + h - tag_h)]
+    along_x = np.arange(x, max(x, x + w - tag_w) + 1, max(tag_w, 1.0))
+    along_y = np.arange(y, max(y, y + h - tag_h) + 1, max(tag_h, 1.0))
+    edges = [(left, top) for top in (y - tag_h, y, y + h, y + h - tag_h) for left in along_x]
+    sides = [(left, top) for left in (x - tag_w, x, x + w - tag_w, x + w) for top in along_y]
+    spots = np.array(corners + edges + sides, np.float64)
+    spots[:, 0] = spots[:, 0].clip(0.0, max(0.0, size[0] - tag_w))
+    spots[:, 1] = spots[:, 1].clip(0.0, max(0.0, size[1] - tag_h))
+    _, first = np.unique(spots, axis=0, return_index=True)
+    return spots[np.sort(first)]
+
+
+def layout_tags(boxes: Sequence[LabelledBox], size: tuple[int, int],
+                measure: Callable[[str], tuple[float, float]]) -> list[tuple[str, tuple[float, ...]] | None]:
+    """Where each box's tag goes: ``(text, (x0, y0, x1, y1))`` per box, in order — earlier boxes choose first.
+
+    A box's full label goes at its first spot (:func:`_spots`) that covers no tag placed before it (nor
+    comes closer to one than :data:`TAG_GAP` pixels);
+    failing that its key does; failing that too, the key goes where it covers the least of the others.
+    So every box is tagged, and tags never overlap while a free spot exists. ``measure(text)`` is the
+    tag's ``(width, height)``.
     """
+    placed = np.zeros((0, 4))
+    result = []
+    for box in boxes:
+        choice = None
+        for text in dict.fromkeys(t for t in (box.label, box.key or box.label) if t):
+            tag_w, tag_h = measure(text)
+            spots = _spots(box.bbox, tag_w, tag_h, size)
+            tags = np.concatenate([spots, spots + np.array([tag_w, tag_h])], axis=1)
+            apart = placed + np.array([-TAG_GAP, -TAG_GAP, TAG_GAP, TAG_GAP])
+            covered = (np.clip(np.minimum(tags[:, None, 2], apart[None, :, 2])
+                               - np.maximum(tags[:, None, 0], apart[None, :, 0]), 0, None)
+                       * np.clip(np.minimum(tags[:, None, 3], apart[None, :, 3])
+                                 - np.maximum(tags[:, None, 1], apart[None, :, 1]), 0, None)).sum(1)
+            best = int(np.argmin(covered))  # the first spot that covers nothing, if there is one
+            if covered[best] == 0 or text == (box.key or box.label):
+                choice = (text, tuple(float(v) for v in tags[best]))
+                break
+        if choice is not None:  # None: a box with neither label nor key
+            placed = np.vstack([placed, choice[1]])
+        result.append(choice)
+    return result
+
+
+def draw_labelled(image: Image.Image | np.ndarray, boxes: Sequence[LabelledBox], width: int | None = None,
+                  text_scale: float = 1.0) -> Image.Image:
+    """Draw ``boxes``, the first on top: outlines in their colours with a thin black halo, then one tag per
+    box (:func:`layout_tags`; filled with the box's colour, text in black or white, whichever reads better).
+    Line width and text size follow the image size (``width`` overrides the line width; ``text_scale``
+    enlarges the text for a picture shown smaller than a third of a screen)."""
     canvas = Image.fromarray(_rgb(image).copy())
     draw = ImageDraw.Draw(canvas)
-    font = _font(label_size(*canvas.size))
+    font = _font(round(label_size(*canvas.size) * text_scale))
     width = width or max(2, round(max(canvas.size) / 160))
-    ranked = sorted(detections, key=lambda d: -d["score"] if d.get("score") is not None else 0.0)
-    for det in reversed(ranked):
-        x, y, w, h = (float(v) for v in det["bbox"])
+    for box in reversed(boxes):
+        x, y, w, h = (float(v) for v in box.bbox)
         x1, y1 = x + max(w - 1, 0), y + max(h - 1, 0)
         draw.rectangle([x - 1, y - 1, x1 + 1, y1 + 1], outline=HALO, width=width + 2)
-        draw.rectangle([x, y, x1, y1], outline=color or class_color(det.get("category_id", 0)), width=width)
-    placed: list[tuple[float, float, float, float]] = []
-    for det in ranked:
-        category = det.get("category_id", 0)
-        label = str((names or {}).get(category, category))
-        if det.get("score") is not None:
-            label += f" {format_score(det['score'])}"
-        _draw_label(draw, det["bbox"], label, color or class_color(category), font, canvas.size, placed)
+        draw.rectangle([x, y, x1, y1], outline=box.color, width=width)
+
+    def measure(text: str) -> tuple[float, float]:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        pad = max(2, round((bottom - top) / 6))
+        return right - left + 2 * pad, bottom - top + 2 * pad
+
+    for box, (text, tag) in ((b, t) for b, t in zip(boxes, layout_tags(boxes, canvas.size, measure)) if t):
+        left, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        pad = max(2, round((bottom - top) / 6))
+        draw.rectangle(tag, fill=box.color, outline=HALO)
+        draw.text((tag[0] + pad - left, tag[1] + pad - top), text, fill=text_color(box.color), font=font)
     return canvas
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, bbox: Sequence[float], label: str, fill: tuple[int, int, int],
-                font: ImageFont.FreeTypeFont | ImageFont.ImageFont, size: tuple[int, int],
-                placed: list[tuple[float, float, float, float]]) -> None:
-    """A filled tag with ``label`` just above the box's top-left corner, or just inside it, wherever it
-    covers no tag in ``placed`` (then it is added there); nowhere free: no tag."""
-    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-    pad = max(2, round((bottom - top) / 6))
-    tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x = min(max(0.0, float(bbox[0])), max(0.0, size[0] - tag_w))
-    for y in (float(bbox[1]) - tag_h, float(bbox[1])):
-        tag = (x, y, x + tag_w, y + tag_h)
-        if y >= 0 and not any(tag[0] < o[2] and o[0] < tag[2] and tag[1] < o[3] and o[1] < tag[3] for o in placed):
-            placed.append(tag)
-            draw.rectangle(tag, fill=fill, outline=HALO)
-            draw.text((x + pad - left, y + pad - top), label, fill=text_color(fill), font=font)
-            return
+def draw_boxes(image: Image.Image | np.ndarray, detections: Sequence[dict], names: Mapping[int, str] | None = None,
+               color: tuple[int, int, int] | None = None, width: int | None = None,
+               colors: Mapping[int, tuple[int, int, int]] | None = None) -> Image.Image:
+    """Draw COCO ``detections`` or annotations (``bbox`` [x, y, w, h], ``category_id``, optional ``score``).
+
+    Detections go best score first, keyed by rank (``1``, ``2``, …) and labelled ``"1 dog 0.86"``;
+    annotations (no score) keyed ``GT1``, ``GT2``, … in the order given and labelled ``"GT1 dog"``. A
+    label that finds no free place shows its key alone (see :func:`draw_labelled`). Colours: ``color``
+    for every box, else ``colors[category_id]``, else :func:`distinct_colors` over the categories in
+    the order they first appear.
+    """
+    ranked = sorted(detections, key=lambda d: -d["score"] if d.get("score") is not None else 0.0)
+    categories = list(dict.fromkeys(d.get("category_id", 0) for d in ranked))
+    palette = colors or dict(zip(categories, distinct_colors(len(categories))))
+    boxes = []
+    for rank, det in enumerate(ranked, 1):
+        category = det.get("category_id", 0)
+        scored = det.get("score") is not None
+        key = str(rank) if scored else f"GT{rank}"
+        words = [key, str((names or {}).get(category, category)), *([format_score(det["score"])] if scored else [])]
+        boxes.append(LabelledBox(tuple(det["bbox"]), color or palette[category], " ".join(words), key))
+    return draw_labelled(image, boxes, width)
+
+
+def colorbar(colormap: str = "jet", width: int = 320) -> Image.Image:
+    """The key to a heatmap's colours: ``colormap`` from 0 (left) to 1 (right) with ticks at 0, 0.25, …, 1
+    — the normalised map, 0 at its minimum and 1 at its maximum."""
+    strip_h, font = 14, _font(12)
+    margin = 12
+    ramp = colorize(np.tile(np.linspace(0.0, 1.0, width - 2 * margin, dtype=np.float32), (strip_h, 1)), colormap)
+    bar = Image.new("RGB", (width, strip_h + 22), (255, 255, 255))
+    bar.paste(Image.fromarray(ramp), (margin, 0))
+    draw = ImageDraw.Draw(bar)
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = margin + value * (width - 2 * margin - 1)
+        draw.line([(x, strip_h), (x, strip_h + 3)], fill=(0, 0, 0))
+        text = format_score(value)
+        left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+        draw.text((x - (right - left) / 2, strip_h + 5), text, fill=(0, 0, 0), font=font)
+    return bar
 
 
 def cam_grid(image: Image.Image | np.ndarray, heats: Sequence[np.ndarray], titles: Sequence[str],
@@ -174,18 +298,19 @@ def cam_grid(image: Image.Image | np.ndarray, heats: Sequence[np.ndarray], title
     return grid
 
 
-def multiclass_overlay(image: Image.Image | np.ndarray, heats: np.ndarray, category_ids: Sequence[int],
-                       alpha: float = 0.6, floor: float = 0.2) -> Image.Image:
+def multiclass_overlay(image: Image.Image | np.ndarray, heats: np.ndarray,
+                       colors: Sequence[tuple[int, int, int]] | None = None, alpha: float = 0.6,
+                       floor: float = 0.2) -> Image.Image:
     """One colour per class: each pixel takes the colour of its hottest class, blended by that heat.
 
-    ``heats (K, H, W)`` in [0, 1], one map per entry of ``category_ids`` (which pick the colours, see
-    :func:`class_color`); pixels whose hottest heat is below ``floor`` stay as they are.
+    ``heats (K, H, W)`` in [0, 1], one map per entry of ``colors`` (default :func:`distinct_colors`,
+    in the order of the maps); pixels whose hottest heat is below ``floor`` stay as they are.
     """
     rgb = _rgb(image).astype(np.float32)
     heats = np.stack([_fit(h, *rgb.shape[:2]) for h in np.asarray(heats)])
     winner = heats.argmax(0)
     strength = heats.max(0)
-    palette = np.array([class_color(int(k)) for k in category_ids], dtype=np.float32)
+    palette = np.array(colors if colors is not None else distinct_colors(len(heats)), dtype=np.float32)
     weight = (alpha * np.clip((strength - floor) / max(1e-6, 1 - floor), 0, 1))[..., None]
     blended = rgb * (1 - weight) + palette[winner] * weight
     return Image.fromarray(blended.round().astype(np.uint8))

@@ -5,12 +5,15 @@ result is cached, so changing the class, threshold, box mode, recipe, opacity or
 re-derives maps and boxes from the cache. TTA-CAM is the average of six cached views, one of which
 is the plain CAM pass, so switching to it runs the network five more times and never again for that
 image; a recipe that refines the maps with the mirrored image shares that mirrored view.
-``st.session_state["forward_passes"]`` counts the views really computed.
+``st.session_state["forward_passes"]`` counts the views really computed. The boxes of a class under
+a recipe and its options are cached too (:meth:`Maps.detections`), so a page that shows them twice,
+or again after a display change, computes them once.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,41 +24,94 @@ from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
 from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from pages.inputs import InputImage
-from pages.state import carry, options_filter
+from pages.state import carry, options_filter, remembered
 
 METHODS = {"CAM": ("cam", False), "Grad-CAM": ("gradcam", False), "Grad-CAM++": ("gradcampp", False),
            "TTA-CAM": ("cam", True)}
 THRESHOLD_MODES = ("Otsu", "Fraction of max")
 #: A recipe that takes each method's maps as they are (the course recipe: no mirror image), for the
-#: views of an analysis with no recipe in mind (class ranking, the All classes page).
+#: views of an analysis with no recipe in mind.
 PLAIN_MAPS = "seed"
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _localizer(model_id: int, method: str, tta: bool, _model: CamModel, _meta: dict[str, Any]) -> Localizer:
+    return Localizer(_model, _meta, method=method, tta=tta, device="cpu")
+
+
 def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False) -> Localizer:
-    return Localizer(model, meta, method=method, tta=tta, device="cpu")
+    """The Localizer of ``model`` for ``method``, made once (it holds the model, so no other model can
+    take that model's id while it is cached)."""
+    return _localizer(id(model), method, tta, model, meta)
 
 
 @st.cache_data(show_spinner="Running the network…", max_entries=256)
-def _analyze_view(image_bytes: bytes, model_key: str, method: str, classes: tuple[int, ...] | None,
-                  view: tuple[float, bool], _localizer: Localizer) -> Analysis:
-    """One view's forward pass (and backward, for gradient methods), cached on the bytes themselves."""
+def _analyze_view(digest: str, model_key: str, method: str, classes: tuple[int, ...] | None,
+                  view: tuple[float, bool], _image_bytes: bytes, _localizer: Localizer) -> Analysis:
+    """One view's forward pass (and backward, for gradient methods), cached on the image's digest."""
     st.session_state["forward_passes"] = st.session_state.get("forward_passes", 0) + 1
-    return _localizer.analyze([image_bytes], classes, views=[view])[0]
+    return _localizer.analyze([_image_bytes], classes, views=[view])[0]
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _detections(key: tuple, k: int, recipe: str, options: tuple[tuple[str, Any], ...],
+                _maps: Maps) -> list[dict[str, Any]]:
+    found = _maps.localizer.detections(_maps.analysis, classes=[k], recipe=recipe, **dict(options))
+    return sorted(found, key=lambda d: -d["score"])
+
+
+def views_label(views: tuple[tuple[float, bool], ...]) -> str:
+    """What an analysis averages, in words."""
+    if len(views) == 1:
+        return "one view of the image"
+    if {scale for scale, _ in views} == {1.0}:
+        return "the image and its mirror image, averaged"
+    return f"{len(views)} views averaged: {len({scale for scale, _ in views})} scales, each with its mirror image"
+
+
+@dataclass(frozen=True)
+class Maps:
+    """One image's analysis (probabilities of every class and maps of every class) for one method and set
+    of views, and the key that its boxes and pictures are cached under."""
+
+    key: tuple[str, str, str, bool, tuple[tuple[float, bool], ...]]  # image digest, model, method, TTA, views
+    analysis: Analysis
+    localizer: Localizer
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.analysis.probs.numpy()
+
+    @property
+    def views(self) -> str:
+        return views_label(self.analysis.views)
+
+    def detections(self, k: int, recipe: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Class ``k``'s boxes under ``recipe`` with ``options`` (cached), best score first."""
+        return _detections(self.key, k, recipe, tuple(sorted((options or {}).items())), self)
 
 
 def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], method: str = "cam",
-            tta: bool = False, recipe: str | None = None) -> Analysis:
-    """The analysis of ``image``, with the maps of every class, from cached views: the TTA views, or those
-    box ``recipe`` needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image alone.
+            tta: bool = False, recipe: str | None = None) -> Maps:
+    """The maps of ``image``, of every class, from cached views: the TTA views, or those box ``recipe``
+    needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image alone.
 
     Gradient methods too compute every class at once (one forward pass, batched backward passes
     through the head only), which costs little more than one class and makes class changes free.
     """
-    classes = None if method == "cam" else tuple(range(meta["num_classes"]))
     localizer = localizer_for(model, meta, method, tta)
-    views = [_analyze_view(image.data, model_key, method, classes, view, localizer)
-             for view in localizer.views(recipe or PLAIN_MAPS)]
-    return views[0] if len(views) == 1 else Analysis.average(views)
+    key = (image.digest, model_key, method, tta, tuple(localizer.views(recipe or PLAIN_MAPS)))
+    return Maps(key, _joined_views(key, meta["num_classes"], image.data, localizer), localizer)
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _joined_views(key: tuple, num_classes: int, _image_bytes: bytes, _localizer: Localizer) -> Analysis:
+    """The analysis over the views of ``key`` (``(digest, model, method, TTA, views)``) from the cached views,
+    kept as one object (read-only), so that a page asking for it again pays one lookup, not one per view."""
+    digest, model_key, method, _, views = key
+    classes = None if method == "cam" else tuple(range(num_classes))
+    analyses = [_analyze_view(digest, model_key, method, classes, view, _image_bytes, _localizer) for view in views]
+    return analyses[0] if len(analyses) == 1 else Analysis.average(analyses)
 
 
 def ranked_classes(probs: np.ndarray, meta: dict[str, Any]) -> list[int]:
@@ -75,6 +131,12 @@ def pick_class(ranked: list[int], meta: dict[str, Any], context: tuple, where=st
     return names.index(chosen)
 
 
+def chosen_recipe() -> str:
+    """The box recipe picked on Explore or Compare (the default before), for a page without the picker."""
+    names = list(RECIPES)
+    return remembered("recipe", DEFAULT_RECIPE if DEFAULT_RECIPE in names else names[0], options_filter(names))
+
+
 def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
     """The box recipe picker with the threshold / box-mode controls the chosen recipe has.
 
@@ -82,7 +144,7 @@ def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
     each recipe remembers its own settings.
     """
     names = list(RECIPES)
-    name = carry("recipe", DEFAULT_RECIPE if DEFAULT_RECIPE in names else names[0], options_filter(names))
+    carry("recipe", DEFAULT_RECIPE if DEFAULT_RECIPE in names else names[0], options_filter(names))
     name = where.selectbox("Box recipe", names, key="recipe",
                            help="How maps become boxes (camloc.recipes); new recipes appear here by themselves")
     recipe = RECIPES[name]

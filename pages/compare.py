@@ -7,52 +7,63 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
-from camloc.localize import Analysis, Localizer
-from camloc.models import CamModel
 from camloc.recipes import RECIPES
-from camloc.viz import COLORMAPS, format_score, overlay_heatmap
-from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
+from camloc.viz import COLORMAPS, colorbar, format_score
+from pages.analysis import METHODS, Maps, analyze, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
-from pages.inputs import InputImage, annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
+from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
 from pages.model_picker import pick_model
-from pages.pictures import boxes_picture
+from pages.pictures import BoxDisplay, encoded, pick_box_display, scene
 from pages.state import carry, options_filter
-from pages.tables import significant
+from pages.tables import show_table
 
 PER_ROW = 4
+NOT_IN_TRUTH = "not in the ground truth"
 
 
 def scored(detections: list[dict[str, Any]], truth: list[list[float]] | None) -> dict[str, Any]:
-    """A table row: how many boxes, the top score and, with ground truth, how well the boxes match it."""
-    top = max(detections, key=lambda d: d["score"], default=None)
-    row: dict[str, Any] = {"boxes": len(detections), "top score": significant(top["score"]) if top else None}
-    if truth is not None:
-        row["IoU of top box"] = round(best_iou(top["bbox"], truth), 3) if top else 0.0
+    """A table row: how many boxes, the top score and, when the class is in the image's ground truth, how
+    well the boxes match it."""
+    row: dict[str, Any] = {"boxes": len(detections), "top score": detections[0]["score"] if detections else None}
+    if truth:
+        row["IoU of top box"] = best_iou(detections[0]["bbox"], truth) if detections else 0.0
         found = sum(best_iou(g, [d["bbox"] for d in detections]) >= 0.5 for g in truth)
         row["objects found (IoU ≥ 0.5)"] = f"{found}/{len(truth)}"
     return row
 
 
-def method_analyses(item: InputImage, model_key: str, model: CamModel, meta: dict[str, Any],
-                    recipe: str) -> dict[str, Analysis]:
-    """Each method's analysis of the image, with the views ``recipe`` needs (all cached)."""
-    return {label: analyze(item, model_key, model, meta, method, tta, recipe)
-            for label, (method, tta) in METHODS.items()}
-
-
-def overlay(image: Image.Image, analysis: Analysis, k: int, alpha: float, colormap: str) -> Image.Image:
-    """Class ``k``'s map of ``analysis`` over the image."""
-    return overlay_heatmap(image, analysis.heatmaps([k])[0].numpy(), alpha, colormap)
-
-
-def caption(label: str, detections: list[dict[str, Any]], truth: list[list[float]] | None) -> str:
-    row = scored(detections, truth)
-    text = f"{label}: {row['boxes']} box(es)"
-    if truth is not None:
-        text += f", top box IoU {row['IoU of top box']:.2f}, found {row['objects found (IoU ≥ 0.5)']}"
+def caption(label: str, maps: Maps, shown_views: str, detections: list[dict[str, Any]], display: BoxDisplay,
+            truth: list[list[float]] | None, k: int) -> str:
+    """A tile's caption: what it is, its probability where its views differ from the heading's, its boxes and
+    how they match the ground truth."""
+    text = f"{label}: {display.caption(detections, short=True)}"
+    if maps.views != shown_views:
+        text += f"; p = {format_score(maps.probs[k])} ({maps.views})"
+    if truth:
+        row = scored(detections, truth)
+        text += f"; top box IoU {format_score(row['IoU of top box'])}, found {row['objects found (IoU ≥ 0.5)']}"
+    elif truth is not None:
+        text += f"; {NOT_IN_TRUTH}"
     return text
+
+
+@st.fragment
+def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], image, k: int, display: BoxDisplay,
+                 truth: list[list[float]] | None, alpha: float, colormap: str, shown_views: str) -> None:
+    """Every recipe on one method's maps (a fragment: picking the method reruns only these tiles)."""
+    carry("compare_maps", next(iter(METHODS)), options_filter(METHODS))
+    source = st.radio("Maps from", list(METHODS), horizontal=True, key="compare_maps")
+    st.caption("Each recipe with its default options.")
+    method, tta = METHODS[source]
+    recipes = list(RECIPES)
+    for start in range(0, len(recipes), PER_ROW):
+        for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
+            maps = analyze(item, model_key, model, meta, method, tta, name)
+            found = maps.detections(k, name)
+            column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
+                         output_format="JPEG",
+                         caption=caption(name, maps, shown_views, found, display, truth, k))
 
 
 st.title("Compare methods and box recipes")
@@ -65,56 +76,57 @@ if picked is None or not images:
 model_key, model, meta = picked
 names = meta["class_names"]
 item = pick_image(images)
-image = decode(item)
-if image is None:
+decoded = decode(item)
+if decoded is None:
     st.stop()
+image = decoded.image
+class_slot = side.container()
+recipe, options = pick_recipe()
 try:
-    ranking = analyze(item, model_key, model, meta)
-    k = pick_class(ranked_classes(ranking.probs.numpy(), meta), meta, (model_key, item.digest))
-    recipe, options = pick_recipe()
-    recipes = list(RECIPES)
-    by_recipe = {name: method_analyses(item, model_key, model, meta, name) for name in recipes}
+    ranking = analyze(item, model_key, model, meta, "cam", False, recipe)
+    k = pick_class(ranked_classes(ranking.probs, meta), meta, (model_key, item.digest), where=class_slot)
+    by_method = {label: analyze(item, model_key, model, meta, method, tta, recipe)
+                 for label, (method, tta) in METHODS.items()}
+    by_pair = {(label, name): analyze(item, model_key, model, meta, method, tta, name)
+               for label, (method, tta) in METHODS.items() for name in RECIPES}
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()
-analyses = by_recipe[recipe]
+display = pick_box_display()
 carry("alpha", 0.5)
 alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))
 colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 
 class_name = names[k]
-localizer: Localizer = localizer_for(model, meta)
-category_id = localizer.category_ids[k]
 truth = ground_truth(gt_data, item.name, class_name)
-
 demo_hint(model_key, meta, item)
-st.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[k])})"
-           + (f"; white boxes: its {len(truth)} ground-truth object(s)" if truth is not None else
-              "; no ground truth for this image and class"))
+if truth:
+    known = f"white boxes GT1–GT{len(truth)}: its {len(truth)} ground-truth object(s)"
+elif truth is not None:
+    known = f"“{class_name}” is {NOT_IN_TRUTH} of this image"
+else:
+    known = "no ground truth for this image and class"
+st.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[k])}, {ranking.views}, as on "
+           f"Explore with recipe {recipe}); {known}.")
 
 st.subheader("Methods")
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
-st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map.")
-for column, (label, analysis) in zip(st.columns(len(analyses)), analyses.items()):
-    found = localizer.detections(analysis, classes=[k], recipe=recipe, **options)
-    column.image(boxes_picture(overlay(image, analysis, k, alpha, colormap), found, truth, category_id, class_name),
-                 caption=caption(label, found, truth))
+st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map, numbered "
+           f"best first; drawn: {display.rule} (sidebar); the table below counts them all.")
+for column, (label, maps) in zip(st.columns(len(by_method)), by_method.items()):
+    found = maps.detections(k, recipe, options)
+    column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
+                 output_format="JPEG",
+                 caption=caption(label, maps, ranking.views, found, display, truth, k))
+st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
 
 st.subheader("Box recipes")
-carry("compare_maps", next(iter(METHODS)), options_filter(METHODS))
-source = st.radio("Maps from", list(METHODS), horizontal=True, key="compare_maps")
-st.caption("Each recipe with its default options.")
-for start in range(0, len(recipes), PER_ROW):
-    for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
-        found = localizer.detections(by_recipe[name][source], classes=[k], recipe=name)
-        column.image(boxes_picture(overlay(image, by_recipe[name][source], k, alpha, colormap), found, truth,
-                                   category_id, class_name),
-                     caption=caption(name, found, truth))
+recipe_tiles(item, model_key, model, meta, image, k, display, truth, alpha, colormap, ranking.views)
 
 st.subheader("Every method × recipe")
-st.caption("Each recipe with its default options.")
-rows = [{"method": label, "recipe": name,
-         **scored(localizer.detections(by_recipe[name][label], classes=[k], recipe=name), truth)}
-        for label in METHODS for name in recipes]
-st.dataframe(pd.DataFrame(rows), hide_index=True, height="content", key="compare_table")
+st.caption("Each recipe with its default options; every box counted, drawn or not."
+           + ("" if truth else f" IoU: {NOT_IN_TRUTH}." if truth is not None else ""))
+rows = [{"method": label, "recipe": name, **scored(maps.detections(k, name), truth)}
+        for (label, name), maps in by_pair.items()]
+show_table(pd.DataFrame(rows), key="compare_table", height="content")

@@ -10,10 +10,11 @@ import streamlit as st
 
 from camloc.demo import EXAMPLES
 from camloc.images import ImageError, load_image
-from camloc.viz import draw_boxes
-from pages.geometry import best_iou
+from camloc.viz import color_hex, distinct_colors, draw_boxes, format_score
+from pages.geometry import best_match
+from pages.pictures import encoded
 from pages.state import carry
-from pages.tables import significant
+from pages.tables import show_table
 
 
 @st.cache_data(max_entries=8)
@@ -80,19 +81,34 @@ except ImageError as exc:
     st.stop()
 
 truth = [a for a in by_image.get(info["id"], []) if a["category_id"] in wanted_ids]
-preds = [d for d in detections if d.get("image_id") == info["id"] and d.get("category_id") in wanted_ids
-         and d.get("score", 0) >= min_score]
+preds = sorted((d for d in detections if d.get("image_id") == info["id"] and d.get("category_id") in wanted_ids
+                and d.get("score", 0) >= min_score), key=lambda d: -d["score"])
+shown = list(dict.fromkeys(a["category_id"] for a in [*truth, *preds]))  # this image's classes, truth first
+colours = dict(zip(shown, distinct_colors(len(shown))))
 cols = st.columns(2)
-cols[0].image(draw_boxes(image, truth, names), caption=f"{info['file_name']}: {len(truth)} ground-truth box(es)")
-cols[1].image(draw_boxes(image, preds, names), caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}")
+cols[0].image(encoded(draw_boxes(image, truth, names, colors=colours)), output_format="JPEG",
+              caption=f"{info['file_name']}: {len(truth)} ground-truth box(es), GT1…")
+cols[1].image(encoded(draw_boxes(image, preds, names, colors=colours)), output_format="JPEG",
+              caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}, numbered best first")
 if not det_text.strip():
     st.caption("Give a detections file (e.g. the detections.json of `python -m eval`) to see predictions here.")
 elif not preds:
     st.info(f"No detection on this image with score ≥ {min_score:.2f}"
             + (" among the chosen classes." if wanted else "."))
 else:
-    rows = [{"class": names.get(d["category_id"], d["category_id"]), "score": significant(d["score"]),
-             "box": [round(v) for v in d["bbox"]],
-             "IoU": round(best_iou(d["bbox"], [a["bbox"] for a in truth if a["category_id"] == d["category_id"]]), 3)}
-            for d in preds]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="ds_table")
+    rows = []
+    for rank, d in enumerate(preds, 1):
+        same = [(i, a["bbox"]) for i, a in enumerate(truth, 1) if a["category_id"] == d["category_id"]]
+        iou, at = best_match(d["bbox"], [box for _, box in same])
+        x, y, w, h = (round(float(v)) for v in d["bbox"])
+        rows.append({"#": rank, "class": names.get(d["category_id"], d["category_id"]), "score": float(d["score"]),
+                     "x": x, "y": y, "w": w, "h": h, "IoU": format_score(iou) if same else "—",
+                     "best GT": f"GT{same[at][0]}" if same else "class not in the ground truth"})
+    st.caption("Detections, best first; IoU with the ground-truth box of the same class it overlaps most.")
+    show_table(pd.DataFrame(rows), key="ds_table", colours=[color_hex(colours[d["category_id"]]) for d in preds])
+if truth:
+    st.caption("Ground truth")
+    show_table(pd.DataFrame([{"#": f"GT{i}", "class": names.get(a["category_id"], a["category_id"]),
+                              **dict(zip("xywh", (round(float(v)) for v in a["bbox"]))),
+                              "crowd": bool(a.get("iscrowd"))} for i, a in enumerate(truth, 1)]),
+               key="ds_truth", colours=[color_hex(colours[a["category_id"]]) for a in truth])

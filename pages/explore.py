@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 
 import pandas as pd
 import streamlit as st
 
-from camloc.viz import COLORMAPS, format_score, overlay_heatmap
-from pages.analysis import METHODS, analyze, localizer_for, pick_class, pick_recipe, ranked_classes
-from pages.geometry import best_iou
-from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
+from camloc.viz import COLORMAPS, colorbar, format_score
+from pages.analysis import METHODS, analyze, pick_class, pick_recipe, ranked_classes
+from pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
 from pages.model_picker import pick_model
-from pages.pictures import boxes_picture
+from pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
 from pages.state import carry, options_filter
-from pages.tables import significant
+from pages.tables import boxes_table, show_table
 
 
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+@st.fragment
+def top_classes(names: list[str], ranked: list[int], probs, views: str) -> None:
+    """The top-k table (a fragment: its slider reruns only this table)."""
+    top_k = st.slider("Top-k classes", 1, min(20, len(ranked)), min(5, len(ranked)), key="top_k")
+    show_table(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
+                             "probability": [float(probs[c]) for c in ranked[:top_k]]}), key="topk_table")
+    st.caption(f"Probabilities of {views}, as the boxes use them.")
 
 
 st.title("Explore class activation maps")
@@ -36,60 +38,60 @@ if picked is None or not images:
 model_key, model, meta = picked
 names = meta["class_names"]
 item = pick_image(images)
-image = decode(item)
-if image is None:
+decoded = decode(item)
+if decoded is None:
     st.stop()
+image = decoded.image
 
 carry("method", next(iter(METHODS)), options_filter(METHODS))
 method_label = side.radio("Method", list(METHODS), horizontal=True, key="method")
 method, tta = METHODS[method_label]
-try:
-    ranking = analyze(item, model_key, model, meta, "cam", tta)  # all classes' probabilities (and CAMs)
+class_slot = side.container()  # the class picker goes here; its order needs the recipe's probabilities
+recipe, options = pick_recipe()
+try:  # every class's probability and CAM, over the views the recipe (or TTA) averages: one figure per page
+    ranking = analyze(item, model_key, model, meta, "cam", tta, recipe)
+    probs = ranking.probs
+    ranked = ranked_classes(probs, meta)
+    k = pick_class(ranked, meta, (model_key, item.digest), where=class_slot)
+    maps = ranking if method == "cam" else analyze(item, model_key, model, meta, method, tta, recipe)
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()
-probs = ranking.probs.numpy()
-ranked = ranked_classes(probs, meta)
-k = pick_class(ranked, meta, (model_key, item.digest))
 class_name = names[k]
-recipe, options = pick_recipe()
-analysis = analyze(item, model_key, model, meta, method, tta, recipe)
+display = pick_box_display()
 carry("alpha", 0.5)
 alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))
 colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 
-localizer = localizer_for(model, meta, method, tta)
-heat = analysis.heatmaps([k])[0].numpy()
-detections = localizer.detections(analysis, classes=[k], recipe=recipe, **options)
-category_id = localizer.category_ids[k]
-overlay = overlay_heatmap(image, heat, alpha, colormap)
+detections = maps.detections(k, recipe, options)
 truth = ground_truth(gt_data, item.name, class_name)
-boxed = boxes_picture(overlay, detections, truth, category_id, class_name)
+heat = heat_picture(maps.key, k, alpha, colormap, image, maps)
+boxed = scene(maps, k, image, detections, display, truth, alpha, colormap)
 
-top_k = st.slider("Top-k classes", 1, min(20, len(ranked)), min(5, len(ranked)), key="top_k")
-st.dataframe(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
-                           "probability": [significant(probs[c]) for c in ranked[:top_k]]}),
-             hide_index=True, key="topk_table")
+top_classes(names, ranked, probs, ranking.views)
 cols = st.columns(3)
-cols[0].image(image, caption=f"{item.name} ({image.width}×{image.height})")
+cols[0].image(image, caption=describe(item, decoded))
 demo_hint(model_key, meta, item, cols[0])
-mirrored = " with its mirror image" if analysis.mirrored and not tta else ""
-cols[1].image(overlay, caption=f"{method_label}{mirrored} of “{class_name}” (p = {format_score(analysis.probs[k])})")
+cols[1].image(heat, caption=f"{method_label} of “{class_name}” (p = {format_score(probs[k])})")
+cols[1].image(colorbar(colormap), caption="The map, 0 at its minimum and 1 at its maximum")
 setting = ", ".join(f"{key} {value}" for key, value in options.items())
-cols[2].image(boxed, caption=f"{len(detections)} box(es), recipe {recipe}" + (f": {setting}" if setting else ""))
+boxes_caption = f"{display.caption(detections)}, recipe {recipe}" + (f": {setting}" if setting else "")
+cols[2].image(encoded(boxed), caption=boxes_caption, output_format="JPEG")
 
-rows = [{"box": [round(v) for v in d["bbox"]], "score": significant(d["score"]),
-         **({"IoU with GT": round(best_iou(d["bbox"], truth), 3)} if truth is not None else {})} for d in detections]
-if rows:
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="boxes_table")
+if detections:
+    show_table(boxes_table(detections, truth), key="boxes_table")
 else:
     st.caption(f"No box for “{class_name}” with recipe {recipe}.")
-if truth is not None:
-    st.caption(f"Ground truth: {len(truth)} “{class_name}” object(s) in {item.name} (white boxes).")
+if truth:
+    keys = "GT1" if len(truth) == 1 else f"GT1–GT{len(truth)}"
+    st.caption(f"Ground truth: {len(truth)} “{class_name}” object(s) in {item.name} (white boxes {keys}); "
+               "“best GT” is the one each box overlaps most.")
+elif truth is not None:
+    st.caption(f"“{class_name}” is not in the ground truth of {item.name}: no IoU to show.")
 
 down = st.columns(2)
-down[0].download_button("Overlay PNG", png_bytes(boxed), file_name=f"{item.name.rsplit('.', 1)[0]}_{class_name}.png",
-                        mime="image/png")
-down[1].download_button("Detections JSON", json.dumps(detections, indent=1), file_name="detections.json",
+down[0].download_button("Overlay PNG", functools.partial(png_bytes, boxed),
+                        file_name=f"{item.name.rsplit('.', 1)[0]}_{class_name}.png", mime="image/png")
+down[1].download_button("Detections JSON (every box)", json.dumps(detections, indent=1), file_name="detections.json",
                         mime="application/json")

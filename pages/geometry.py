@@ -16,4 +16,9 @@ def iou(box: Sequence[float], other: Sequence[float]) -> float:
 
 def best_iou(box: Sequence[float], others: Sequence[Sequence[float]]) -> float:
     """Highest IoU of ``box`` with any of ``others`` (0 when there are none)."""
-    return max((iou(box, o) for o in others), default=0.0)
+    return best_match(box, others)[0]
+
+
+def best_match(box: Sequence[float], others: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """``(IoU, index)`` of the box among ``others`` that overlaps ``box`` most (``(0.0, -1)`` for none)."""
+    return max(((iou(box, o), i) for i, o in enumerate(others)), key=lambda pair: pair[0], default=(0.0, -1))

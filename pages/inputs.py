@@ -4,8 +4,10 @@ errors, ground truth matched to the model's classes by name, and the demo model'
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,16 @@ import streamlit as st
 from PIL import Image
 
 from camloc.demo import EXAMPLES, example_images
-from camloc.images import ImageError, load_image
+from camloc.images import FORMATS, ImageError, load_image
 from pages.model_picker import DEMO_KEY
-from pages.state import carry, clear_uploads, options_filter, remember_uploads, uploads
+from pages.state import carry, clear_uploads, newest_upload, options_filter, remember_uploads, uploads
 
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"]
+#: The file name extensions the uploader takes: those of every format ``load_image`` opens (GIF and
+#: WebP included: their first frame), so the browser refuses nothing that camloc can read.
+IMAGE_TYPES = sorted(ext.lstrip(".") for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS)
+#: The smallest side the app accepts, in pixels: the networks' output stride — a smaller image holds
+#: less than one cell of their feature grid, so its class maps mean nothing.
+MIN_SIDE = 32
 EXAMPLE_ANNOTATIONS = EXAMPLES / "annotations.json"
 
 
@@ -29,7 +36,7 @@ class InputImage:
     data: bytes
     example: bool
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return hashlib.sha1(self.data).hexdigest()
 
@@ -53,22 +60,58 @@ def choose_images(where=st.sidebar) -> list[InputImage]:
 
 
 def pick_image(images: list[InputImage], where=st) -> InputImage:
-    """The image shown: the only one, or the one picked among several uploads."""
+    """The image shown: the only one, or the one picked among several uploads — the one just added after
+    an upload."""
+    newest = newest_upload()
     if len(images) == 1:
         return images[0]
     names = [im.name for im in images]
     carry("shown_image", names[0], options_filter(names))
+    if newest in names:
+        st.session_state["shown_image"] = newest
     shown = where.selectbox("Image", names, key="shown_image")
     return images[names.index(shown)]
 
 
-def decode(image: InputImage) -> Image.Image | None:
-    """The upright RGB image, or ``None`` after showing a one-line error."""
+@dataclass(frozen=True)
+class Decoded:
+    """An input image decoded: the upright RGB picture, and how many frames the file holds (GIF, WebP)."""
+
+    image: Image.Image
+    frames: int = 1
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _decode(digest: str, name: str, _data: bytes) -> Decoded | str:
+    """The decoded image, or the one-line reason it cannot be used (cached per image bytes)."""
     try:
-        return load_image(image.data, image.name)
+        image = load_image(_data, name)
     except ImageError as exc:
-        st.error(str(exc))
+        return str(exc)
+    if min(image.size) < MIN_SIDE:
+        return (f"{name}: the image is {image.width}×{image.height} pixels, below the {MIN_SIDE}×{MIN_SIDE} "
+                "the app needs (one cell of the network's feature grid); upload a larger image")
+    try:
+        with Image.open(io.BytesIO(_data)) as opened:
+            frames = int(getattr(opened, "n_frames", 1))
+    except Exception:  # a damaged later frame: the first one decoded, and the count is only shown
+        frames = 1
+    return Decoded(image, frames)
+
+
+def decode(image: InputImage) -> Decoded | None:
+    """The decoded image, or ``None`` after showing in one line why it cannot be used."""
+    decoded = _decode(image.digest, image.name, image.data)
+    if isinstance(decoded, str):
+        st.error(decoded)
         return None
+    return decoded
+
+
+def describe(image: InputImage, decoded: Decoded) -> str:
+    """``name (W×H)``, and for an animated file which frame is shown."""
+    frames = f", the first of its {decoded.frames} frames" if decoded.frames > 1 else ""
+    return f"{image.name} ({decoded.image.width}×{decoded.image.height}{frames})"
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -112,7 +155,7 @@ def ground_truth(annotations: dict[str, Any] | None, image_name: str, class_name
 
 def demo_hint(model_key: str, meta: dict[str, Any], image: InputImage, where=st) -> None:
     """With the demo model, say next to an uploaded photo that the model knows only the synthetic shapes."""
-    if model_key == DEMO_KEY and not image.example:
+    if model_key.startswith(f"{DEMO_KEY}@") and not image.example:
         where.info(f"The bundled demo model knows only {len(meta['class_names'])} synthetic shapes "
                    f"({', '.join(meta['class_names'])}), so its maps of a real photo mean little. "
                    "Pick a COCO model under **Model** in the sidebar: a checkpoint from `python -m train`, or "

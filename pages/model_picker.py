@@ -105,7 +105,9 @@ def fetch_weights(weights: pretrained.PretrainedWeights) -> None:
 
 
 def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
-    """The model picker; returns ``(key, model, meta)`` or shows in one line why nothing can be loaded."""
+    """The model picker; returns ``(key, model, meta)`` or shows in one line why nothing can be loaded. The
+    key names the file and its modification time, so the cached maps of a checkpoint overwritten in place
+    (a new training epoch) are not taken for the new one's."""
     carry("checkpoint_folder", str(checkpoint_folder()))
     folder = Path(where.text_input("Checkpoint folder", key="checkpoint_folder",
                                    help="*.pt / *.pth files below this folder are offered (camloc checkpoints or "
@@ -129,8 +131,9 @@ def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
     try:
         if choice.weights is not None and not choice.weights.is_cached():
             fetch_weights(choice.weights)
-        model, meta = load_choice(choice.key, model_mtime(choice.key))
+        mtime = model_mtime(choice.key)
+        model, meta = load_choice(choice.key, mtime)
     except (ModelError, OSError, RuntimeError) as exc:
         st.error(f"Cannot load {choice.label}: {exc}")
         return None
-    return choice.key, model, meta
+    return f"{choice.key}@{mtime}", model, meta

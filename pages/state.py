@@ -21,6 +21,7 @@ import streamlit as st
 _MEMORY = "_carried"
 _CONTEXT = "_carried_context"
 _UPLOADS = "_uploaded_images"
+_NEWEST = "_newest_upload"
 MAX_CONTEXTS = 256
 
 
@@ -53,8 +54,9 @@ def options_filter(options: Sequence[Any]) -> Callable[[Any], bool]:
 
 def remember_uploads(key: str) -> None:
     """``on_change`` of the file uploader ``key``: keep the uploaded files' names (made unique) and bytes
-    for every page."""
+    for every page, and note the last file that was not there before (:func:`newest_upload`)."""
     files = st.session_state.get(key) or []
+    before = {data for _, data in st.session_state.get(_UPLOADS, [])}
     kept: list[tuple[str, bytes]] = []
     for file in files if isinstance(files, list) else [files]:
         name, count = file.name, 1
@@ -64,6 +66,23 @@ def remember_uploads(key: str) -> None:
             name = f"{stem} ({count}).{suffix}" if dot else f"{file.name} ({count})"
         kept.append((name, file.getvalue()))
     st.session_state[_UPLOADS] = kept
+    added = [name for name, data in kept if data not in before]
+    st.session_state[_NEWEST] = added[-1] if added else None
+
+
+def newest_upload() -> str | None:
+    """The name of the image the last upload added (once: the next call returns ``None``)."""
+    return st.session_state.pop(_NEWEST, None)
+
+
+def remembered(key: str, default: Any, valid: Callable[[Any], bool] | None = None, context: Hashable = ()) -> Any:
+    """The value :func:`carry` last gave widget ``key`` for ``context`` (``default`` if none, or if not
+    ``valid``), for a page that shows a choice made on another page without drawing its widget."""
+    memory = st.session_state.get(_MEMORY, {}).get(key, {})
+    contexts = st.session_state.get(_CONTEXT, {})
+    value = st.session_state[key] if key in st.session_state and contexts.get(key) == context else memory.get(
+        context, default)
+    return value if valid is None or valid(value) else default
 
 
 def uploads() -> list[tuple[str, bytes]]:

@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 from pages.model_picker import checkpoint_folder
 from pages.run_log import Run, RunLogError, find_runs, read_run
 from pages.state import carry, options_filter
-from pages.tables import significant
+from pages.tables import show_table
 
 CURVES = (  # (subplot, log key, label)
     (1, "train_loss", "training loss"),
@@ -78,11 +78,10 @@ if best is None:
 st.plotly_chart(curves(run), key="run_chart")
 
 st.subheader("Per epoch")
-table = pd.DataFrame(run.epochs)
-st.dataframe(table.map(lambda v: significant(v) if isinstance(v, float) else v), hide_index=True, key="run_table")
+show_table(pd.DataFrame(run.epochs), key="run_table")
 st.subheader("Settings")
 if run.settings:
-    st.dataframe(pd.DataFrame({"setting": list(run.settings), "value": list(run.settings.values())}),
-                 hide_index=True, height="content", key="run_settings")
+    show_table(pd.DataFrame({"setting": list(run.settings), "value": list(run.settings.values())}),
+               key="run_settings", height="content")
 else:
     st.caption(f"No readable last.pt / best.pt in {folder}: the run's settings are unknown.")

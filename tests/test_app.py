@@ -3,18 +3,23 @@
 import functools
 import hashlib
 import http.server
+import io
 import json
 import os
 import re
 import shutil
 import threading
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import streamlit as st
 import torch
+from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from camloc import pretrained
+from camloc import pretrained, viz
 from camloc.classes import COCO_NAMES
 from camloc.demo import EXAMPLES
 from camloc.evaluation import localization_metrics
@@ -22,10 +27,10 @@ from camloc.localize import Localizer
 from camloc.models import build_torchvision, save_checkpoint
 from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
-from camloc.viz import class_hex
+from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
 from pages.analysis import METHODS, PLAIN_MAPS
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
-from tests.helpers import gradient_image, image_bytes, random_head_model
+from tests.helpers import count_tags, gradient_image, image_bytes, random_head_model
 from train.cli import main as train_main
 
 TIMEOUT = 180
@@ -35,6 +40,7 @@ EXAMPLE_ANNOTATIONS = json.loads((EXAMPLES / "annotations.json").read_text())
 def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppTest:
     """A page (or the whole app for ``app.py``) with fresh caches, so forward passes count from zero."""
     st.cache_data.clear()
+    st.cache_resource.clear()
     monkeypatch.chdir(ROOT)
     if offline:
         monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")
@@ -48,6 +54,16 @@ def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppT
 
 def boxes_table(at: AppTest):
     return at.dataframe[1].value  # the page's second table (after the top-k table)
+
+
+def boxes_caption(at: AppTest) -> str:
+    """The caption of Explore's boxes picture."""
+    return next(c for c in image_captions(at) if ", recipe " in c)
+
+
+def heat_caption(at: AppTest) -> str:
+    """The caption of Explore's heatmap."""
+    return next(c for c in image_captions(at) if " of “" in c)
 
 
 def views_computed(*uses: tuple[str, bool, str | None]) -> int:
@@ -73,6 +89,42 @@ def image_captions(at: AppTest) -> list[str]:
 
 def texts(elements) -> str:
     return "\n".join(e.value for e in elements)
+
+
+@pytest.fixture
+def pictures(monkeypatch):
+    """``pictures(at)``: the pictures the page shows, decoded to RGB arrays, in page order (the bytes
+    Streamlit stores are kept as it stores them)."""
+    stored: dict[str, bytes] = {}
+    store = MemoryMediaFileStorage.load_and_get_id
+
+    def store_and_keep(self, path_or_data, mimetype, kind, filename=None):
+        file_id = store(self, path_or_data, mimetype, kind, filename)
+        stored[file_id] = path_or_data
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", store_and_keep)
+    return lambda at: [np.asarray(Image.open(io.BytesIO(stored[shown.url.rsplit("/", 1)[1].split(".")[0]])).convert(
+        "RGB")) for element in at.get("image") for shown in element.proto.imgs]
+
+
+@pytest.fixture
+def tag_layouts(monkeypatch):
+    """The ``(boxes, layout)`` of every tag layout the pictures make (:func:`camloc.viz.layout_tags`)."""
+    made = []
+    layout = viz.layout_tags
+
+    def keep(boxes, size, measure):
+        made.append((list(boxes), layout(boxes, size, measure)))
+        return made[-1][1]
+
+    monkeypatch.setattr(viz, "layout_tags", keep)
+    return made
+
+
+def overlapping(tags) -> bool:
+    return any(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+               for i, a in enumerate(tags) for b in tags[:i])
 
 
 @pytest.fixture
@@ -131,7 +183,7 @@ def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
     no_exception(at)
     tta = views_computed(*EXPLORE_FIRST, ("cam", True, PLAIN_MAPS))
     assert tta == 6 and at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once
-    assert "TTA-CAM of" in image_captions(at)[1]
+    assert "TTA-CAM of" in heat_caption(at)
     at.sidebar.selectbox(key="class_name").select_index(2).run()
     at.sidebar.radio(key="threshold_mode").set_value("Fraction of max").run()
     at.sidebar.radio(key="method").set_value("CAM").run()
@@ -148,7 +200,7 @@ def test_recipe_controls_follow_the_recipe_parameters(monkeypatch, tmp_path):
         shown = {w.key for w in at.sidebar.radio}
         assert ("threshold_mode" in shown) == ("threshold" in recipe.parameters())
         assert ("box_mode" in shown) == ("mode" in recipe.parameters())
-        assert f"recipe {name}" in image_captions(at)[2]
+        assert f"recipe {name}" in boxes_caption(at)
 
 
 def test_a_new_image_selects_its_own_top_class(monkeypatch, tmp_path):
@@ -162,7 +214,7 @@ def test_a_new_image_selects_its_own_top_class(monkeypatch, tmp_path):
     no_exception(at)
     top = at.dataframe[0].value["class"][0]
     assert at.sidebar.selectbox(key="class_name").value == top != picked
-    assert f"of “{top}”" in image_captions(at)[1]
+    assert f"of “{top}”" in heat_caption(at)
     at.sidebar.selectbox(key="example").set_value("shapes_000001.jpg").run()
     assert at.sidebar.selectbox(key="class_name").value == picked  # picked for this image: stays picked
     upload = (EXAMPLES / "shapes_000005.jpg").read_bytes()
@@ -178,6 +230,39 @@ def test_a_new_model_selects_its_own_top_class(monkeypatch, coco_checkpoints):
     assert at.sidebar.selectbox(key="class_name").value == at.dataframe[0].value["class"][0]
 
 
+def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(monkeypatch, tmp_path):
+    """Issue 17: the default recipe drew every box (down to scores of 1e-4) and the table gave the box as four
+    unlabelled numbers, not sorted by score, with fewer digits than the picture."""
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    table = boxes_table(at)
+    total = len(table)
+    assert total >= 3 and list(table.columns[:6]) == ["#", "x", "y", "w", "h", "score"]
+    assert table["#"].tolist() == list(range(1, total + 1)) and table["score"].is_monotonic_decreasing
+    config = json.loads(at.dataframe[1].proto.columns)
+    assert config["score"]["type_config"]["format"] == "%.3g"  # 3 significant digits, as on the picture
+    at.sidebar.slider(key="most_boxes").set_value(2).run()
+    assert boxes_caption(at).startswith(f"2 of {total} boxes drawn ({total - 2} hidden: at most 2, none below "
+                                        "0.1 × the best score)")
+    assert len(boxes_table(at)) == total  # the table lists them all, numbered as on the picture
+    at.sidebar.slider(key="most_boxes").set_value(50).run()
+    at.sidebar.slider(key="box_floor").set_value(0.0).run()
+    assert boxes_caption(at).startswith(f"{total} boxes, recipe")
+
+
+def test_a_checkpoint_overwritten_in_place_is_run_again(monkeypatch, coco_checkpoints):
+    """The maps are cached per model key, which names the checkpoint's modification time: a checkpoint that
+    a new training epoch overwrote is not shown with the old one's maps."""
+    at = page("explore.py", monkeypatch, coco_checkpoints).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    before = at.dataframe[0].value
+    path = coco_checkpoints / "coco.pt"
+    save_checkpoint(*random_head_model("resnet18", 80, seed=1), path)
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
+    at.run()
+    no_exception(at)
+    assert not at.dataframe[0].value.equals(before)
+
+
 def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     first = EXAMPLE_ANNOTATIONS["annotations"][0]
     name = next(im["file_name"] for im in EXAMPLE_ANNOTATIONS["images"] if im["id"] == first["image_id"])
@@ -190,7 +275,7 @@ def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     assert ious.notna().all() and ious.max() > 0
     count = sum(a["image_id"] == first["image_id"] and a["category_id"] == first["category_id"]
                 for a in EXAMPLE_ANNOTATIONS["annotations"])
-    assert f"Ground truth: {count} “{category}” object(s) in {name} (white boxes)." in texts(at.caption)
+    assert f"Ground truth: {count} “{category}” object(s) in {name} (white boxes GT1" in texts(at.caption)
     (tmp_path / "bad.json").write_text("{not json")
     at.sidebar.text_input(key="gt_file").set_value(str(tmp_path / "bad.json")).run()
     no_exception(at)
@@ -207,6 +292,49 @@ def test_ground_truth_only_for_the_models_own_classes(monkeypatch, coco_checkpoi
         no_exception(at)
         assert "Ground truth" not in texts(at.caption)
         assert "IoU with GT" not in boxes_table(at).columns
+
+
+def animated(fmt: str, frames: int = 3) -> bytes:
+    """An animated GIF or WebP of ``frames`` different 96×128 frames."""
+    pictures = [Image.fromarray(gradient_image(96, 128, seed=i)) for i in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format=fmt, save_all=True, append_images=pictures[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+def test_animated_uploads_show_their_first_frame_and_tiny_images_are_refused(monkeypatch, tmp_path):
+    """Issue 17: an animated GIF was refused by the uploader (a red "!") while the not-an-image message listed
+    GIF; a 1×1 PNG was accepted (a black box panel, panels of different sizes)."""
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    accepted = at.sidebar.file_uploader(key="uploads").proto.type
+    assert {".gif", ".webp", ".jpg", ".png", ".tif"} <= set(accepted)  # what the browser lets through
+    for name, fmt in (("clip.gif", "GIF"), ("clip.webp", "WEBP")):
+        at.sidebar.file_uploader(key="uploads").set_value((name, animated(fmt), f"image/{fmt.lower()}")).run()
+        no_exception(at)
+        assert not at.error and image_captions(at)[0] == f"{name} (128×96, the first of its 3 frames)"
+    tiny = image_bytes(np.full((1, 1, 3), 200, np.uint8))
+    at.sidebar.file_uploader(key="uploads").set_value(("dot.png", tiny, "image/png")).run()
+    no_exception(at)
+    assert [e.value for e in at.error] == ["dot.png: the image is 1×1 pixels, below the 32×32 the app needs (one "
+                                           "cell of the network's feature grid); upload a larger image"]
+    assert not at.get("image")
+
+
+def test_a_new_upload_is_the_one_shown(monkeypatch, tmp_path):
+    """Issue 17: with three photos uploaded and one selected, a fourth was listed but not shown."""
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    photos = [(f"{name}.png", image_bytes(gradient_image(60, 80, seed=i)), "image/png")
+              for i, name in enumerate("abcd")]
+    at.sidebar.file_uploader(key="uploads").set_value(photos[:3]).run()
+    assert at.selectbox(key="shown_image").value == "c.png"  # the last one added
+    at.selectbox(key="shown_image").set_value("b.png").run()
+    assert image_captions(at)[0].startswith("b.png")
+    at.sidebar.file_uploader(key="uploads").set_value(photos).run()
+    no_exception(at)
+    assert at.selectbox(key="shown_image").value == "d.png" and image_captions(at)[0].startswith("d.png")
+    at.selectbox(key="shown_image").set_value("a.png").run()
+    at.sidebar.slider(key="alpha").set_value(0.8).run()  # another rerun: the pick stays
+    assert image_captions(at)[0].startswith("a.png")
 
 
 def test_uploads_good_and_bad(monkeypatch, tmp_path):
@@ -237,7 +365,9 @@ def test_the_demo_model_says_it_only_knows_shapes(monkeypatch, tmp_path):
 
 
 @pytest.mark.realdata
-def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path):
+def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures, tag_layouts):
+    """The issue-17 walk: a real COCO photo, its ground truth and the shared COCO-80 model — readable boxes,
+    every one tagged (ground truth too), one probability per class, and no IoU where the class is absent."""
     for suffix in (".pth", ".json"):
         shutil.copy(COCO80.with_suffix(suffix), tmp_path / COCO80.with_suffix(suffix).name)
     zebra = "000000104455.jpg"
@@ -247,12 +377,38 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path):
     at.sidebar.file_uploader(key="uploads").set_value((zebra, (VAL_IMAGES / zebra).read_bytes(), "image/jpeg")).run()
     no_exception(at)
     assert at.sidebar.selectbox(key="class_name").value == "zebra"
-    assert "Ground truth: 2 “zebra” object(s) in 000000104455.jpg (white boxes)." in texts(at.caption)
-    assert boxes_table(at)["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
+    assert "Ground truth: 2 “zebra” object(s) in 000000104455.jpg (white boxes GT1–GT2)" in texts(at.caption)
+    table = boxes_table(at)
+    assert table["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
+    assert len(table) > 5 and boxes_caption(at).startswith(f"5 of {len(table)} boxes drawn")
+    boxed = pictures(at)[image_captions(at).index(boxes_caption(at))]
+    assert count_tags(boxed, GROUND_TRUTH_COLOR, 24) == 2  # ground-truth tags are not hidden under others
+    assert count_tags(boxed, distinct_colors(1)[0], 24) == 5  # the 5 boxes drawn, each tagged
+    p_zebra = format_score(at.dataframe[0].value["probability"][0])
+    assert f"(p = {p_zebra})" in heat_caption(at)  # the table and the caption give one figure
+    at.sidebar.slider(key="most_boxes").set_value(50).run()
+    at.sidebar.slider(key="box_floor").set_value(0.0).run()
+    boxed = pictures(at)[image_captions(at).index(boxes_caption(at))]
+    boxes, layout = tag_layouts[-1]  # all of them drawn, each with its label (or key) on a tag of its own
+    assert len(boxes) == 2 + len(table) and all(layout) and not overlapping([tag for _, tag in layout])
+    for box, (text, (x0, y0, x1, y1)) in zip(boxes, layout):  # on top, in the box's colour
+        assert text in (box.label, box.key)
+        inside = boxed[round(y0) + 1:round(y1) - 1, round(x0) + 1:round(x1) - 1].astype(int)
+        assert (np.abs(inside - box.color).max(-1) <= 24).mean() > 0.5
+    at.sidebar.slider(key="most_boxes").set_value(5).run()
+    at.sidebar.slider(key="box_floor").set_value(0.1).run()
     at.switch_page("pages/compare.py").run()
     no_exception(at)
     table = at.dataframe[0].value
     assert table["IoU of top box"].max() > 0.3 and table["objects found (IoU ≥ 0.5)"].str.endswith("/2").all()
+    assert f"“zebra” in {zebra} (p = {p_zebra}, " in texts(at.caption)  # the same figure as on Explore
+    at.sidebar.selectbox(key="class_name").set_value("toothbrush").run()  # not in this photo
+    no_exception(at)
+    assert "IoU of top box" not in at.dataframe[0].value.columns and "0/0" not in texts(at.caption)
+    assert "“toothbrush” is not in the ground truth of this image" in texts(at.caption)
+    at.switch_page("pages/explore.py").run()
+    assert "IoU with GT" not in boxes_table(at).columns
+    assert f"“toothbrush” is not in the ground truth of {zebra}: no IoU to show." in texts(at.caption)
 
 
 @pytest.mark.realdata
@@ -301,19 +457,43 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
     assert image_captions(at)[0].startswith("shapes_")
 
 
+def test_one_probability_per_image_and_class_on_every_page(monkeypatch, coco_checkpoints):
+    """Issue 17: Explore's top-k table (one view) and its caption (averaged with the mirror image) gave two
+    probabilities for one class, and Compare a third. Each page now shows the figure the boxes use, and
+    says which views it averages."""
+    at = page("app.py", monkeypatch, coco_checkpoints).run()
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    top = at.dataframe[0].value.iloc[0]
+    figure = format_score(top["probability"])
+    assert f"of “{top['class']}” (p = {figure})" in heat_caption(at)
+    assert "Probabilities of the image and its mirror image, averaged, as the boxes use them." in texts(at.caption)
+    at.switch_page("pages/compare.py").run()
+    assert f"“{top['class']}” in shapes_000001.jpg (p = {figure}, the image and its mirror image" in texts(at.caption)
+    at.switch_page("pages/all_classes.py").run()
+    legend = at.dataframe[0].value
+    assert legend["class"][0] == top["class"] and format_score(legend["probability"][0]) == figure
+    at.switch_page("pages/explore.py").run()
+    at.sidebar.selectbox(key="recipe").set_value("seed").run()  # one view: another figure, said so
+    assert "Probabilities of one view of the image, as the boxes use them." in texts(at.caption)
+    table = at.dataframe[0].value.set_index("class")
+    assert f"(p = {format_score(table['probability'][top['class']])})" in heat_caption(at)
+
+
 def test_all_classes_page(monkeypatch, tmp_path):
     at = page("all_classes.py", monkeypatch, tmp_path).run()
     no_exception(at)
     legend = at.dataframe[0]
     assert len(legend.value) == 4 and legend.value["colour"].eq("").all()  # a swatch, not a colour code
-    names = {c["name"]: c["id"] for c in EXAMPLE_ANNOTATIONS["categories"]}
     swatches = re.findall(r"background-color: (#[0-9a-f]{6})", legend.proto.arrow_data.styler.styles)
-    assert swatches == [class_hex(names[n]) for n in legend.value["class"]]
+    assert swatches == [color_hex(c) for c in distinct_colors(4)]  # the colours of the overlay, in order
+    shown = pa.ipc.open_stream(legend.proto.arrow_data.styler.display_values).read_all().to_pandas()
+    assert shown["probability"].tolist() == [format_score(p) for p in legend.value["probability"]]  # not 0.252000
+    assert any(c.startswith("Each map, 0 at its minimum") for c in image_captions(at))  # the grid's colour bar
     at.multiselect(key="overlay_classes").set_value(list(legend.value["class"][:2])).run()
     at.sidebar.slider(key="grid_k").set_value(3).run()
     no_exception(at)
     assert len(at.dataframe[0].value) == 2
-    assert at.session_state["forward_passes"] == 1
+    assert at.session_state["forward_passes"] == views_computed(("cam", False, DEFAULT_RECIPE))
 
 
 def test_all_classes_overlay_follows_a_model_switch(monkeypatch, coco_checkpoints):
@@ -334,12 +514,12 @@ def test_all_classes_overlay_follows_a_model_switch(monkeypatch, coco_checkpoint
 def test_compare_shows_every_method_and_recipe_with_iou(monkeypatch, tmp_path):
     at = page("compare.py", monkeypatch, tmp_path).run()
     no_exception(at)
-    captions = image_captions(at)
-    methods = ("CAM", "Grad-CAM", "Grad-CAM++", "TTA-CAM")
+    captions = [c for c in image_captions(at) if not c.startswith("The maps")]  # not the colour bar's
+    methods = tuple(METHODS)
     assert [c.split(":")[0] for c in captions] == [*methods, *RECIPES]
     assert all("top box IoU" in c for c in captions)  # the example is annotated and the model knows its classes
     table = at.dataframe[0].value
-    assert len(table) == 4 * len(RECIPES) and list(table["method"].unique()) == list(methods)
+    assert len(table) == len(METHODS) * len(RECIPES) and list(table["method"].unique()) == list(methods)
     assert table["IoU of top box"].between(0, 1).all() and table["IoU of top box"].max() > 0.3
     first = views_computed(*COMPARE_ALL)
     assert at.session_state["forward_passes"] == first  # each method's views, once
@@ -515,10 +695,9 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     names = [trace["name"] for trace in spec["data"]]
     assert names and all("(AP=" in n for n in names)
-    ids = {c["name"]: c["id"] for c in EXAMPLE_ANNOTATIONS["categories"]}
-    for trace in spec["data"]:  # colour fixed by class, steps, one hover for all classes
-        assert trace["line"]["color"] == class_hex(ids[trace["name"].split(" (AP=")[0]])
-        assert trace["line"]["shape"] == "hv"
+    colours = [color_hex(c) for c in distinct_colors(len(spec["data"]))]
+    assert [trace["line"]["color"] for trace in spec["data"]] == colours  # far apart, in the legend's order
+    assert all(trace["line"]["shape"] == "hv" for trace in spec["data"])  # steps, one hover for all classes
     assert spec["layout"]["hovermode"] == "x unified"
     widths = [trace["line"]["width"] for trace in spec["data"]]
     assert widths == sorted(widths, reverse=True) and widths[-1] == 2 and len(set(widths)) == len(widths)
@@ -535,6 +714,11 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     wsol = at.dataframe[1].value  # after the COCO summary
     assert wsol["value"].tolist() == [0.25, 0.5, 0.2, 0.05, 0.2, 0.1]
     assert wsol["best CAM threshold"].tolist()[1:] == ["0.15", "0.2", "0.31", "0.2", "0.2"]
+    per_class = at.dataframe[-1].value  # issue 17: the WSOL block's rows were shown here ("None" × 6)
+    expected = sorted((r for r in metrics["per_class"] if r.get("AP") is not None), key=lambda r: -r["AP50"])
+    assert per_class["name"].tolist() == [r["name"] for r in expected]
+    for column in ("num_gt", "AP", "AP50", "AP75"):
+        assert per_class[column].tolist() == pytest.approx([r[column] for r in expected])
     at.radio(key="iou").set_value("0.75").run()
     spec_75 = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec_75["data"] != spec["data"] or spec_75["layout"] != spec["layout"]
@@ -549,21 +733,28 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
         assert any(message in e.value for e in at.error)
 
 
+def tables_with(at: AppTest, column: str) -> list:
+    """The tables (DataFrames) of the page that have ``column``."""
+    return [frame.value for frame in at.dataframe if column in frame.value.columns]
+
+
 def test_dataset_browser(monkeypatch, tmp_path):
     at = page("dataset.py", monkeypatch).run()
     no_exception(at)
-    assert not at.dataframe and "Give a detections file" in texts(at.caption)
+    assert not tables_with(at, "score") and "Give a detections file" in texts(at.caption)
     gt = EXAMPLE_ANNOTATIONS
     dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=0.5)
             for a in gt["annotations"]]
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     at.sidebar.text_input(key="ds_dets").set_value(str(tmp_path / "dets.json")).run()
     no_exception(at)
-    table = at.dataframe[0].value
-    assert len(table) >= 1 and (table["IoU"] == 1.0).all()
+    [table] = tables_with(at, "score")
+    assert len(table) >= 1 and (table["IoU"] == "1").all()  # written like the pictures write numbers
+    [truth] = tables_with(at, "crowd")
+    assert set(table["best GT"]) <= set(truth["#"])  # the detections' ground truth, by the keys on the picture
     at.sidebar.slider(key="ds_min_score").set_value(0.9).run()
     no_exception(at)
-    assert not at.dataframe and "No detection on this image with score ≥ 0.90" in texts(at.info)
+    assert not tables_with(at, "score") and "No detection on this image with score ≥ 0.90" in texts(at.info)
     at.number_input(key="ds_index").set_value(2).run()
     at.sidebar.multiselect(key="ds_classes").set_value([gt["categories"][0]["name"]]).run()
     no_exception(at)
@@ -572,6 +763,37 @@ def test_dataset_browser(monkeypatch, tmp_path):
     assert any("does not exist" in e.value for e in at.error)
     at.sidebar.text_input(key="ds_images").set_value(str(tmp_path / "empty")).run()
     assert any("is not a folder" in e.value for e in at.error)
+
+
+def test_dataset_browser_tags_every_box(monkeypatch, tmp_path, pictures):
+    """Issue 17: an image with 10 detections showed 3 labels and left the other boxes unlabelled. Every box
+    now has a tag (its label, or its key where no label fits), and tables resolve the keys."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (640, 480), (128, 128, 128)).save(tmp_path / "images" / "street.png")
+    categories = [{"id": i, "name": f"thing {i}"} for i in range(1, 14)]
+    truth = [{"id": i, "image_id": 7, "category_id": 11 + i, "bbox": [20 + 150 * i, 300, 120, 150], "area": 1.0,
+              "iscrowd": 0} for i in range(3)]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": [{"id": 7, "file_name": "street.png", "width": 640,
+                                                               "height": 480}], "annotations": truth,
+                                                   "categories": categories}))
+    dets = [{"image_id": 7, "category_id": i + 1, "bbox": [100 + 10 * i, 80 + 8 * i, 300, 250], "score": 0.9 - 0.05 * i}
+            for i in range(10)]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    at = page("dataset.py", monkeypatch).run()
+    for key, value in (("ds_images", tmp_path / "images"), ("ds_ann", tmp_path / "ann.json"),
+                       ("ds_dets", tmp_path / "dets.json")):
+        at.sidebar.text_input(key=key).set_value(str(value)).run()
+    at.sidebar.slider(key="ds_min_score").set_value(0.0).run()
+    no_exception(at)
+    shown_truth, shown_dets = pictures(at)
+    for picture, boxes in ((shown_dets, dets), (shown_truth, truth)):
+        for box in boxes:
+            x, y, w, h = box["bbox"]
+            colour = tuple(int(c) for c in picture[y + h - 2, x + w // 2])  # its bottom edge
+            assert count_tags(picture, colour, 24) >= 1, f"box {box} has no tag"
+    [table] = tables_with(at, "score")
+    assert table["#"].tolist() == list(range(1, 11)) and table["class"].tolist() == [f"thing {i}" for i in range(1, 11)]
+    assert tables_with(at, "crowd")[0]["#"].tolist() == ["GT1", "GT2", "GT3"]
 
 
 @pytest.mark.realdata

@@ -13,14 +13,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
 from camloc.pretrained import OFFLINE_ENV
-from camloc.recipes import RECIPES
+from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
+from camloc.viz import format_score
+from pages.analysis import METHODS
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
+from tests.helpers import gradient_image
 from train.cli import main as train_main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -107,9 +112,10 @@ def choose(page, label: str, option: str) -> None:
 
 
 def boxes_image_src(page) -> str:
-    images = page.locator('[data-testid="stImage"] img')
-    images.nth(2).wait_for()
-    return images.nth(2).get_attribute("src")
+    """The address of Explore's boxes picture (the one captioned with the recipe)."""
+    picture = page.locator('[data-testid="stImage"]').filter(has_text=", recipe ").locator("img").first
+    picture.wait_for()
+    return picture.get_attribute("src")
 
 
 def shoot(page, tmp_path: Path, name: str) -> None:
@@ -166,23 +172,48 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     no_exception(page)
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 
-    # the other image pages, by the sidebar: same model, same photo, same class
+    # the other image pages, by the sidebar: same model, same photo, same class (and the default recipe)
     choose(page, "Class", "zebra")
+    choose(page, "Box recipe", DEFAULT_RECIPE)
     go_to(page, "All classes")
     page.wait_for_selector(f"text=Showing your upload: {ZEBRA.name}")
     page.wait_for_selector('text=zebra')
     no_exception(page)
+    page.locator('[data-testid="stDataFrame"]').last.wait_for()  # the overlay's legend: its colours, 3 digits
+    page.get_by_text("Multi-class overlay").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    settle(page)
     shoot(page, tmp_path, "all_classes")
     go_to(page, "Compare")
     page.wait_for_selector("text=“zebra” in 000000104455.jpg")
-    page.wait_for_selector(f'[data-testid="stImage"] >> nth={4 + len(RECIPES) - 1}')  # 4 methods + the recipes
+    pictures = len(METHODS) + 1 + len(RECIPES)  # the methods, their colour bar, the recipes
+    page.wait_for_selector(f'[data-testid="stImage"] >> nth={pictures - 1}')
     settle(page)
-    assert page.locator('[data-testid="stImage"]').count() == 4 + len(RECIPES)
+    assert page.locator('[data-testid="stImage"]').count() == pictures
     no_exception(page)
     shoot(page, tmp_path, "compare")
     go_to(page, "Explore")
     page.wait_for_selector(f"text={ZEBRA.name} (640×480)")
     no_exception(page)
+
+    # issue 17: an animated GIF is taken by the uploader (it showed a red "!") and shown at once (first frame)
+    frames = [Image.fromarray(gradient_image(240, 320, seed=i)) for i in range(3)]
+    gif = tmp_path / "clip.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    page.locator('input[type="file"]').set_input_files(str(gif))
+    page.wait_for_selector("text=clip.gif (320×240, the first of its 3 frames)")
+    settle(page)
+    assert page.locator('[data-testid="stFileChipIconError"]').count() == 0
+    no_exception(page)
+
+
+def test_numbers_read_the_same_in_tables_and_pictures(page, server):
+    """Tables write scores with ``%.3g`` in the browser (JavaScript's toPrecision); pictures and captions
+    with camloc.viz.format_score: the same text for the same number, checked in Chromium itself."""
+    page.goto(server, wait_until="domcontentloaded")
+    rng = np.random.default_rng(0)
+    values = [float(v) for v in 10 ** rng.uniform(-9, 1, 2000)] + [0.000317, 0.5625, 0.57, 1.0, 1e-7, 9.995e-7]
+    written = page.evaluate("xs => xs.map(x => String(Number(x.toPrecision(3))))", values)
+    assert written == [format_score(v) for v in values]
 
 
 def test_every_page_renders_without_exceptions(page, server, tmp_path):

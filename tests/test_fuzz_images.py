@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -137,15 +138,29 @@ CRAFTED = {
 }
 
 
+def lazily_opened(source: Path | bytes) -> Image.Image | None:
+    """``Image.open`` of a file or of bytes (pixels decoded on first use), or None where PIL cannot open it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on damaged metadata
+            return Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+    except Exception:  # PIL refusing to open it is not what is tested here
+        return None
+
+
 @pytest.mark.parametrize("name", sorted(CRAFTED))
 def test_crafted_bad_file_is_refused(name, tmp_path):
-    """Each of these is broken, a bomb, or not a raster image: refused from bytes and from a file."""
+    """Each of these is broken, a bomb, or not a raster image: refused from bytes, from a file, and as a
+    ``PIL.Image`` opened lazily from either (a PNG whose rows stop early came back black that way)."""
     assert load_or_refuse(CRAFTED[name]) is None, f"{name} was accepted"
     path = tmp_path / f"{name}.img"
     path.write_bytes(CRAFTED[name])
     with pytest.raises(ImageError) as error:
         load_image(path)
     assert str(path) in assert_one_line(error.value)
+    for source in (CRAFTED[name], path):
+        image = lazily_opened(source)
+        assert image is None or load_or_refuse(image) is None, f"{name} opened lazily from {type(source)} was accepted"
 
 
 def unreadable_paths(tmp_path: Path) -> dict[str, object]:

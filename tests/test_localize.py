@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from camloc.boxes import heatmaps_to_boxes
@@ -8,6 +10,7 @@ from camloc.cam import normalize_maps
 from camloc.classes import COCO_CATEGORY_IDS
 from camloc.localize import Localizer
 from camloc.recipes import DEFAULT_RECIPE, boxes_from_raw_maps, parse_class_selection
+from tests.fuzz_support import assert_one_line, fuzz
 from tests.helpers import gradient_image, image_bytes, random_head_model
 
 
@@ -85,6 +88,40 @@ def test_class_selection(tiny):
     for bad in ["top:3", "topk:0", "prob:2", "some"]:
         with pytest.raises(ValueError, match="class selection"):
             parse_class_selection(bad)
+
+
+CLASS_VALUES = st.one_of(st.integers(-3, 83), st.booleans(), st.floats(-2, 82, allow_nan=False),
+                         st.sampled_from([np.int64(5), np.float32(2.0), "3", None]))
+PIXELS = np.zeros((8, 8, 3), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny):
+    localizer = Localizer(*tiny, img_size=32)
+    return localizer, localizer.analyze(PIXELS)[0]
+
+
+@fuzz(40)
+@given(values=st.lists(CLASS_VALUES, max_size=3))
+def test_class_indices_are_checked_the_same_everywhere(tiny, analysed, values):
+    """``classes=[80]``, ``[-1]`` or ``[1.5]`` given to ``analyze`` raised a bare IndexError or was read as
+    class 1; the constructor, ``analyze`` and ``detections`` now share one check: the same indices are
+    accepted by all three, anything else is the same one-line ValueError."""
+    localizer, analysis = analysed
+    valid = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 80 for v in values)
+    results = []
+    for attempt in (lambda: Localizer(*tiny, img_size=32, classes=values).select(analysis.probs[None]),
+                    lambda: localizer.analyze(PIXELS, classes=values)[0].classes.tolist(),
+                    lambda: localizer.detections(analysis, classes=values)):
+        try:
+            results.append(attempt())
+        except ValueError as exc:
+            results.append(assert_one_line(exc))
+    if valid:
+        assert results[1] == [int(v) for v in values], (values, results)  # these maps, and no error anywhere
+        assert not any(isinstance(r, str) for r in results), (values, results)
+    else:
+        assert all(isinstance(r, str) and "class indices" in r for r in results), (values, results)
 
 
 @pytest.mark.parametrize("options", [{"method": "gradcam"}, {"method": "gradcampp"}, {"tta": True},
