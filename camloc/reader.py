@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -148,7 +149,7 @@ def decode_batch(batch: ReadBatch, device: torch.device | str
     decoded: dict[int, Tensor | None] = {}
     if encoded:
         try:
-            outputs = decode_jpeg([item.encoded for item in encoded], mode=ImageReadMode.RGB, device=device)
+            outputs = _decode_jpeg([item.encoded for item in encoded], device)
         except RuntimeError:
             outputs = [_decode_one(item.encoded, device) for item in encoded]
         decoded = {item.image_id: None if out is None else orient(out, item.orientation)
@@ -172,6 +173,14 @@ def decode_batch(batch: ReadBatch, device: torch.device | str
 
 def _decode_one(data: Tensor, device: torch.device) -> Tensor | None:
     try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return _decode_jpeg(data, device)
     except RuntimeError:
         return None
+
+
+def _decode_jpeg(data: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
+    """``torchvision.io.decode_jpeg`` to RGB (torchvision 0.29 marks its decoders deprecated in favour of
+    TorchCodec and warns at every call; they are what the pinned release has, nvJPEG batches included)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)

@@ -164,6 +164,12 @@ class BatchWriter:
             self._write(index, None)
 
 
+def finish_in_thread(device) -> bool:
+    """Whether batches are finished by a second thread: on a GPU, where the main thread's launches of the next
+    batch then overlap the host's work on the last one (on a CPU both would compete for the same cores)."""
+    return device.type == "cuda"
+
+
 def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, images: list[dict],
                    truth_of: dict[int, Truth], settings: dict[str, Any], clock: StageClock | None) -> int:
     """Run this rank's share of ``images`` that are not done yet; returns how many it ran."""
@@ -185,7 +191,7 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
             own.open("a") as log, \
             tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable), unit="img", desc="eval",
                  file=sys.stderr, disable=not node.main) as bar:
-        writer = BatchWriter(pipeline, pool, log, finished, clock, threaded=device.type == "cuda")
+        writer = BatchWriter(pipeline, pool, log, finished, clock, threaded=finish_in_thread(device))
         batch_iter = iter(loader)
         try:
             for index in itertools.count():

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from camloc.evaluation import Detections
+from camloc.localize import Localizer
 from camloc.workerpool import OrderedPool
 from eval import progress
+from eval import run as eval_run
 from eval.cli import main
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 
@@ -177,3 +179,41 @@ def test_resume_refuses_another_image_folder_or_a_changed_image(tmp_path):
     (folders[0] / images[0]["file_name"]).write_bytes((VAL_IMAGES / images[0]["file_name"]).read_bytes())
     os.utime(folders[0] / images[0]["file_name"], ns=(stamps[0][1], stamps[0][1]))
     assert run(folders[0], "--resume") == 0  # restored byte for byte, same mtime: resumes
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("recipe", [["--recipe", "seed"], ["--box-scale", "4"]])
+def test_the_pipeline_gives_the_localizers_own_detections(tmp_path, one_thread, recipe):
+    """``python -m eval`` (batched reading, box stage and writing) = ``Localizer.detections`` image by image:
+    the course recipe at full resolution, and the default recipe with its boxes on the feature grid."""
+    assert main(eval_args(tmp_path / "run", "--box-workers", "0", "--limit", "8", *recipe)) == 0
+    dets, _ = outputs(tmp_path / "run")
+    options = {"recipe": "seed"} if recipe[0] == "--recipe" else {"box_scale": 4}
+    localizer = Localizer.from_checkpoint(COCO80, device="cpu", **options)
+    images = sorted(json.loads(VAL_ANN.read_text())["images"], key=lambda im: im["id"])[:8]
+    expected = []
+    for start in (0, 4):  # the same batches as the run, so the network sees the same inputs
+        chunk = images[start:start + 4]
+        for im, analysis in zip(chunk, localizer.analyze([VAL_IMAGES / im["file_name"] for im in chunk])):
+            expected += localizer.detections(analysis, im["id"])
+    assert dets == expected and len({d["image_id"] for d in dets}) == 8
+
+
+@pytest.mark.realdata
+def test_finishing_batches_in_a_second_thread_changes_nothing(tmp_path, one_thread, monkeypatch):
+    """The GPU layout (a second thread writes batch i while the main thread runs batch i + 1), run on the CPU,
+    with --profile: the same outputs, and a profile naming every stage and the bound."""
+    args = ("--box-workers", "1", "--limit", "8", "--box-scale", "4")
+    assert main(eval_args(tmp_path / "plain", *args)) == 0
+    monkeypatch.setattr(eval_run, "finish_in_thread", lambda device: True)
+    assert main(eval_args(tmp_path / "thread", *args, "--profile")) == 0
+    threaded = outputs(tmp_path / "thread")
+    profile = threaded[1].pop("profile")
+    assert threaded == outputs(tmp_path / "plain")
+    stages = {(row["lane"], row["stage"]) for row in profile["stages"]}
+    assert {("main process", s) for s in ("wait for data", "preprocess", "forward", "maps", "box stage (device)",
+                                          "NMS", "connected components")} <= stages
+    assert "main: finishing thread" in profile["lanes"] and any(stage == "write progress" for _, stage in stages)
+    assert ("box workers", "host box stage + wsol hits") in stages and ("loader workers", "read + decode") in stages
+    assert profile["bound"]["lane"] in profile["lanes"] and profile["images"] == 8
+    assert all(row["seconds"] >= 0 for row in profile["stages"])
