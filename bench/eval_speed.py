@@ -176,7 +176,7 @@ def cli_rate(checkpoint: Path, ann: Path, images: Path, recipe: str, box_workers
 
 
 def cli_benchmark(repeat: int, batch: int) -> None:
-    from camloc.boxstage import default_box_workers
+    from camloc.workerpool import default_box_workers
 
     weights = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
     val = SHARED / "coco-mini" / "val2017"

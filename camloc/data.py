@@ -99,18 +99,18 @@ def collate_skipping(batch: list) -> tuple[Any, list[Unreadable]]:
     return (default_collate(good) if good else None), [s for s in batch if isinstance(s, Unreadable)]
 
 
-def train_transform(size: int, mean: list[float], std: list[float]) -> Callable:
+def train_transform(size: int) -> Callable:
     """Random resized crop (scale 0.7–1: mild, so that labelled objects are rarely cropped out),
-    horizontal flip, mild colour jitter, normalise."""
+    horizontal flip, mild colour jitter — all on ``uint8`` pixels: a sample stays ``uint8 (3, S, S)``
+    (a quarter of float32's bytes through the loader's shared memory) and is normalised on the device
+    (:func:`camloc.preprocess.normalise`)."""
     return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
-                       v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+                       v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2)])
 
 
-def eval_transform(size: int, mean: list[float], std: list[float]) -> Callable:
-    """Square resize (as the Localizer does), normalise."""
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+def eval_transform(size: int) -> Callable:
+    """Square resize (as the Localizer does), ``uint8`` out (normalised on the device)."""
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
 
 
 class CocoIndex:

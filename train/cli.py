@@ -16,12 +16,13 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -54,9 +55,14 @@ from camloc.models import (
     probabilities,
 )
 from camloc.models import atomic_torch_save as save
+from camloc.preprocess import normalise
 
 #: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
 MAX_BATCH, MAX_WORKERS = 1024, 64
+#: Steps between the training loop's reads of the device (the running loss, the NaN check).
+SYNC_EVERY = 50
+#: Batches each loader worker prepares ahead.
+PREFETCH = 4
 
 
 class TrainingError(Exception):
@@ -129,11 +135,10 @@ def load_indexes(args: argparse.Namespace) -> tuple[CocoIndex, CocoIndex | None]
     return train_index, val_index
 
 
-def build_datasets(args: argparse.Namespace, train_index: CocoIndex, val_index: CocoIndex | None,
-                   mean: list[float], std: list[float]):
+def build_datasets(args: argparse.Namespace, train_index: CocoIndex, val_index: CocoIndex | None):
     kind = CocoMultiLabel if args.mode == "multilabel" else CocoCrops
-    train_set = kind(train_index, train_transform(args.img_size, mean, std), args.limit)
-    val_set = kind(val_index, eval_transform(args.img_size, mean, std)) if val_index else None
+    train_set = kind(train_index, train_transform(args.img_size), args.limit)
+    val_set = kind(val_index, eval_transform(args.img_size)) if val_index else None
     if len(train_set) == 0:
         raise DataError(f"{args.ann} gives no training samples")
     return train_set, val_set
@@ -168,25 +173,53 @@ def make_loader(dataset, args: argparse.Namespace, node: Dist, epoch: int, train
         sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=args.workers, collate_fn=collate_skipping, generator=generator,
-                      pin_memory=node.device.type == "cuda", drop_last=False)
+                      pin_memory=node.device.type == "cuda", drop_last=False,
+                      prefetch_factor=PREFETCH if args.workers else None)
+
+
+def on_device(loader: DataLoader, device: torch.device, mean: Tensor, std: Tensor
+              ) -> Iterator[tuple[Tensor | None, Tensor | None, list[Unreadable]]]:
+    """``(normalised images, targets, unreadable samples)`` of each batch, on the device (``None`` for a batch
+    with nothing readable). The next batch's copy is issued before the current one is handed out, so with
+    pinned memory the host-to-device copy overlaps the step running on it."""
+
+    def moved(item):
+        batch, skipped = item
+        if batch is None:
+            return None, None, skipped
+        images, targets = batch
+        images = normalise(images.to(device, non_blocking=True), mean, std)
+        return images, targets.to(device, non_blocking=True), skipped
+
+    ahead = None
+    for item in loader:
+        current, ahead = ahead, moved(item)
+        if current is not None:
+            yield current
+    if ahead is not None:
+        yield ahead
 
 
 @torch.no_grad()
 def validate(model: CamModel, meta: dict[str, Any], val_set, val_index: CocoIndex, args,
              node: Dist) -> dict[str, Any]:
     """Image-level classification mAP, and optionally CAM localisation AP50 on ``--val-limit`` images
-    (unreadable images are left out of both and listed as ``val_unreadable_images``)."""
+    (unreadable images are left out of both and listed as ``val_unreadable_images``). Scores stay on the
+    device until the last batch (one copy to the host)."""
     model.eval()
     scores, targets, unreadable = [], [], set()
-    for batch, skipped in make_loader(val_set, args, node, 0, train=False):
+    mean, std = normalisation(meta, node.device)
+    for images, target, skipped in on_device(make_loader(val_set, args, node, 0, train=False), node.device, mean,
+                                             std):
         unreadable.update(u.file_name for u in skipped)
-        if batch is None:
+        if images is None:
             continue
-        images, target = batch
-        logits, _ = model(images.to(node.device))
-        scores.append(probabilities(logits.float(), meta["activation"]).cpu())
+        with torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=node.device.type == "cuda"):
+            logits, _ = model(images)
+        scores.append(probabilities(logits.float(), meta["activation"]))
         targets.append(target if target.ndim == 2 else nn.functional.one_hot(target, meta["num_classes"]))
-    val_map, _ = classification_ap(torch.cat(scores).numpy(), torch.cat(targets).numpy()) if scores else (None, None)
+    val_map, _ = classification_ap(torch.cat(scores).cpu().numpy(), torch.cat(targets).cpu().numpy()) \
+        if scores else (None, None)
     result: dict[str, Any] = {"val_map": val_map}
     if args.val_limit:
         localizer = Localizer(model, meta, device=node.device)
@@ -207,14 +240,29 @@ def validate(model: CamModel, meta: dict[str, Any], val_set, val_index: CocoInde
     return result
 
 
-def train_epoch(net: nn.Module, model: CamModel, loader: DataLoader, optimizer, scheduler, scaler, args,
-                node: Dist, epoch: int) -> dict[str, float]:
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU has it, else fp16 (with a gradient scaler); only used on CUDA."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def normalisation(meta: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The model's input ``mean`` and ``std`` as ``(1, 3, 1, 1)`` tensors on the device."""
+    return (torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1),
+            torch.tensor(meta["std"], device=device).view(1, 3, 1, 1))
+
+
+def train_epoch(net: nn.Module, model: CamModel, meta: dict[str, Any], loader: DataLoader, optimizer, scheduler,
+                scaler, args, node: Dist, epoch: int) -> dict[str, float]:
     """One pass over the training set; raises :class:`TrainingError` on a non-finite loss, or when no
     batch could be trained on.
 
-    Unreadable images are left out of their batch and listed. A batch left with one sample is
-    skipped while BatchNorm layers train (they need two; ``dropped_samples`` counts them); under
-    DDP every process skips the same steps, so none waits forever for the others.
+    The host never waits for the device inside the loop: losses are summed on the device, and the sum
+    and a non-finite flag are read every :data:`SYNC_EVERY` steps (the progress bar's loss, the NaN
+    check: a run whose loss turned non-finite stops there, its last good checkpoint kept). Unreadable
+    images are left out of their batch and listed. A batch left with one sample is skipped while
+    BatchNorm layers train (they need two; ``dropped_samples`` counts them); under DDP every process
+    skips the same steps (one flag all-reduced per step: the one synchronisation DDP needs), so none
+    waits forever for the others.
     """
     model.train()
     if args.freeze_backbone:
@@ -224,12 +272,16 @@ def train_epoch(net: nn.Module, model: CamModel, loader: DataLoader, optimizer, 
     min_batch = 2 if any(isinstance(m, norms) and m.training for m in model.modules()) else 1
     criterion = nn.BCEWithLogitsLoss() if args.mode == "multilabel" else nn.CrossEntropyLoss()
     amp = node.device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    total, count, dropped, unreadable, start = 0.0, 0, 0, [], time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not node.main, file=sys.stderr)
-    for batch, skipped in bar:
+    mean, std = normalisation(meta, node.device)
+    total = torch.zeros((), dtype=torch.float64, device=node.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=node.device)
+    count, dropped, unreadable, start = 0, 0, [], time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not node.main,
+               file=sys.stderr)
+    for step, (images, targets, skipped) in enumerate(on_device(loader, node.device, mean, std), start=1):
+        bar.update()
         unreadable += skipped
-        size = 0 if batch is None else len(batch[0])
+        size = 0 if images is None else len(images)
         usable = size >= min_batch
         if node.world > 1:
             flag = torch.tensor(float(usable), device=node.device)
@@ -238,27 +290,25 @@ def train_epoch(net: nn.Module, model: CamModel, loader: DataLoader, optimizer, 
         if not usable:
             dropped += size
             continue
-        images, targets = (t.to(node.device, non_blocking=True) for t in batch)
-        if amp:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(node.device.type, dtype=amp_dtype, enabled=amp):
+        with torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=amp):
             logits = net(images)[0]
             loss = criterion(logits.float(), targets)
-        finite = torch.isfinite(loss.detach()).float()
-        if node.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() < 1:
-            raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}; the last good checkpoint is kept "
-                                f"in {args.out}; lower --lr or check the data")
+        nonfinite |= ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += loss.item() * len(images)
+        total += loss.detach().double() * len(images)
         count += len(images)
-        bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count * node.world / (time.perf_counter() - start):.1f}")
-    stats = torch.tensor([total, count, dropped], dtype=torch.float64, device=node.device)
+        if step % SYNC_EVERY == 0:
+            check_finite(nonfinite, node, epoch, args)
+            bar.set_postfix(loss=f"{total.item() / count:.4f}",
+                            img_s=f"{count * node.world / (time.perf_counter() - start):.1f}")
+    bar.close()
+    check_finite(nonfinite, node, epoch, args)
+    stats = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=node.device),
+                         torch.tensor(float(dropped), dtype=torch.float64, device=node.device)])
     if node.world > 1:
         dist.all_reduce(stats)
         everyone: list[list[Unreadable]] = [[] for _ in range(node.world)]
@@ -275,6 +325,16 @@ def train_epoch(net: nn.Module, model: CamModel, loader: DataLoader, optimizer, 
     return {"train_loss": stats[0].item() / stats[1].item(), "images_per_s": stats[1].item() / elapsed,
             "skipped_images": len(unreadable), "unreadable_images": sorted({u.file_name for u in unreadable}),
             "dropped_samples": int(stats[2].item()), "lr": optimizer.param_groups[-1]["lr"]}
+
+
+def check_finite(nonfinite: Tensor, node: Dist, epoch: int, args) -> None:
+    """A :class:`TrainingError` if any step's loss so far was NaN or infinite (on any process)."""
+    flag = nonfinite.float()
+    if node.world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() > 0:
+        raise TrainingError(f"the loss became NaN or infinite in epoch {epoch + 1}; the last good checkpoint is kept "
+                            f"in {args.out}; lower --lr or check the data")
 
 
 def initial_model(args: argparse.Namespace, index: CocoIndex) -> tuple[CamModel, dict[str, Any]]:
@@ -297,7 +357,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     train_index, val_index = load_indexes(args)
     model, meta = initial_model(args, train_index)
-    train_set, val_set = build_datasets(args, train_index, val_index, meta["mean"], meta["std"])
+    train_set, val_set = build_datasets(args, train_index, val_index)
     model.to(node.device)
     if node.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -306,7 +366,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     steps = math.ceil(len(train_set) / (args.batch_size * node.world))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps * args.epochs, round(steps * args.warmup_epochs)))
-    use_scaler = node.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    use_scaler = node.device.type == "cuda" and amp_dtype(node.device) == torch.float16
     scaler = torch.amp.GradScaler(enabled=use_scaler)
     start_epoch, best, history = 0, -1.0, []
     last = args.out / "last.pt"
@@ -317,7 +377,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     net = DistributedDataParallel(model) if node.world > 1 else model
     for epoch in range(start_epoch, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
-        record = {"epoch": epoch + 1, **train_epoch(net, model, make_loader(train_set, args, node, epoch, True),
+        record = {"epoch": epoch + 1, **train_epoch(net, model, meta, make_loader(train_set, args, node, epoch, True),
                                                    optimizer, scheduler, scaler, args, node, epoch)}
         if node.main:
             if val_set is not None:
