@@ -30,7 +30,7 @@ from torch import Tensor
 
 from camloc.evaluation import Detections
 from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS, image_hits, recognised_classes
-from camloc.localize import BatchAnalysis
+from camloc.localize import BatchAnalysis, batch_detections
 from camloc.profiling import stage
 from camloc.recipes import BatchBoxes, Recipe, ScoredBoxes
 
@@ -180,7 +180,5 @@ class BoxPipeline:
             boxes = BatchBoxes.concatenate(parts)
         else:
             boxes = waited
-        detections = Detections.from_arrays(np.asarray(image_ids, np.int64)[boxes.image],
-                                            np.asarray(self.category_ids, np.int64)[boxes.class_index],
-                                            boxes.xywh, boxes.score)
-        return FinishedBatch(detections, result.hits, result.recognised, result.seconds)
+        return FinishedBatch(batch_detections(boxes, image_ids, self.category_ids), result.hits, result.recognised,
+                             result.seconds)

@@ -19,11 +19,12 @@ from PIL import Image
 from torch import Tensor
 
 from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
+from camloc.evaluation import Detections
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
 from camloc.preprocess import normalise, pixels_of, resize_square
 from camloc.profiling import stage
-from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, make_recipe
+from camloc.recipes import DEFAULT_RECIPE, BatchBoxes, Recipe, ScoredBoxes, class_indices, make_recipe
 
 TTA_SCALES = (0.75, 1.0, 1.25)
 
@@ -276,16 +277,40 @@ class Localizer:
         """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
         return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
 
-    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
-        """Detections for each image of a batch (one forward pass for the whole batch)."""
-        ids = list(image_ids) if image_ids is not None else [None] * len(images)
+    def detect(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> Detections:
+        """Detections of a batch as flat arrays (:class:`~camloc.evaluation.Detections`): one forward pass per
+        view for the whole batch, then the recipe's box stage for the whole batch (on the device for the
+        grid recipes). ``image_ids`` default to the images' positions."""
+        ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
-        return [self.detections(a, i) for a, i in zip(self.analyze(list(images)), ids)]
+        batch = self.analyze_batch(self.pixels(images))
+        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, self.select(batch.probs),
+                                        batch.sizes)
+        return batch_detections(boxes, ids, self.category_ids)
+
+    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
+        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`); ``image_id`` only
+        when ``image_ids`` are given."""
+        if image_ids is not None and len(image_ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(image_ids)} image ids")
+        per_image: list[list[dict]] = [[] for _ in images]
+        for detection in self.detect(images).to_dicts():
+            position = detection.pop("image_id")
+            head = {} if image_ids is None else {"image_id": image_ids[position]}
+            per_image[position].append({**head, **detection})
+        return per_image
 
     def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
         """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
         return self.predict_batch([image], None if image_id is None else [image_id])[0]
+
+
+def batch_detections(boxes: BatchBoxes, image_ids: Sequence[int], category_ids: Sequence[int]) -> Detections:
+    """A batch's boxes as detections: ``image_id`` from each box's position in the batch, ``category_id`` from its
+    class index."""
+    return Detections.from_arrays(np.asarray(image_ids, np.int64)[boxes.image],
+                                  np.asarray(category_ids, np.int64)[boxes.class_index], boxes.xywh, boxes.score)
 
 
 def sum_in_order(tensors: Sequence[Tensor]) -> Tensor:

@@ -151,3 +151,35 @@ def test_chunked_box_extraction_equals_all_maps_at_once():
         assert chunked.xywh.tolist() == once.xywh.tolist()
         np.testing.assert_allclose(chunked.heat, once.heat, rtol=1e-6)
     assert len(boxes_from_raw_maps(raw[:0], size)) == 0
+
+
+@pytest.mark.parametrize("options", [{"recipe": "seed"}, {"box_scale": 4}, {"recipe": "instances"}])
+def test_the_batch_api_equals_the_per_image_detections(tiny, options):
+    """``detect`` boxes a whole batch in one call (on the device for grid recipes, image by image otherwise):
+    the same detections, in the same order, as :meth:`Localizer.detections` of each analysed image."""
+    localizer = Localizer(*tiny, img_size=64, **options)
+    images = [gradient_image(60, 80, seed=1), gradient_image(45, 90, seed=2)[::-1].copy(), gradient_image(70, 50)]
+    found = localizer.detect(images, image_ids=[11, 5, 11])
+    expected = [d for analysis, image_id in zip(localizer.analyze(images), [11, 5, 11])
+                for d in localizer.detections(analysis, image_id)]
+    assert found.to_dicts() == expected and len(expected) > 3
+    per_image = localizer.predict_batch(images)
+    assert [d for dets in per_image for d in dets] == [{k: v for k, v in d.items() if k != "image_id"}
+                                                      for d in expected]
+    with pytest.raises(ValueError, match="3 images but 2 image ids"):
+        localizer.detect(images, image_ids=[1, 2])
+
+
+def test_bf16_backbone_keeps_float32_maps_close_to_the_fp32_ones(tiny):
+    """``precision="bf16"`` (CPU autocast here, as on a GPU): maps and probabilities are float32, computed from
+    the bf16 features, and close to the float32 network's."""
+    image = gradient_image(60, 80)
+    fp32 = Localizer(*tiny, img_size=64, precision="fp32").analyze(image)[0]
+    bf16 = Localizer(*tiny, img_size=64, precision="bf16").analyze(image)[0]
+    assert bf16.raw_maps.dtype == bf16.probs.dtype == torch.float32
+    scale = fp32.raw_maps.abs().max()
+    assert (bf16.raw_maps - fp32.raw_maps).abs().max() < 0.05 * scale
+    assert (bf16.probs - fp32.probs).abs().max() < 0.05
+    assert not torch.equal(bf16.raw_maps, fp32.raw_maps)  # the backbone really ran in bf16
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16"):
+        Localizer(*tiny, precision="fp64")

@@ -31,6 +31,7 @@ def test_cam_mean_plus_bias_equals_logits(arch):
     assert maps.shape == (2, 80, *features.shape[-2:])
     assert logits.abs().max() > 0.1  # a non-trivial head, so the identity is not 0 == 0
     torch.testing.assert_close(maps.mean((-2, -1)) + bias, logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.head_logits(features), logits, atol=1e-4, rtol=1e-4)  # after a bf16 backbone
 
 
 def test_unknown_architecture_is_a_clear_error():
@@ -157,4 +158,5 @@ def test_derived_coco_head_gives_group_probabilities_and_exact_cam_weights(tmp_p
     reloaded, reloaded_meta = load_model(tmp_path / "coco.pt")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x)[0], logits)
+        torch.testing.assert_close(coco_model.head_logits(features), logits)
     assert reloaded_meta["head"] == "imagenet_groups"
