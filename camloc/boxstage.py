@@ -128,8 +128,11 @@ class BoxPipeline:
         gate = self.recipe.select(probs, self.supported.to(probs.device))
         held = {k: i for i, k in enumerate(batch.classes.tolist())}
         truth = tuple(tuple((k, boxes) for k, boxes in image if k in held) for image in truth)
-        with stage("wsol maps to host"):
-            truth_maps = tuple(batch.raw_maps[b, [held[k] for k, _ in image]].cpu() for b, image in enumerate(truth))
+        with stage("wsol maps to host"):  # one gather and one copy for the whole batch
+            pairs = [(b, held[k]) for b, image in enumerate(truth) for k, _ in image]
+            images, rows = (torch.tensor(c, dtype=torch.long, device=batch.raw_maps.device) for c in
+                            (zip(*pairs) if pairs else ([], [])))
+            truth_maps = tuple(batch.raw_maps[images, rows].cpu().split([len(image) for image in truth]))
         probs_cpu = probs.cpu()
         path = self.path(batch)
         common = {"index": index, "sizes": batch.sizes, "probs": probs_cpu, "truth": truth, "truth_maps": truth_maps}

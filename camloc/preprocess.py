@@ -28,10 +28,17 @@ def pixels_of(image: Image.Image) -> Tensor:
 
 def resize_square(images: Sequence[Tensor], size: int, device: torch.device | str) -> Tensor:
     """``uint8 (3, H, W)`` images of any sizes → ``uint8 (B, 3, size, size)`` on ``device``, each resized
-    with antialiased bilinear filtering (moved to the device first, so the resize runs there)."""
+    with antialiased bilinear filtering (moved to the device first, so the resize runs there). Images of
+    the same size are resized together, one call per distinct size (a COCO batch has a handful)."""
     device = torch.device(device)
-    resized = [TF.resize(image.to(device, non_blocking=True), [size, size], antialias=True) for image in images]
-    return torch.stack(resized)
+    out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=device)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(index)
+    for members in groups.values():
+        stacked = torch.stack([images[i].to(device, non_blocking=True) for i in members])
+        out[torch.tensor(members, device=device)] = TF.resize(stacked, [size, size], antialias=True)
+    return out
 
 
 def normalise(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
