@@ -144,14 +144,14 @@ class BoxPipeline:
             return BatchJob(**common)
         if path == "traced":
             with stage("box stage (device)"):
-                chosen, packed = [], []
-                for b in range(len(batch)):
-                    classes = [k for k in torch.nonzero(gate[b]).flatten().tolist() if k in held]
-                    maps = self.recipe.device_stage(batch.raw_maps[b, [held[k] for k in classes]], batch.sizes[b])
-                    chosen.append((classes, maps, probs_cpu[b, classes]))
-                    packed.append(maps.packed)
-            self.waiting[index] = (image_ids, chosen)
-            return BatchJob(**common, packed=tuple(packed))
+                gated = gate.cpu()
+                classes = [[k for k in torch.nonzero(gated[b]).flatten().tolist() if k in held]
+                           for b in range(len(batch))]
+                maps = self.recipe.device_stage_batch(
+                    [batch.raw_maps[b, [held[k] for k in chosen]] for b, chosen in enumerate(classes)], batch.sizes)
+            self.waiting[index] = (image_ids, [(chosen, image_maps, probs_cpu[b, chosen])
+                                               for b, (chosen, image_maps) in enumerate(zip(classes, maps))])
+            return BatchJob(**common, packed=tuple(m.packed for m in maps))
         with stage("maps to host"):
             rows = torch.nonzero(gate[:, batch.classes].any(0)).flatten()
             maps = batch.raw_maps[:, rows].cpu()

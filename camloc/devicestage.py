@@ -18,13 +18,14 @@ step; that was not measured here (no GPU).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.boxes import outer_boxes, stacked_masks, trace_stacked
+from camloc.boxes import fraction_cut, outer_boxes, stacked_masks, trace_stacked
 from camloc.cam import check_finite_maps, normalize_maps
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)
@@ -71,6 +72,8 @@ def to_uint8(heat: Tensor) -> Tensor:
 def histograms(u8: Tensor) -> np.ndarray:
     """256-bin histograms ``(k, 256)`` of ``uint8`` maps ``(k, H, W)``, counted on the device."""
     k = len(u8)
+    if k == 0:
+        return np.zeros((0, 256), np.int64)
     offsets = torch.arange(k, device=u8.device).view(k, 1) * 256
     flat = (u8.reshape(k, -1).long() + offsets).reshape(-1)
     return torch.bincount(flat, minlength=256 * k).view(k, 256).cpu().numpy()
@@ -80,10 +83,11 @@ def pack(masks: Tensor) -> np.ndarray:
     """Boolean masks ``(n, H, W)`` → bytes ``(n, H, ⌈W/8⌉)`` on the CPU (``numpy.packbits`` order: the first
     pixel is the high bit)."""
     n, height, width = masks.shape
-    padded = torch.zeros(n, height, -(-width // 8) * 8, dtype=torch.uint8, device=masks.device)
+    columns = -(-width // 8)
+    padded = torch.zeros(n, height, columns * 8, dtype=torch.uint8, device=masks.device)
     padded[..., :width] = masks
     weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=masks.device)
-    return (padded.view(n, height, -1, 8) * weights).sum(-1, dtype=torch.uint8).cpu().numpy()
+    return (padded.view(n, height, columns, 8) * weights).sum(-1, dtype=torch.uint8).cpu().numpy()
 
 
 def unpack_stacked(packed: np.ndarray, width: int) -> np.ndarray:
@@ -104,22 +108,55 @@ class DeviceMaps:
     tables: Tensor  # (k, H+1, W+1) float64 summed-area tables of the normalised maps, on the device
 
 
-def device_maps(raw_maps: Tensor, size: tuple[int, int], cuts: Tensor | None = None) -> DeviceMaps:
-    """Normalise raw maps ``(k, h, w)`` to ``size`` on their device and threshold them there.
+def thresholds(u8: Tensor, levels: Sequence[float] | None) -> Tensor:
+    """``(N, L)`` cuts for ``u8 > cut`` of ``uint8`` maps ``(N, H, W)``: each level ``t`` as ``⌈t·255⌉ − 1``, or
+    (``levels=None``) Otsu's level of each map, computed as OpenCV does."""
+    if levels is None:
+        return torch.from_numpy(otsu_levels(histograms(u8))).to(u8.device).view(-1, 1)
+    return torch.tensor([fraction_cut(t) for t in levels], device=u8.device).repeat(len(u8), 1)
 
-    ``cuts (k, L)``: foreground ``u8 > cut`` per map and level (a fixed fraction ``t`` is the cut
-    ``⌈t·255⌉ − 1``); ``None``: Otsu's level of each map (histograms counted on the device, the
-    levels themselves, 256 numbers a map, computed exactly as OpenCV on the CPU).
+
+def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], levels: Sequence[float] | None
+                ) -> list[DeviceMaps]:
+    """Normalise each image's raw maps ``(k, h, w)`` to its ``(H, W)`` on their device and threshold them there.
+
+    ``levels``: fractions ``t`` of each map's max (foreground ``u8 > ⌈t·255⌉ − 1``), or ``None`` for Otsu's
+    level of each map (histograms counted on the device; the levels themselves, 256 float64 steps for all
+    maps of all images at once, computed exactly as OpenCV on the CPU). Images of one size (and map grid) are
+    processed together: one call per distinct size, not per image.
     """
-    check_finite_maps(raw_maps)
-    heat = normalize_maps(raw_maps, size)
-    u8 = to_uint8(heat)
-    if cuts is None:
-        cuts = torch.from_numpy(otsu_levels(histograms(u8))).to(u8.device).view(-1, 1)
-    masks = u8[:, None] > cuts.to(u8.device, torch.int16)[:, :, None, None]
-    tables = torch.zeros(len(heat), size[0] + 1, size[1] + 1, dtype=torch.float64, device=heat.device)
-    tables[:, 1:, 1:] = heat.double().cumsum(-1).cumsum(-2)
-    return DeviceMaps(size, pack(masks.reshape(-1, *size)), cuts.shape[1], tables)
+    groups: dict[tuple[int, ...], list[int]] = {}  # by image size and map grid
+    for index, size in enumerate(sizes):
+        groups.setdefault((*size, *raw_maps[index].shape[-2:]), []).append(index)
+    heats, u8s = {}, {}
+    for key, members in groups.items():
+        stacked = torch.cat([raw_maps[i] for i in members])
+        check_finite_maps(stacked)
+        heats[key] = normalize_maps(stacked, key[:2])
+        u8s[key] = to_uint8(heats[key])
+    if levels is None:  # every map's Otsu level in one pass
+        order = list(groups)
+        counts = np.concatenate([histograms(u8s[key]) for key in order]) if order else np.zeros((0, 256))
+        otsu = torch.from_numpy(otsu_levels(counts)).view(-1, 1)
+        bounds = np.cumsum([0] + [len(u8s[key]) for key in order])
+        cuts = {key: otsu[a:b] for key, a, b in zip(order, bounds[:-1], bounds[1:])}
+    else:
+        cuts = {key: thresholds(u8s[key], levels) for key in groups}
+    out: list[DeviceMaps | None] = [None] * len(sizes)
+    for key, members in groups.items():
+        size = key[:2]
+        u8, per_map = u8s[key], cuts[key].shape[1]
+        masks = u8[:, None] > cuts[key].to(u8.device, torch.int16)[:, :, None, None]
+        packed = pack(masks.reshape(-1, *size))
+        tables = torch.zeros(len(u8), size[0] + 1, size[1] + 1, dtype=torch.float64, device=u8.device)
+        tables[:, 1:, 1:] = heats[key].double().cumsum(-1).cumsum(-2)
+        start = 0
+        for i in members:
+            count = len(raw_maps[i])
+            out[i] = DeviceMaps(size, packed[start * per_map:(start + count) * per_map], per_map,
+                                tables[start:start + count])
+            start += count
+    return out
 
 
 def trace(maps_on_cpu: np.ndarray, width: int, mode: str = "all", levels: bool = False

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from camloc.boxes import fraction_cut
 from camloc.cam import check_finite_maps, normalize_maps
 from camloc.components import component_boxes
-from camloc.devicestage import histograms, otsu_levels, to_uint8
+from camloc.devicestage import thresholds, to_uint8
 from camloc.nms import grouped_nms
 from camloc.profiling import stage
 from camloc.proposals import evidence_of
@@ -39,14 +38,6 @@ class GridBoxes:
     map_index: Tensor  # (n,) int64
     xywh: Tensor  # (n, 4) float64, [x, y, w, h] in image pixels
     score: Tensor  # (n,) float64
-
-
-def thresholds(u8: Tensor, levels: Sequence[float] | None) -> Tensor:
-    """``(N, L)`` cuts for ``u8 > cut``: each level ``t`` as ``⌈t·255⌉ − 1``, or (``levels=None``) Otsu's
-    level of each map, computed as OpenCV does."""
-    if levels is None:
-        return torch.from_numpy(otsu_levels(histograms(u8))).to(u8.device).view(-1, 1)
-    return torch.tensor([fraction_cut(t) for t in levels], device=u8.device).repeat(len(u8), 1)
 
 
 def summed_area_tables(heat: Tensor) -> Tensor:

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from camloc.boxes import (
     BoxSet,
-    fraction_cut,
     heatmaps_to_boxes,
     normalized_maps_to_boxes,
     parse_box_mode,
@@ -229,9 +228,17 @@ class Recipe:
         maps = self.device_stage(raw_maps, size)
         return self.finish(maps, *self.trace(maps.packed, size[1]), probs)
 
+    def cut_levels(self) -> tuple[float, ...] | None:
+        """The fractions of each map's max its regions are cut at (``None``: Otsu's level of each map)."""
+        raise NotImplementedError
+
     def device_stage(self, raw_maps: Tensor, size: tuple[int, int]) -> DeviceMaps:
         """Normalise and threshold on the device; packed masks to the CPU, summed-area tables kept."""
-        raise NotImplementedError
+        return self.device_stage_batch([raw_maps], [size])[0]
+
+    def device_stage_batch(self, raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> list[DeviceMaps]:
+        """:meth:`device_stage` of several images at once (:func:`camloc.devicestage.device_maps`)."""
+        return device_maps(raw_maps, sizes, self.cut_levels())
 
     def trace(self, packed: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """On the CPU: ``(mask index, xywh)`` of the packed masks."""
@@ -338,9 +345,8 @@ class Seed(Recipe):
         score = found.heat * probs.double().cpu().numpy()[found.class_index]
         return ScoredBoxes(found.class_index, found.xywh.astype(np.float64), score)
 
-    def device_stage(self, raw_maps: Tensor, size: tuple[int, int]) -> DeviceMaps:
-        return device_maps(raw_maps, size, fixed_cuts(len(raw_maps), () if self.threshold == "otsu"
-                                                      else (self.threshold,)))
+    def cut_levels(self) -> tuple[float, ...] | None:
+        return threshold_levels(self.threshold)
 
     def trace(self, packed: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         return trace_masks(packed, width, self.mode)
@@ -376,17 +382,13 @@ class EvidenceScored(Recipe):
             raise ValueError(f"box_scale must be an integer from 1 to {MAX_BOX_SCALE} (boxes at that many times the "
                              f"feature grid) or None (at the image's resolution), got {scale!r}")
 
-    def grid_levels(self) -> tuple[float, ...] | None:
-        """The levels :func:`camloc.gridboxes.grid_boxes` cuts at (``None``: Otsu)."""
-        raise NotImplementedError
-
     #: Regions kept per map and level on the grid (``all`` | ``largest``).
     grid_mode: ClassVar[str] = "all"
 
     def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor) -> GridBoxes:
         """:func:`camloc.gridboxes.grid_boxes` with this recipe's parameters."""
         mode = getattr(self, "mode", self.grid_mode)
-        return grid_boxes(raw_maps, probs, sizes, group, int(self.box_scale), self.grid_levels(), mode,
+        return grid_boxes(raw_maps, probs, sizes, group, int(self.box_scale), self.cut_levels(), mode,
                           float(self.nms_iou))
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
@@ -442,11 +444,9 @@ class EvidenceScored(Recipe):
         return self.keep_best(owner, xywh, evidence(inside, totals[owner], xywh), probs)
 
 
-def fixed_cuts(num: int, levels: Sequence[float]) -> Tensor | None:
-    """``(num, L)`` cuts for ``u8 > cut`` ⟺ ``u8 ≥ ⌈t·255⌉`` at each level ``t``; ``None`` (Otsu) without levels."""
-    if not levels:
-        return None
-    return torch.tensor([fraction_cut(t) for t in levels]).repeat(num, 1)
+def threshold_levels(threshold: str | float) -> tuple[float, ...] | None:
+    """A ``threshold`` option as cut levels: ``None`` for Otsu, else the one fraction."""
+    return None if threshold == "otsu" else (float(threshold),)
 
 
 @register("evidence")
@@ -472,9 +472,8 @@ class Evidence(EvidenceScored):
     def grid_levels(self) -> tuple[float, ...] | None:
         return None if self.threshold == "otsu" else (float(self.threshold),)
 
-    def device_stage(self, raw_maps: Tensor, size: tuple[int, int]) -> DeviceMaps:
-        return device_maps(raw_maps, size, fixed_cuts(len(raw_maps), () if self.threshold == "otsu"
-                                                      else (self.threshold,)))
+    def cut_levels(self) -> tuple[float, ...] | None:
+        return threshold_levels(self.threshold)
 
     def trace(self, packed: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         return trace_masks(packed, width, self.mode)
@@ -506,11 +505,8 @@ class MultiLevel(EvidenceScored):
         owner, _, xywh = level_boxes(u8, self.levels)
         return owner, xywh
 
-    def grid_levels(self) -> tuple[float, ...] | None:
+    def cut_levels(self) -> tuple[float, ...] | None:
         return self.levels
-
-    def device_stage(self, raw_maps: Tensor, size: tuple[int, int]) -> DeviceMaps:
-        return device_maps(raw_maps, size, fixed_cuts(len(raw_maps), self.levels))
 
     def trace(self, packed: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         return trace_masks(packed, width, levels=True)

@@ -110,3 +110,16 @@ def test_the_eval_pipeline_traces_device_masks_in_worker_processes():
     np.testing.assert_allclose(device.detections.score, cpu.detections.score, rtol=1e-9)
     assert all(np.array_equal(a, b) for a, b in zip(cpu.hits, device.hits)) and cpu.recognised == device.recognised
     assert [h.shape for h in cpu.hits] == [(1, 3, 100)] * 2
+
+
+@pytest.mark.parametrize("name,options", [("seed", {}), ("multilevel", {})])
+def test_a_batch_of_images_of_several_sizes_gives_each_image_its_own_device_maps(name, options):
+    """The batched device stage (one call per distinct size, Otsu for every map at once) = image by image."""
+    recipe = make_recipe(name, classes="all", **options)
+    cases = adversarial_maps(2)
+    cases = [(raw[:, :5, :6], probs, size) for raw, probs, size in cases] + [(cases[0][0][:0, :5, :6], None, (9, 9))]
+    together = recipe.device_stage_batch([raw for raw, _, _ in cases], [size for _, _, size in cases])
+    for (raw, _, size), maps in zip(cases, together):
+        alone = recipe.device_stage(raw, size)
+        assert maps.size == alone.size == size and maps.per_map == alone.per_map
+        assert np.array_equal(maps.packed, alone.packed) and torch.equal(maps.tables, alone.tables)
