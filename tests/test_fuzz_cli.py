@@ -7,10 +7,12 @@ folder where some images are unreadable finishes, lists them, and warns once.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,17 +183,33 @@ def test_eval_bad_file(data, tmp_path, capsys, name):
     assert_refused(eval_main, eval_argv(data, out, **paths), capsys, out)
 
 
+def changed(record: str, **fields) -> str:
+    """A valid progress record with some fields replaced (``None``: removed)."""
+    data = json.loads(record)
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not None})
+
+
+def column(values, dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype).tobytes()).decode()
+
+
+NAN_DETECTION = {"image_id": column([1], "<i8"), "category_id": column([1], "<i8"), "bbox": column([0, 0, 1, 1], "<f8"),
+                 "score": column([float("nan")], "<f8")}
 RESUME_CASES = {
     "header-garbage": lambda header, det: ["{not json", det],
     "header-not-a-dict": lambda header, det: ["[1, 2]", det],
     "record-not-a-dict": lambda header, det: [header, "[1]", det],
-    "record-unknown-image": lambda header, det: [header, json.dumps({"image_id": 999, "detections": []}), det],
-    "record-string-id": lambda header, det: [header, json.dumps({"image_id": "1", "detections": []}), det],
-    "record-detections-not-a-list": lambda header, det: [header, json.dumps({"image_id": 1, "detections": 5}), det],
-    "record-nan-score": lambda header, det: [header, json.dumps({"image_id": 1, "detections": [
-        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": float("nan")}]}), det],
-    "record-without-detections": lambda header, det: [header, json.dumps({"image_id": 1}), det],
-    "torn-middle-line": lambda header, det: [header, '{"image_id": 1, "detec', det],
+    "record-unknown-image": lambda header, det: [header, changed(det, images=[999]), det],
+    "record-string-id": lambda header, det: [header, changed(det, images=["1"]), det],
+    "record-detections-not-columns": lambda header, det: [header, changed(det, detections=5), det],
+    "record-not-base64": lambda header, det: [header, changed(det, detections=dict(
+        json.loads(det)["detections"], score="!!")), det],
+    "record-nan-score": lambda header, det: [header, changed(det, detections=NAN_DETECTION), det],
+    "record-without-detections": lambda header, det: [header, changed(det, detections=None), det],
+    "record-stamps-mismatch": lambda header, det: [header, changed(det, stamps=[[1, 2]]), det],
+    "record-unreadable-not-pairs": lambda header, det: [header, changed(det, unreadable=[[1]]), det],
+    "torn-middle-line": lambda header, det: [header, '{"images": [1], "detec', det],
 }
 
 
@@ -201,19 +219,19 @@ def interrupted_progress(data: dict, tmp_path: Path, capsys) -> tuple[Path, str,
     calls = []
     from camloc.localize import Localizer
 
-    original = Localizer.analyze
+    original = Localizer.analyze_batch
 
-    def stop(self, images, classes=None):
+    def stop(self, pixels, classes=None, views=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(self, images, classes)
+        return original(self, pixels, classes, views)
 
-    Localizer.analyze = stop
+    Localizer.analyze_batch = stop
     try:
         assert run(eval_main, eval_argv(data, out, "--batch-size", "2"), capsys)[0] == 130
     finally:
-        Localizer.analyze = original
+        Localizer.analyze_batch = original
     lines = (out / ".progress.jsonl").read_text().splitlines()
     return out, lines[0], lines[1]
 
