@@ -188,6 +188,10 @@ def test_voc_hand_made_cases():
     duplicate = voc_map(gt, [dict(hit, score=0.9), dict(hit, score=0.8), dict(miss, score=0.1)])
     assert duplicate["map"] == 1.0 and duplicate["per_class"][2] is None  # class 2 has no GT: skipped
     assert voc_map(gt, [dict(hit, score=0.9)], classes_without_gt="zero")["map"] == 0.5
+    # detections of a class without ground truth (found by the fuzz suite: it once raised IndexError)
+    no_gt_class = voc_map(gt, [dict(hit, score=0.9), dict(hit, category_id=2, score=0.5)], 0.0,
+                          classes_without_gt="zero")
+    assert no_gt_class["per_class"] == {1: 1.0, 2: 0.0}
     assert voc_map(gt, [])["map"] == 0.0
     assert voc_average_precision(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(
         0.5 * 1.0 + 0.5 * 2 / 3)

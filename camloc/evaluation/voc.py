@@ -92,7 +92,8 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | 
             first_best = np.minimum.reduceat(np.where(is_best, np.arange(len(pair_det)), len(pair_det)), starts)
             best_gt[owners] = pair_gt[first_best]
         hit = best_iou > iou_threshold
-        difficult = hit & truth.ann_crowd[g_sel][np.maximum(best_gt, 0)]
+        difficult = np.zeros(len(d_sel), dtype=bool)  # a hit needs IoU > threshold >= 0, so a real pair
+        difficult[hit] = truth.ann_crowd[g_sel][best_gt[hit]]
         claims = np.flatnonzero(hit & ~difficult)
         # among detections hitting the same ground truth, only the first (highest score) is a TP
         first_claim = claims[np.unique(best_gt[claims], return_index=True)[1]]
