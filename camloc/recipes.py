@@ -44,6 +44,8 @@ from camloc.devicestage import trace as trace_masks
 from camloc.gridboxes import GridBoxes, grid_boxes
 from camloc.proposals import box_evidence, evidence, instance_cut, integral_images, level_boxes, per_class_nms
 
+#: The ``box_scale`` option that traces boxes at the image's own resolution (stored as ``None``).
+FULL_RESOLUTION = "full"
 #: Largest ``box_scale``: 64 × a 14×14 grid is 896 pixels a side, beyond any photo's detail in a CAM.
 MAX_BOX_SCALE = 64
 #: Classes normalised and boxed together: 4 full-resolution maps stay in the CPU cache, which
@@ -377,13 +379,17 @@ class EvidenceScored(Recipe):
         if not 0.0 < float(self.nms_iou) <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}")
         scale = self.box_scale
+        if isinstance(scale, str) and scale == FULL_RESOLUTION:
+            object.__setattr__(self, "box_scale", scale := None)
         if scale is not None and (isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, np.integer))
                                   or not 1 <= scale <= MAX_BOX_SCALE):
             raise ValueError(f"box_scale must be an integer from 1 to {MAX_BOX_SCALE} (boxes at that many times the "
-                             f"feature grid) or None (at the image's resolution), got {scale!r}")
+                             f"feature grid) or {FULL_RESOLUTION!r} (at the image's resolution), got {scale!r}")
 
     #: Regions kept per map and level on the grid (``all`` | ``largest``).
     grid_mode: ClassVar[str] = "all"
+    #: Whether the recipe can trace its boxes on the feature grid (``box_scale``) at all.
+    traces_on_grid: ClassVar[bool] = True
 
     def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor) -> GridBoxes:
         """:func:`camloc.gridboxes.grid_boxes` with this recipe's parameters."""
@@ -526,13 +532,14 @@ class Instances(MultiLevel):
 
     min_peak: float = 0.3
     on_device: ClassVar[bool] = False  # its watershed needs the whole map on the CPU
+    traces_on_grid: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= float(self.min_peak) <= 1.0:
             raise ValueError(f"min_peak must be in [0, 1], got {self.min_peak!r}")
         if self.box_scale is not None:
-            raise ValueError("instances traces its watershed at the image's resolution: box_scale must be None")
+            raise ValueError("instances traces its watershed at the image's resolution: box_scale must be 'full'")
 
     def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         cut = np.stack([instance_cut(m, min(self.levels), float(self.min_peak), grid) for m in heat])
@@ -546,10 +553,15 @@ class MultiLevelFlip(MultiLevel):
     """:class:`MultiLevel` on maps refined with the mirrored image (``flip``, two forward passes).
 
     The default: on real COCO images and on synthetic scenes alike it gives the best boxes of
-    the recipes (``bench/recipes.py``; README).
+    the recipes (``bench/recipes.py``; README). Its boxes are traced at 2× the feature grid
+    (``box_scale=2``, on the maps' device) and scaled to the image: AP and AP50 within the
+    bootstrap intervals of tracing at the image's resolution on real and synthetic images, at
+    1/4–1/12 of the box stage's time (``bench/box_resolution.py``; README). ``box_scale="full"``
+    traces at the image's resolution.
     """
 
     flip: bool = True
+    box_scale: int | None = 2
 
 
 DEFAULT_RECIPE = "multilevel-flip"

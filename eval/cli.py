@@ -25,7 +25,7 @@ from camloc.images import ImageError
 from camloc.io_utils import OutputError
 from camloc.localize import Localizer
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
-from camloc.recipes import DEFAULT_RECIPE, RECIPES, make_recipe
+from camloc.recipes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.workerpool import default_box_workers
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
@@ -36,6 +36,16 @@ MAX_BATCH, MAX_WORKERS = 1024, 64
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def box_scale_option(text: str) -> int | str:
+    """``--box-scale``: an integer, or ``full`` for the image's resolution (the recipe checks the range)."""
+    if text == FULL_RESOLUTION:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or {FULL_RESOLUTION!r}, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,9 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode", default="auto", choices=["auto", "worker", "device"],
                         help="where JPEGs are decoded: in the loader workers, or on the device in batches "
                              "(nvJPEG on a GPU); auto: device on a GPU, workers on a CPU")
-    parser.add_argument("--box-scale", type=int,
-                        help="recipe option (evidence recipes): trace boxes at this many times the feature grid "
-                             "instead of the image's resolution")
+    parser.add_argument("--box-scale", type=box_scale_option, metavar="S|full",
+                        help="recipe option (evidence recipes): trace boxes at S times the feature grid, or 'full' "
+                             "at the image's resolution (default: the recipe's; multilevel-flip: 2)")
     parser.add_argument("--profile", action="store_true",
                         help="seconds per stage (data, decode, preprocess, forward, box stage, workers, write) and "
                              "the stage that bounds the run, printed and kept in metrics.json")

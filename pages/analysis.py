@@ -22,13 +22,15 @@ import streamlit as st
 from camloc.boxes import BOX_MODES
 from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
-from camloc.recipes import DEFAULT_RECIPE, RECIPES
+from camloc.recipes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES
 from pages.inputs import InputImage
 from pages.state import carry, options_filter, remembered
 
 METHODS = {"CAM": ("cam", False), "Grad-CAM": ("gradcam", False), "Grad-CAM++": ("gradcampp", False),
            "TTA-CAM": ("cam", True)}
 THRESHOLD_MODES = ("Otsu", "Fraction of max")
+#: The box resolutions offered for recipes with a ``box_scale`` option (× the feature grid, or the image's).
+BOX_SCALES = (1, 2, 4, 8, FULL_RESOLUTION)
 #: A recipe that takes each method's maps as they are (the course recipe: no mirror image), for the
 #: views of an analysis with no recipe in mind.
 PLAIN_MAPS = "seed"
@@ -164,4 +166,12 @@ def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
     if "mode" in defaults:
         carry("box_mode", defaults["mode"], options_filter(BOX_MODES), context=name)
         options["mode"] = where.radio("Boxes", BOX_MODES, horizontal=True, key="box_mode")
+    if "box_scale" in defaults and recipe.traces_on_grid:
+        default_scale = FULL_RESOLUTION if defaults["box_scale"] is None else defaults["box_scale"]
+        carry("box_scale", default_scale, options_filter(BOX_SCALES), context=name)
+        options["box_scale"] = where.radio(
+            "Box resolution", BOX_SCALES, horizontal=True, key="box_scale",
+            format_func=lambda s: "image" if s == FULL_RESOLUTION else f"{s}× grid",
+            help="Where regions become boxes: at a few times the feature grid (fast, on the maps' device) or at "
+                 "the image's own resolution; see the README's Box recipes")
     return name, options

@@ -16,7 +16,8 @@ from camloc.workerpool import OrderedPool
 from tests.conftest import COCO80, VAL_IMAGES
 
 DEVICE_RECIPES = [("seed", {}), ("seed", {"threshold": 0.3}), ("seed", {"mode": "largest"}), ("evidence", {}),
-                  ("evidence", {"threshold": 0.6, "mode": "largest"}), ("multilevel", {}), ("multilevel-flip", {})]
+                  ("evidence", {"threshold": 0.6, "mode": "largest"}), ("multilevel", {}),
+                  ("multilevel-flip", {"box_scale": "full"})]
 
 
 @settings(max_examples=300, derandomize=True, database=None, deadline=None,
@@ -87,7 +88,7 @@ def test_which_recipes_have_a_device_path():
 
 @pytest.mark.realdata
 def test_the_eval_pipeline_traces_device_masks_in_worker_processes():
-    localizer = Localizer.from_checkpoint(COCO80, device="cpu")
+    localizer = Localizer.from_checkpoint(COCO80, device="cpu", box_scale="full")
     pixels = localizer.pixels(sorted(VAL_IMAGES.glob("*.jpg"))[:2])
     batch = localizer.analyze_batch(pixels)
     truth = [((0, np.array([[10.0, 20.0, 100.0, 80.0]])),)] * 2

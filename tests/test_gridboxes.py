@@ -99,6 +99,14 @@ def test_box_scale_must_be_a_small_integer_or_none(scale):
         make_recipe("multilevel", box_scale=scale)
 
 
+def test_the_default_recipe_boxes_on_twice_the_grid_and_full_asks_for_the_image_resolution():
+    assert make_recipe("multilevel-flip").box_scale == 2 and make_recipe("multilevel").box_scale is None
+    assert make_recipe("multilevel-flip", box_scale="full").box_scale is None
+    assert make_recipe("multilevel-flip").with_options(box_scale="full") == make_recipe("multilevel-flip",
+                                                                                        box_scale="full")
+    assert make_recipe("evidence", box_scale=3).with_options(box_scale="full").box_scale is None
+
+
 def test_recipes_that_trace_at_full_resolution_refuse_box_scale():
     with pytest.raises(ValueError, match="instances traces its watershed"):
         make_recipe("instances", box_scale=4)
