@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
+from camloc.cam import DEFAULT_METHOD, MapMethod, make_method, normalize_maps
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
 from camloc.recipes import DEFAULT_RECIPE, Recipe, ScoredBoxes, make_recipe
@@ -66,29 +66,29 @@ class Analysis:
 class Localizer:
     """Weakly-supervised localisation with class activation maps.
 
-    Options: ``method`` cam | gradcam | gradcampp; ``recipe`` the box recipe's name (see
+    Options: ``method`` a map method's name (see :data:`camloc.cam.METHODS`; default
+    :data:`~camloc.cam.DEFAULT_METHOD`) or a method object; ``recipe`` the box recipe's name (see
     :mod:`camloc.recipes`; default :data:`~camloc.recipes.DEFAULT_RECIPE`) or a recipe object;
     ``threshold``, ``boxes`` (all | largest) and ``classes`` (all | topk:N | prob:P | index list)
     and any other ``recipe_options`` are parameters of the recipe (``None``: the recipe's
     default); ``img_size`` (default: the checkpoint's ``input_size``); ``tta`` averages maps and
-    probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name
-    (default: the feature layer).
+    probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name for
+    a method with a ``layer`` option (default: the feature layer).
     """
 
-    def __init__(self, model: CamModel, meta: dict[str, Any], method: str = "cam",
+    def __init__(self, model: CamModel, meta: dict[str, Any], method: str | MapMethod = DEFAULT_METHOD,
                  recipe: str | Recipe = DEFAULT_RECIPE, threshold: str | float | None = None, boxes: str | None = None,
                  classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
                  device: str | torch.device | None = None, gradcam_layer: str | None = None, **recipe_options: Any):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.map_method = make_method(method, **({"layer": gradcam_layer} if gradcam_layer else {}))
+        self.map_method.check(model)
         self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes, **recipe_options)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.meta = meta
-        self.method = method
+        self.method = self.map_method.name
         self.img_size = int(img_size or meta["input_size"])
         self.tta = tta
-        self.layer = self.model.net.get_submodule(gradcam_layer or meta["feature_layer"])
         self.class_names: list[str] = list(meta["class_names"])
         self.category_ids: list[int] = list(meta.get("category_ids", range(meta["num_classes"])))
         unsupported = set(meta.get("unsupported_classes", ()))
@@ -112,15 +112,9 @@ class Localizer:
 
     # ------------------------------------------------------------------ forward + maps
     def _maps(self, x: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all) and logits ``(B, K)`` for a batch."""
-        if self.method == "cam":
-            with torch.inference_mode():
-                logits, features = self.model(x)
-                maps = class_activation_maps(*self.model.cam_terms(features)[:2], classes)
-            return maps, logits
-        if classes is None:
-            classes = torch.arange(len(self.class_names), device=self.device)
-        return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
+        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all; ``(k,)`` or ``(B, k)`` per image) and logits
+        ``(B, K)`` for a batch, by the Localizer's map method."""
+        return self.map_method.maps(self.model, x, classes)
 
     def views(self, recipe: str | Recipe | None = None) -> list[tuple[float, bool]]:
         """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, the image
@@ -147,10 +141,12 @@ class Localizer:
 
     def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA view) over a batch; maps of ``classes`` (CAM default: all classes).
+        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes).
 
-        Gradient methods cost one batched backward per class, so without ``classes`` they compute the
-        maps of the classes the Localizer's ``classes`` option selects. ``views``: compute only these
+        A ``per_class`` method (the gradient methods: one batched backward pass per class) computes,
+        without ``classes``, the maps of the classes the recipe gates in for each image, from the
+        probabilities of a first forward pass; each image has its own classes (one backward pass per
+        class *slot*: as many as the image with the most gated classes). ``views``: compute only these
         of :meth:`views` (an interactive caller caches each view and joins them with
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
@@ -158,12 +154,15 @@ class Localizer:
         pil = [load_image(im) for im in batch]
         wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         views = tuple(views or self.views())
-        if wanted is None and self.method != "cam":
-            probs = self._probabilities(pil, views)
-            wanted = torch.nonzero(self.select(probs).any(0)).flatten()
+        counts = None
+        if wanted is None and self.map_method.per_class:
+            wanted, counts = gated_slots(self.select(self._probabilities(pil, views)))
         maps, probs = self._maps_tta(pil, wanted, views)
         held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
-        return [Analysis((im.height, im.width), probs[b], held, maps[b], views) for b, im in enumerate(pil)]
+        if counts is None:
+            return [Analysis((im.height, im.width), probs[b], held, maps[b], views) for b, im in enumerate(pil)]
+        return [Analysis((im.height, im.width), probs[b], held[b, :n], maps[b, :n], views)
+                for b, (im, n) in enumerate(zip(pil, counts))]
 
     def _probabilities(self, images: Sequence[Image.Image], views: Sequence[tuple[float, bool]]) -> Tensor:
         """Class probabilities averaged over ``views`` (the same numbers as the analysis), no maps."""
@@ -216,6 +215,16 @@ class Localizer:
     def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
         """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
         return self.predict_batch([image], None if image_id is None else [image_id])[0]
+
+
+def gated_slots(gate: Tensor) -> tuple[Tensor, list[int]]:
+    """Boolean ``(B, K)`` gates → ``(B, k)`` class indices per image (its gated classes in index order,
+    padded with its first one, or class 0) and each image's count, ``k`` the largest count."""
+    counts = gate.sum(1)
+    width = int(counts.max()) if len(gate) else 0
+    order = torch.argsort((~gate).to(torch.int8), dim=1, stable=True)[:, :width]
+    padded = torch.where(torch.arange(width, device=gate.device) < counts[:, None], order, order[:, :1])
+    return padded, counts.tolist()
 
 
 def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
