@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from camloc.boxstage import default_box_workers
+from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.data import DataError, check_image_files
 from camloc.devices import resolve_device
 from camloc.errors import error_line
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the split")
     parser.add_argument("--checkpoint", required=True, type=Path, help="camloc checkpoint or state_dict + .json")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--method", default="cam", choices=["cam", "gradcam", "gradcampp"])
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                        help=f"map method (camloc.cam.METHODS; default {DEFAULT_METHOD})")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
                         help=f"box recipe (default {DEFAULT_RECIPE}; seed = the course recipe)")
     parser.add_argument("--threshold", help="recipe option: 'otsu' or a fraction of the map's max, e.g. 0.2")

@@ -17,14 +17,19 @@ import numpy as np
 import streamlit as st
 
 from camloc.boxes import BOX_MODES
+from camloc.cam import METHODS as MAP_METHODS
+from camloc.cam import make_method
 from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
 from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from pages.inputs import InputImage
 from pages.state import carry, options_filter
 
-METHODS = {"CAM": ("cam", False), "Grad-CAM": ("gradcam", False), "Grad-CAM++": ("gradcampp", False),
-           "TTA-CAM": ("cam", True)}
+#: Every registered map method by its label (new methods appear by themselves), and TTA-CAM.
+METHODS = {cls.label: (name, False) for name, cls in MAP_METHODS.items()} | {"TTA-CAM": ("cam", True)}
+#: What a costly method needs here: Score-CAM runs one forward pass per feature channel (1280 for
+#: MobileNetV2, minutes on a CPU), so the app keeps the 64 channels that vary most (64 passes per view).
+APP_OPTIONS = {"scorecam": {"max_channels": 64}}
 THRESHOLD_MODES = ("Otsu", "Fraction of max")
 #: A recipe that takes each method's maps as they are (the course recipe: no mirror image), for the
 #: views of an analysis with no recipe in mind (class ranking, the All classes page).
@@ -32,7 +37,7 @@ PLAIN_MAPS = "seed"
 
 
 def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False) -> Localizer:
-    return Localizer(model, meta, method=method, tta=tta, device="cpu")
+    return Localizer(model, meta, method=make_method(method, **APP_OPTIONS.get(method, {})), tta=tta, device="cpu")
 
 
 @st.cache_data(show_spinner="Running the network…", max_entries=256)
@@ -44,14 +49,19 @@ def _analyze_view(image_bytes: bytes, model_key: str, method: str, classes: tupl
 
 
 def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], method: str = "cam",
-            tta: bool = False, recipe: str | None = None) -> Analysis:
+            tta: bool = False, recipe: str | None = None, focus: int | None = None) -> Analysis:
     """The analysis of ``image``, with the maps of every class, from cached views: the TTA views, or those
     box ``recipe`` needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image alone.
 
     Gradient methods too compute every class at once (one forward pass, batched backward passes
-    through the head only), which costs little more than one class and makes class changes free.
+    through the head only), which costs little more than one class and makes class changes free —
+    except a costly one (fused LayerCAM: backward passes through most of the network), which computes
+    the ``focus`` class only (a class change runs it again, for that class).
     """
-    classes = None if method == "cam" else tuple(range(meta["num_classes"]))
+    chosen = MAP_METHODS[method]
+    classes = None if not chosen.per_class else tuple(range(meta["num_classes"]))
+    if chosen.per_class and chosen.costly and focus is not None:
+        classes = (focus,)
     localizer = localizer_for(model, meta, method, tta)
     views = [_analyze_view(image.data, model_key, method, classes, view, localizer)
              for view in localizer.views(recipe or PLAIN_MAPS)]

@@ -36,9 +36,10 @@ def scored(detections: list[dict[str, Any]], truth: list[list[float]] | None) ->
 
 
 def method_analyses(item: InputImage, model_key: str, model: CamModel, meta: dict[str, Any],
-                    recipe: str) -> dict[str, Analysis]:
-    """Each method's analysis of the image, with the views ``recipe`` needs (all cached)."""
-    return {label: analyze(item, model_key, model, meta, method, tta, recipe)
+                    recipe: str, focus: int) -> dict[str, Analysis]:
+    """Each method's analysis of the image, with the views ``recipe`` needs (all cached); a costly method
+    computes the ``focus`` class only."""
+    return {label: analyze(item, model_key, model, meta, method, tta, recipe, focus)
             for label, (method, tta) in METHODS.items()}
 
 
@@ -73,7 +74,7 @@ try:
     k = pick_class(ranked_classes(ranking.probs.numpy(), meta), meta, (model_key, item.digest))
     recipe, options = pick_recipe()
     recipes = list(RECIPES)
-    by_recipe = {name: method_analyses(item, model_key, model, meta, name) for name in recipes}
+    by_recipe = {name: method_analyses(item, model_key, model, meta, name, k) for name in recipes}
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()

@@ -53,7 +53,7 @@ ranked = ranked_classes(probs, meta)
 k = pick_class(ranked, meta, (model_key, item.digest))
 class_name = names[k]
 recipe, options = pick_recipe()
-analysis = analyze(item, model_key, model, meta, method, tta, recipe)
+analysis = analyze(item, model_key, model, meta, method, tta, recipe, focus=k)
 carry("alpha", 0.5)
 alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))

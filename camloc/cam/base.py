@@ -39,6 +39,9 @@ class MapMethod:
     per_class: ClassVar[bool] = False
     #: One forward pass of a masked image per feature channel (every class from the same passes).
     masked_passes: ClassVar[bool] = False
+    #: Tens of forward-pass equivalents per image or more (for every class of a COCO model): an interactive
+    #: caller asks for the class it shows only (a ``per_class`` method) or caps the work (Score-CAM).
+    costly: ClassVar[bool] = False
 
     def maps(self, model: CamModel, images: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(raw maps (B, k, h, w), logits (B, K))`` of ``classes`` (see the module docstring)."""

@@ -94,6 +94,7 @@ class LayerCAMFused(MapMethod):
     gamma: float = 2.0
     chunk: int = 8
     per_class: ClassVar[bool] = True
+    costly: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_positive(self.chunk, "chunk")

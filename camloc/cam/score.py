@@ -52,6 +52,7 @@ class ScoreCAM(MapMethod):
     batch_size: int = 32
     max_channels: int | None = None
     masked_passes: ClassVar[bool] = True
+    costly: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_positive(self.batch_size, "batch_size")
