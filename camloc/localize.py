@@ -82,7 +82,9 @@ class Localizer:
                  device: str | torch.device | None = None, gradcam_layer: str | None = None, **recipe_options: Any):
         self.map_method = make_method(method, **({"layer": gradcam_layer} if gradcam_layer else {}))
         self.map_method.check(model)
-        self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes, **recipe_options)
+        self.thresholds = tuple(meta["class_thresholds"]) if meta.get("class_thresholds") else None
+        self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes,
+                                  thresholds=self.thresholds, **recipe_options)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.meta = meta
@@ -185,7 +187,7 @@ class Localizer:
         base = self.recipe if recipe is None else recipe
         if isinstance(base, str) and base == self.recipe.name:
             base = self.recipe
-        return make_recipe(base, **recipe_box_options(threshold, mode), **options)
+        return make_recipe(base, **recipe_box_options(threshold, mode), thresholds=self.thresholds, **options)
 
     def boxes(self, analysis: Analysis, classes: Sequence[int], recipe: Recipe | None = None) -> ScoredBoxes:
         """Scored boxes of ``classes`` (indices held by ``analysis``); ``class_index`` refers to
