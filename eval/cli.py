@@ -10,6 +10,7 @@ images are appended to progress files as it runs, so an interrupted run continue
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--limit", type=int, help="only the first N images (by image id)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also Average Drop / Increase in Confidence and insertion / deletion AUC of each present "
+                             "class's map (1 + 2×16 extra forward passes per map; one process, no --resume)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -72,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.limit is not None and args.limit < 1) or not 0 <= args.box_workers <= MAX_WORKERS:
         parser.error(f"--batch-size must be from 1 to {MAX_BATCH}, --workers and --box-workers from 0 to "
                      f"{MAX_WORKERS}, --limit ≥ 1")
+    if args.faithfulness and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        parser.error("--faithfulness measures the images of one uninterrupted process: drop --resume / torchrun")
     if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
         parser.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
     try:
@@ -146,6 +152,11 @@ def print_report(metrics: dict[str, Any]) -> None:
     for name in STAT_NAMES:
         print(f"  {name:<6} {metrics['coco'][name]:.4f}")
     print(f"  VOC mAP@0.5 {metrics['voc_map50']:.4f}" if metrics["voc_map50"] is not None else "")
+    faith = metrics.get("faithfulness") or {}
+    if faith.get("num_maps"):
+        print(f"  Average Drop {faith['average_drop']:.2f} %, Increase in Confidence "
+              f"{faith['increase_in_confidence']:.2f} %, insertion AUC {faith['insertion_auc']:.4f}, "
+              f"deletion AUC {faith['deletion_auc']:.4f} over {faith['num_maps']} (image, class) maps")
     wsol = metrics.get("wsol") or {}
     if wsol.get("MaxBoxAccV2") is not None:
         per_delta = ", ".join(f"δ{d} {a:.4f}" for d, a in wsol["MaxBoxAcc"].items())

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from camloc.boxstage import BoxPipeline, BoxStage, OrderedPool
 from camloc.data import CocoImages, as_list
 from camloc.distributed import Dist, setup_distributed
-from camloc.evaluation import BoxAccuracy, GroundTruth, localization_metrics
+from camloc.evaluation import BoxAccuracy, Faithfulness, GroundTruth, localization_metrics
 from camloc.io_utils import atomic_write_json, writable_folder
 from camloc.localize import Localizer
 from eval import progress
@@ -75,8 +75,9 @@ def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, A
 
 
 def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, images: list[dict],
-                   truth_of: dict[int, list], settings: dict[str, Any]) -> int:
-    """Run this rank's share of ``images`` that are not done yet; returns how many it ran."""
+                   truth_of: dict[int, list], settings: dict[str, Any], faith: Faithfulness | None = None) -> int:
+    """Run this rank's share of ``images`` that are not done yet; returns how many it ran (``faith``: measure
+    the maps of the classes present in each image, see :class:`camloc.evaluation.Faithfulness`)."""
     image_ids = {im["id"] for im in images}
     finished = prepare_progress(args, node, settings, image_ids)
     batches = batches_to_run(images, args.batch_size, node, finished)
@@ -99,6 +100,9 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
                     if image is None and image_id not in finished:
                         progress.write_unreadable(log, image_id, reason)
                 analyses = localizer.analyze([image for _, image in readable]) if readable else []
+                if faith is not None and readable:
+                    faith.add_analyses(localizer, [image for _, image in readable], analyses,
+                                       [[k for k, _ in truth_of.get(image_id, ())] for image_id, _ in readable])
                 for (image_id, _), analysis in zip(readable, analyses):
                     if image_id in finished:  # run only to keep its batch whole
                         continue
@@ -119,7 +123,8 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
                    settings: dict[str, Any], node: Dist) -> dict[str, Any] | None:
     """Evaluate ``images``; rank 0 returns the metrics (written to ``--out``), other ranks ``None``."""
     start = time.perf_counter()
-    ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings)
+    faith = Faithfulness() if getattr(args, "faithfulness", False) else None
+    ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings, faith)
     node.barrier()
     if not node.main:
         return None
@@ -145,6 +150,8 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
             result = finished.done[im["id"]]
             accuracy.add(result.hits, result.recognised)
     metrics["wsol"] = accuracy.result()
+    if faith is not None:
+        metrics["faithfulness"] = faith.result()
     metrics["settings"] = settings
     metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(ran * node.world / elapsed, 3) if ran and elapsed > 0 else None
