@@ -141,9 +141,11 @@ class Localizer:
         """Raw maps and probabilities averaged over ``views`` (default: :meth:`views`)."""
         return average_views([self._view(images, classes, s, f) for s, f in (views or self.views())])
 
-    def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None,
+    def analyze(self, images: Sequence[ImageSource] | ImageSource,
+                classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes).
+        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes; a list of
+        class lists: each image's own).
 
         A ``per_class`` method (the gradient methods: one batched backward pass per class) computes,
         without ``classes``, the maps of the classes the recipe gates in for each image, from the
@@ -154,10 +156,20 @@ class Localizer:
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
         pil = [load_image(im) for im in batch]
-        wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         views = tuple(views or self.views())
-        counts = None
-        if wanted is None and self.map_method.per_class:
+        wanted, counts = None, None
+        per_image = classes is not None and (classes.ndim == 2 if isinstance(classes, Tensor) else
+                                             len(classes) > 0 and not isinstance(classes[0], (int, np.integer)))
+        if per_image:
+            if len(classes) != len(pil):
+                raise ValueError(f"{len(pil)} images but class lists for {len(classes)}")
+            gate = torch.zeros(len(pil), len(self.class_names), dtype=torch.bool, device=self.device)
+            for b, own in enumerate(classes):
+                gate[b, list(own)] = True
+            wanted, counts = gated_slots(gate)
+        elif classes is not None:
+            wanted = torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
+        elif self.map_method.per_class:
             wanted, counts = gated_slots(self.select(self._probabilities(pil, views)))
         maps, probs = self._maps_tta(pil, wanted, views)
         held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)

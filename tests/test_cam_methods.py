@@ -193,6 +193,11 @@ def test_localizer_gates_each_image_for_a_per_class_method(tiny):
         expected = torch.nonzero(localizer.select(analysis.probs[None])[0]).flatten()
         assert analysis.classes.tolist() == expected.tolist()
         torch.testing.assert_close(analysis.raw_maps, every.raw_maps[expected], atol=1e-5, rtol=1e-4)
+    own = localizer.analyze(images, classes=[[70, 3], [12]])  # each image's own list
+    assert [a.classes.tolist() for a in own] == [[3, 70], [12]]
+    torch.testing.assert_close(own[1].raw_maps, full[1].raw_maps[[12]], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="class lists for 1"):
+        localizer.analyze(images, classes=[[3]])
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -74,20 +74,24 @@ def insertion_deletion(score: Score, images: Tensor, heatmaps: Tensor, owner: Te
     counts = [*range(0, positions, step), positions]
     order = torch.argsort(heatmaps.reshape(n, -1).to(images.device), dim=1, descending=True, stable=True)
     ranks = torch.argsort(order, dim=1)  # rank of each position, 0 = most salient
-    # jobs: every interior count for deletion (curve 0) and insertion (curve 1), plus the all-baseline input
-    jobs = [(i, curve, c) for i in range(n) for c in counts[1:-1] for curve in (0, 1)] + [(i, 0, positions)
-                                                                                        for i in range(n)]
-    values = torch.empty(len(jobs), dtype=torch.float64)
-    flat = images.reshape(len(images), images.shape[1], -1)
-    for start in range(0, len(jobs), batch_size):
-        chunk = torch.tensor(jobs[start:start + batch_size], device=images.device)
-        pair, curve, count = chunk[:, 0], chunk[:, 1], chunk[:, 2]
-        top = ranks[pair] < count[:, None]  # (m, S²) the top-ranked positions
-        keep = torch.where(curve[:, None] == 1, top, ~top)  # deletion keeps the rest, insertion the top
-        perturbed = torch.where(keep[:, None], flat[owner[pair]], 0).reshape(-1, *images.shape[1:])
-        values[start:start + len(chunk)] = _scores(score, perturbed, classes[pair])
-    original = _original(score, images, owner, classes)
+    # jobs (pair, curve, count): every interior count for deletion (curve 0) and insertion (curve 1) of every
+    # pair, then each pair's all-baseline input (the end of deletion and the start of insertion)
     interior = len(counts) - 2
+    device = images.device
+    pair = torch.cat([torch.arange(n, device=device).repeat_interleave(2 * interior), torch.arange(n, device=device)])
+    curve = torch.cat([torch.tensor([0, 1], device=device).repeat(n * interior), torch.zeros(n, dtype=torch.long,
+                                                                                               device=device)])
+    count = torch.cat([torch.tensor(counts[1:-1], device=device).repeat_interleave(2).repeat(n),
+                       torch.full((n,), positions, device=device)])
+    values = torch.empty(len(pair), dtype=torch.float64)
+    flat = images.reshape(len(images), images.shape[1], -1)
+    for start in range(0, len(pair), batch_size):
+        part = slice(start, start + batch_size)
+        top = ranks[pair[part]] < count[part, None]  # (m, S²) the top-ranked positions
+        keep = torch.where(curve[part, None] == 1, top, ~top)  # deletion keeps the rest, insertion the top
+        perturbed = torch.where(keep[:, None], flat[owner[pair[part]]], 0).reshape(-1, *images.shape[1:])
+        values[part] = _scores(score, perturbed, classes[pair[part]])
+    original = _original(score, images, owner, classes)
     inner = values[:2 * n * interior].reshape(n, interior, 2)
     empty = values[2 * n * interior:]
     deletion = torch.cat([original[:, None], inner[..., 0], empty[:, None]], 1)
