@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 from camloc.cam import METHODS, class_activation_maps, make_method
+from camloc.cam.base import class_slots
 from camloc.cam.elementwise import stage_chain
 from camloc.localize import Localizer, gated_slots
+from tests.fuzz_support import fuzz
 from tests.helpers import gradient_image, random_head_model
 
 #: Every method, with options that keep it quick on a ResNet-18 at 64 px (Score-CAM: 8 of 512 channels).
@@ -207,3 +211,35 @@ def test_every_method_runs_in_the_localizer_and_gives_boxes(tiny, name):
     dets = localizer.predict(gradient_image(70, 50))
     assert len({d["category_id"] for d in dets}) == 2 and all(0 <= d["score"] <= 1 for d in dets)
     assert Localizer(model, meta, method=name).method == name
+
+
+@fuzz(200)
+@given(st.lists(st.lists(st.booleans(), min_size=7, max_size=7), min_size=1, max_size=6))
+def test_gated_slots_hold_each_image_classes_first_and_pad_with_gated_ones(rows):
+    gate = torch.tensor(rows)
+    slots, counts = gated_slots(gate)
+    assert slots.shape == (len(rows), max(counts)) and counts == gate.sum(1).tolist()
+    for row, own, n in zip(gate, slots, counts):
+        assert own[:n].tolist() == torch.nonzero(row).flatten().tolist()
+        assert all(bool(row[k]) for k in own[n:].tolist())  # padding repeats a gated class
+
+
+@fuzz(300)
+@given(st.integers(-3, 12), st.sampled_from([(1,), (3,), (2, 3), (1, 1), (3, 2), (2, 2, 2)]))
+def test_class_slots_accept_shared_or_per_image_indices_and_refuse_the_rest(index, shape):
+    classes = torch.full(shape, index)
+    valid = 0 <= index < 10 and (len(shape) == 1 or (len(shape) == 2 and shape[0] == 2))
+    if valid:
+        slots = class_slots(classes, 2, 10, torch.device("cpu"))
+        assert slots.shape == (2, shape[-1]) and (slots == index).all()
+    else:
+        with pytest.raises(ValueError, match=r"classes must be|class indices must be"):
+            class_slots(classes, 2, 10, torch.device("cpu"))
+    assert class_slots(None, 2, 10, torch.device("cpu")).tolist() == [list(range(10))] * 2
+
+
+@pytest.mark.parametrize("name", ["cam", "gradcam", "eigencam", "scorecam"])
+def test_a_class_index_out_of_range_is_a_value_error(tiny, name):
+    model, _, images = tiny
+    with pytest.raises(ValueError, match="class indices must be in"):
+        method(name).maps(model, images[:1, :, :32, :32], torch.tensor([80]))

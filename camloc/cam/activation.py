@@ -50,7 +50,8 @@ class CAM(MapMethod):
         with torch.inference_mode():
             logits, features = model(images)
             cam_input, weight, _ = model.cam_terms(features)
-            return class_activation_maps(cam_input, weight, classes), logits
+            slots = None if classes is None else class_slots(classes, len(images), logits.shape[1], logits.device)
+            return class_activation_maps(cam_input, weight, slots), logits
 
 
 @register("eigencam", "EigenCAM")

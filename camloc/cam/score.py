@@ -65,7 +65,7 @@ class ScoreCAM(MapMethod):
                                                        [resolve_layer(model, self.layer)])
             batch, channels, height, width = activations.shape
             if self.max_channels is not None and self.max_channels < channels:
-                keep = activations.flatten(2).var(-1).topk(self.max_channels, dim=1).indices
+                keep = activations.flatten(2).var(-1, correction=0).topk(self.max_channels, dim=1).indices
                 activations = pick_classes(activations, keep)
             kept = activations.shape[1]
             owner = torch.arange(batch, device=images.device).repeat_interleave(kept)
