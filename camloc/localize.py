@@ -69,7 +69,7 @@ class Localizer:
     Options: ``method`` a map method's name (see :data:`camloc.cam.METHODS`; default
     :data:`~camloc.cam.DEFAULT_METHOD`) or a method object; ``recipe`` the box recipe's name (see
     :mod:`camloc.recipes`; default :data:`~camloc.recipes.DEFAULT_RECIPE`) or a recipe object;
-    ``threshold``, ``boxes`` (all | largest) and ``classes`` (all | topk:N | prob:P | index list)
+    ``threshold``, ``boxes`` (all | largest) and ``classes`` (all | topk:N | prob:P | calibrated | index list)
     and any other ``recipe_options`` are parameters of the recipe (``None``: the recipe's
     default); ``img_size`` (default: the checkpoint's ``input_size``); ``tta`` averages maps and
     probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name for
