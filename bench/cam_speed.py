@@ -8,8 +8,13 @@ ResNet-50, 448×448, batch 8, all 80 COCO classes:
 3. box extraction (upsample, normalise, Otsu, contours, scores) of 80 classes of a
    640×480 image / one image's forward pass                                     target ≤ 0.25
 
-The two slow references are timed on a few classes and scaled linearly to 80 (their cost per
-class is constant: one Python loop or one forward + backward per class); the script says so.
+4. every map method, all 80 classes of a batch (MobileNetV2 COCO-80, 224², batch 4): camloc vs
+   pytorch-grad-cam and torchcam side by side, each peer called as its documentation shows, once per
+   class (torchcam: one forward pass, then one backward pass per class with ``retain_graph``)   target ≥ 1×
+
+The slow references are timed on a few classes and scaled linearly to 80 (their cost per class is
+constant: one Python loop, one forward + backward or one set of masked passes per class); the script
+says so. ``--methods-only`` runs section 4 alone.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camloc.cam import class_activation_maps
+from camloc.cam import class_activation_maps, make_method
 from camloc.classes import COCO_NAMES
 from camloc.localize import Localizer
-from camloc.models import build_model
+from camloc.models import build_model, load_model
 from camloc.recipes import boxes_from_raw_maps
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -67,14 +72,97 @@ def course_loop_maps(features: torch.Tensor, weight: torch.Tensor, classes: list
     return np.stack(maps)
 
 
+#: (camloc method, its options, pytorch-grad-cam class name, torchcam class name, layers). Score-CAM at a
+#: 32-channel layer (one masked forward pass per channel: at the 1280-channel feature layer the peers need
+#: 1280 passes per image *per class*). EigenCAM is class-agnostic: one call serves every class, for all three.
+METHOD_PEERS = [
+    ("cam", {}, None, "CAM", ["features"]),
+    ("gradcam", {}, "GradCAM", "GradCAM", ["features"]),
+    ("gradcampp", {}, "GradCAMPlusPlus", "GradCAMpp", ["features"]),
+    ("xgradcam", {"layer": "features.13"}, "XGradCAM", "XGradCAM", ["features.13"]),
+    ("hirescam", {"layer": "features.13"}, "HiResCAM", None, ["features.13"]),
+    ("layercam", {"layer": "features.13"}, "LayerCAM", "LayerCAM", ["features.13"]),
+    ("layercam-fused", {}, "LayerCAM", "LayerCAM", ["features.6", "features.13", "features"]),
+    ("eigencam", {"layer": "features"}, "EigenCAM", None, ["features"]),
+    ("scorecam", {"layer": "features.6"}, "ScoreCAM", "ScoreCAM", ["features.6"]),
+]
+
+
+def peer_per_class(library: str, cls_name: str, net: torch.nn.Module, layers: list[str], images: torch.Tensor,
+                   classes: list[int]) -> Callable[[], None] | None:
+    """One call of the peer per class of ``classes`` for the whole batch, as its documentation shows."""
+    if library == "pytorch-grad-cam":
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        method = getattr(pytorch_grad_cam, cls_name)(model=net, target_layers=[net.get_submodule(n) for n in layers])
+        if cls_name == "ScoreCAM":
+            method.batch_size = 32
+
+        def run() -> None:
+            for k in classes:
+                method(input_tensor=images, targets=[ClassifierOutputTarget(k)] * len(images))
+        return run
+    import torchcam.methods
+
+    extractor = getattr(torchcam.methods, cls_name)(net, layers if len(layers) > 1 else layers[0])
+
+    def run_torchcam() -> None:
+        scores = net(images)
+        for i, k in enumerate(classes):
+            kwargs = {"retain_graph": i + 1 < len(classes)} if cls_name not in ("CAM", "ScoreCAM") else {}
+            cams = extractor(k, scores, **kwargs)
+            if len(cams) > 1:
+                extractor.fuse_cams(cams)
+    return run_torchcam
+
+
+def method_throughput(args: argparse.Namespace) -> None:
+    """Section 4: every method's maps of all 80 classes, camloc vs the peers, measured side by side."""
+    import logging
+    import warnings
+
+    logging.getLogger("torchcam").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    weights = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
+    model, _ = load_model(weights) if weights.is_file() else build_model("mobilenet_v2", list(COCO_NAMES))
+    model.eval()
+    net = model.net
+    images = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    print("\n4. every method, all 80 classes of a batch of 4 (MobileNetV2 COCO-80, 224²); peers timed on "
+          f"{args.sample_classes} classes and scaled to 80 (EigenCAM: one call)")
+    print("| method | camloc, 80 classes | pytorch-grad-cam | torchcam |\n| --- | --- | --- | --- |")
+    for name, options, pgc_name, tc_name, layers in METHOD_PEERS:
+        method = make_method(name, **options)
+        ours = timed(lambda method=method: method.maps(model, images), 1 if name == "scorecam" else 2)
+        cells = []
+        for library, cls_name in (("pytorch-grad-cam", pgc_name), ("torchcam", tc_name)):
+            try:
+                run = peer_per_class(library, cls_name, net, layers, images,
+                                     [0] if name == "eigencam" else list(range(args.sample_classes)))
+            except (ImportError, TypeError):
+                run = None
+            if run is None:
+                cells.append("—")
+                continue
+            scale = 1 if name == "eigencam" else 80 / args.sample_classes
+            theirs = timed(run, 1) * scale
+            cells.append(f"{theirs:.2f} s (camloc **{theirs / ours:.1f}×** faster)")
+        print(f"| {name} | {ours:.2f} s | {' | '.join(cells)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sample-classes", type=int, default=4, help="classes timed for the slow references")
+    parser.add_argument("--methods-only", action="store_true", help="run section 4 (every method vs the peers) alone")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.methods_only:
+        method_throughput(args)
+        return
     model, _ = build_model("resnet50", list(COCO_NAMES))
     model.eval()
     images = torch.randn(args.batch, 3, args.size, args.size)
@@ -137,6 +225,7 @@ def main() -> None:
         boxes = timed(extract, args.repeat)
         print(f"   {label}: {len(found)} boxes, {boxes * 1e3:.0f} ms → ratio {boxes / per_image:.2f} "
               f"(batched forward) / {boxes / single:.2f} (batch-1 forward)")
+    method_throughput(args)
 
 
 def box_inputs() -> list[tuple[str, torch.Tensor]]:

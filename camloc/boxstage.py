@@ -125,9 +125,11 @@ class BoxPipeline:
     def job(self, index: int, image_ids: Sequence[int], batch: BatchAnalysis, truth: Sequence[Truth]) -> BatchJob:
         """Start a batch: device work now, the host's share as a job (its result goes to :meth:`finish`)."""
         probs = batch.probs
-        gate = self.recipe.select(probs, self.supported.to(probs.device))
+        gate = batch.gate(self.recipe, self.supported)
         held = {k: i for i, k in enumerate(batch.classes.tolist())}
-        truth = tuple(tuple((k, boxes) for k, boxes in image if k in held) for image in truth)
+        holds = [held] * len(batch) if batch.held is None else [
+            {k: held[k] for k in batch.classes[own].tolist()} for own in batch.held.cpu()]
+        truth = tuple(tuple((k, boxes) for k, boxes in image if k in holds[b]) for b, image in enumerate(truth))
         with stage("wsol maps to host"):  # one gather and one copy for the whole batch
             pairs = [(b, held[k]) for b, image in enumerate(truth) for k, _ in image]
             images, rows = (torch.tensor(c, dtype=torch.long, device=batch.raw_maps.device) for c in

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from camloc.cam import METHODS, class_activation_maps, gradient_maps, normalize_maps
+from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method, normalize_maps
 from camloc.evaluation import Detections
 from camloc.images import ImageSource, load_image
 from camloc.models import CamModel, load_model, probabilities
@@ -75,13 +75,44 @@ class BatchAnalysis:
     classes: Tensor  # (k,) the class indices whose maps are held
     raw_maps: Tensor  # (B, k, h, w)
     views: tuple[tuple[float, bool], ...] = ((1.0, False),)
+    held: Tensor | None = None  # (B, k) bool: the classes each image's maps were computed for (None: all)
+
+    @classmethod
+    def from_slots(cls, sizes: tuple[tuple[int, int], ...], probs: Tensor, slots: Tensor, counts: Sequence[int],
+                   slot_maps: Tensor, views: tuple[tuple[float, bool], ...]) -> BatchAnalysis:
+        """Maps of per-image class slots (``slots (B, s)``, the first ``counts[b]`` valid) held as the union of
+        the batch's classes: other images' classes are zero maps, marked not ``held``."""
+        count = torch.as_tensor(counts, device=slots.device)
+        valid = torch.arange(slots.shape[1], device=slots.device) < count[:, None]
+        union = torch.unique(slots[valid])
+        image, slot = torch.nonzero(valid, as_tuple=True)
+        column = torch.searchsorted(union, slots[image, slot])
+        maps = slot_maps.new_zeros(len(sizes), len(union), *slot_maps.shape[-2:])
+        maps[image, column] = slot_maps[image, slot]
+        held = torch.zeros(len(sizes), len(union), dtype=torch.bool, device=slots.device)
+        held[image, column] = True
+        return cls(sizes, probs, union, maps, views, held)
 
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def gate(self, recipe: Recipe, supported: Tensor) -> Tensor:
+        """Boolean ``(B, K)``: the classes ``recipe`` gives boxes per image, among the ``supported`` ones whose
+        maps that image holds."""
+        gate = recipe.select(self.probs, supported.to(self.probs.device))
+        if self.held is not None:
+            held = torch.zeros_like(gate)
+            held[:, self.classes] = self.held
+            gate &= held
+        return gate
+
     def image(self, index: int) -> Analysis:
         """The analysis of one image of the batch (views of the batch's tensors, no copy)."""
-        return Analysis(self.sizes[index], self.probs[index], self.classes, self.raw_maps[index], self.views)
+        if self.held is None:
+            return Analysis(self.sizes[index], self.probs[index], self.classes, self.raw_maps[index], self.views)
+        rows = torch.nonzero(self.held[index]).flatten()
+        return Analysis(self.sizes[index], self.probs[index], self.classes[rows], self.raw_maps[index, rows],
+                        self.views)
 
     def images(self) -> list[Analysis]:
         return [self.image(b) for b in range(len(self))]
@@ -105,34 +136,37 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 class Localizer:
     """Weakly-supervised localisation with class activation maps.
 
-    Options: ``method`` cam | gradcam | gradcampp; ``recipe`` the box recipe's name (see
+    Options: ``method`` a map method's name (see :data:`camloc.cam.METHODS`; default
+    :data:`~camloc.cam.DEFAULT_METHOD`) or a method object; ``recipe`` the box recipe's name (see
     :mod:`camloc.recipes`; default :data:`~camloc.recipes.DEFAULT_RECIPE`) or a recipe object;
-    ``threshold``, ``boxes`` (all | largest) and ``classes`` (all | topk:N | prob:P | index list)
+    ``threshold``, ``boxes`` (all | largest) and ``classes`` (all | topk:N | prob:P | calibrated | index list)
     and any other ``recipe_options`` are parameters of the recipe (``None``: the recipe's
     default); ``img_size`` (default: the checkpoint's ``input_size``); ``tta`` averages maps and
-    probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name
-    (default: the feature layer); ``precision`` the backbone's arithmetic (see
-    :func:`resolve_precision`; maps, probabilities and boxes are always computed in float32).
+    probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name for
+    a method with a ``layer`` option (default: the feature layer); ``precision`` the backbone's
+    arithmetic for CAM, the default method (see :func:`resolve_precision`; its maps, probabilities and
+    boxes are always computed in float32; the other methods run in float32 throughout).
     """
 
-    def __init__(self, model: CamModel, meta: dict[str, Any], method: str = "cam",
+    def __init__(self, model: CamModel, meta: dict[str, Any], method: str | MapMethod = DEFAULT_METHOD,
                  recipe: str | Recipe = DEFAULT_RECIPE, threshold: str | float | None = None, boxes: str | None = None,
                  classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
                  device: str | torch.device | None = None, gradcam_layer: str | None = None,
                  precision: str = "auto", **recipe_options: Any):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes, **recipe_options)
+        self.map_method = make_method(method, **({"layer": gradcam_layer} if gradcam_layer else {}))
+        self.map_method.check(model)
+        self.thresholds = tuple(meta["class_thresholds"]) if meta.get("class_thresholds") else None
+        self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes,
+                                  thresholds=self.thresholds, **recipe_options)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         self.meta = meta
-        self.method = method
+        self.method = self.map_method.name
         self.img_size = int(img_size or meta["input_size"])
         self.tta = tta
-        self.layer = self.model.net.get_submodule(gradcam_layer or meta["feature_layer"])
         self.class_names: list[str] = list(meta["class_names"])
         self.category_ids: list[int] = list(meta.get("category_ids", range(meta["num_classes"])))
         unsupported = set(meta.get("unsupported_classes", ()))
@@ -164,9 +198,10 @@ class Localizer:
                               enabled=self.precision is not None)
 
     def _maps(self, x: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all) and logits ``(B, K)`` for a batch, both
-        float32 (under ``precision`` only the backbone runs in bf16/fp16: maps and logits are computed in
-        float32 from its features)."""
+        """Raw maps ``(B, k, h, w)`` of ``classes`` (None: all; ``(k,)`` shared or ``(B, k)`` per image) and
+        logits ``(B, K)`` for a batch, both float32, by the Localizer's map method. CAM runs its backbone under
+        ``precision`` (bf16/fp16 autocast) and computes maps and logits in float32 from its features; the
+        other methods run in float32."""
         if self.method == "cam":
             with torch.inference_mode():
                 with stage("forward"), self._autocast():
@@ -177,10 +212,8 @@ class Localizer:
                         logits = self.model.head_logits(features)
                     maps = class_activation_maps(*self.model.cam_terms(features)[:2], classes)
             return maps, logits
-        if classes is None:
-            classes = torch.arange(len(self.class_names), device=self.device)
-        with stage("forward + gradient maps"):
-            return gradient_maps(lambda t: self.model(t)[0], x, self.layer, classes, self.method)
+        with stage(f"forward + maps ({self.method})"):
+            return self.map_method.maps(self.model, x, classes)
 
     def views(self, recipe: str | Recipe | None = None) -> list[tuple[float, bool]]:
         """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, the image
@@ -218,33 +251,57 @@ class Localizer:
             return None, sum_in_order([p for _, p in ordered]) / len(ordered)
         return average_views(ordered)
 
-    def analyze(self, images: Sequence[ImageSource] | ImageSource, classes: Sequence[int] | None = None,
+    def analyze(self, images: Sequence[ImageSource] | ImageSource,
+                classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA scale) over a batch; maps of ``classes`` (CAM default: all classes).
+        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes; a list of
+        class lists: each image's own).
 
-        Gradient methods cost one batched backward per class, so without ``classes`` they compute the
-        maps of the classes the Localizer's ``classes`` option selects. ``views``: compute only these
+        A ``per_class`` method (the gradient methods: one batched backward pass per class) computes,
+        without ``classes``, the maps of the classes the recipe gates in for each image, from the
+        probabilities of a first forward pass; each image has its own classes (one backward pass per
+        class *slot*: as many as the image with the most gated classes). ``views``: compute only these
         of :meth:`views` (an interactive caller caches each view and joins them with
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
-        if classes is not None:
-            class_indices(classes, len(self.class_names))  # refused before any image is decoded
+        if per_image_classes(classes):  # refused before any image is decoded
+            if len(classes) != len(batch):
+                raise ValueError(f"{len(batch)} images but class lists for {len(classes)}")
+            classes = [class_indices(own, len(self.class_names)) for own in classes]
+        elif classes is not None:
+            classes = class_indices(classes, len(self.class_names))
         return self.analyze_batch(self.pixels(batch), classes, views).images()
 
-    def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | None = None,
+    def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                       views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
-        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch."""
-        wanted = None if classes is None else torch.as_tensor(class_indices(classes, len(self.class_names)),
-                                                              dtype=torch.long, device=self.device)
+        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch.
+
+        Maps of per-image classes (given, or gated for a ``per_class`` method) are computed in per-image class
+        slots (as many backward passes as the image with the most classes) and held as the union of the
+        batch's classes with a per-image ``held`` mask."""
         views = tuple(views or self.views())
-        if wanted is None and self.method != "cam":
+        num_classes = len(self.class_names)
+        gate = None
+        if per_image_classes(classes):
+            if len(classes) != len(pixels):
+                raise ValueError(f"{len(pixels)} images but class lists for {len(classes)}")
+            gate = torch.zeros(len(pixels), num_classes, dtype=torch.bool, device=self.device)
+            for b, own in enumerate(classes):
+                gate[b, class_indices(own, num_classes)] = True
+        elif classes is not None:
+            wanted = torch.as_tensor(class_indices(classes, num_classes), dtype=torch.long, device=self.device)
+        elif self.map_method.per_class:
             _, probs = self._forward_views(pixels, None, views, maps=False)
-            wanted = torch.nonzero(self.select(probs).any(0)).flatten()
-        maps, probs = self._forward_views(pixels, wanted, views)
-        held = wanted if wanted is not None else torch.arange(len(self.class_names), device=self.device)
+            gate = self.select(probs)
         sizes = tuple((int(p.shape[-2]), int(p.shape[-1])) for p in pixels)
-        return BatchAnalysis(sizes, probs, held, maps, views)
+        if gate is None:
+            maps, probs = self._forward_views(pixels, None if classes is None else wanted, views)
+            held = wanted if classes is not None else torch.arange(num_classes, device=self.device)
+            return BatchAnalysis(sizes, probs, held, maps, views)
+        slots, counts = gated_slots(gate)
+        slot_maps, probs = self._forward_views(pixels, slots, views)
+        return BatchAnalysis.from_slots(sizes, probs, slots, counts, slot_maps, views)
 
     def select(self, probs: Tensor) -> Tensor:
         """Boolean ``(B, K)``: the classes the recipe gives boxes per image (supported ones only)."""
@@ -257,7 +314,7 @@ class Localizer:
         base = self.recipe if recipe is None else recipe
         if isinstance(base, str) and base == self.recipe.name:
             base = self.recipe
-        return make_recipe(base, **recipe_box_options(threshold, mode), **options)
+        return make_recipe(base, **recipe_box_options(threshold, mode), thresholds=self.thresholds, **options)
 
     def boxes(self, analysis: Analysis, classes: Sequence[int], recipe: Recipe | None = None) -> ScoredBoxes:
         """Scored boxes of ``classes`` (indices held by ``analysis``); ``class_index`` refers to
@@ -285,7 +342,8 @@ class Localizer:
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
         batch = self.analyze_batch(self.pixels(images))
-        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, self.select(batch.probs),
+        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, batch.gate(self.recipe,
+                                                                                               self.supported),
                                         batch.sizes)
         return batch_detections(boxes, ids, self.category_ids)
 
@@ -320,6 +378,29 @@ def sum_in_order(tensors: Sequence[Tensor]) -> Tensor:
     for tensor in tensors[1:]:
         total = total + tensor
     return total
+
+
+def per_image_classes(classes: Any) -> bool:
+    """Whether a ``classes`` argument lists each image's own classes (a list of lists, or a ``(B, k)`` tensor)."""
+    if classes is None:
+        return False
+    if isinstance(classes, (Tensor, np.ndarray)):
+        return classes.ndim == 2
+    if isinstance(classes, str) or not len(classes):
+        return False
+    first = classes[0]
+    return (isinstance(first, (Tensor, np.ndarray)) and first.ndim > 0) or (
+        isinstance(first, Sequence) and not isinstance(first, str))
+
+
+def gated_slots(gate: Tensor) -> tuple[Tensor, list[int]]:
+    """Boolean ``(B, K)`` gates → ``(B, k)`` class indices per image (its gated classes in index order,
+    padded with its first one, or class 0) and each image's count, ``k`` the largest count."""
+    counts = gate.sum(1)
+    width = int(counts.max()) if len(gate) else 0
+    order = torch.argsort((~gate).to(torch.int8), dim=1, stable=True)[:, :width]
+    padded = torch.where(torch.arange(width, device=gate.device) < counts[:, None], order, order[:, :1])
+    return padded, counts.tolist()
 
 
 def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

@@ -286,6 +286,12 @@ def _check_fields(meta: dict[str, Any], source: str) -> None:
     if not isinstance(kwargs, dict) or (kwargs and kwargs != _dilation_or_none(meta["arch"])):
         raise ModelError(f"{source}: arch_kwargs may only hold camloc's dilation setting (or be empty), "
                          f"got {str(kwargs)[:80]}")
+    thresholds = meta.get("class_thresholds")
+    if thresholds is not None and (not isinstance(thresholds, (list, tuple)) or len(thresholds) != meta["num_classes"]
+                                   or not all(_is_number(t) and 0 <= t <= 1 for t in thresholds)):
+        raise ModelError(f"{source}: class_thresholds must list one probability in [0, 1] per class "
+                         f"({meta['num_classes']}), got {str(thresholds)[:80]}; recompute them with "
+                         "python -m camloc.calibration or remove them")
     unsupported = meta.get("unsupported_classes", [])
     if not isinstance(unsupported, (list, tuple)) or not all(isinstance(n, str) and n in names for n in unsupported):
         raise ModelError(f"{source}: unsupported_classes must list some of the class names, got "

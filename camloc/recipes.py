@@ -95,7 +95,9 @@ class BatchBoxes:
         return BatchBoxes(self.image[rows], self.class_index[rows], self.xywh[rows], self.score[rows])
 
 
-GATES = ("all", "topk", "prob")
+GATES = ("all", "topk", "prob", "calibrated")
+#: The ``calibrated`` gate's threshold of every class for a model without calibrated thresholds.
+CALIBRATION_FLOOR = 0.001
 
 
 def class_indices(values: Sequence[int] | Tensor | np.ndarray, num_classes: int | None = None) -> list[int]:
@@ -124,16 +126,17 @@ def class_indices(values: Sequence[int] | Tensor | np.ndarray, num_classes: int 
 
 def parse_class_selection(selection: str | Sequence[int]) -> tuple[tuple[str, float], ...] | list[int]:
     """Class gating → a normalised selection: explicit class indices (a list), or a string of
-    ``"all"``, ``"topk:N"`` (N ≥ 1), ``"prob:P"`` (0 ≤ P ≤ 1), or both of the last two joined by a
-    comma (``"topk:10,prob:0.05"``: the 10 most probable classes that also have p ≥ 0.05)."""
+    ``"all"``, ``"topk:N"`` (N ≥ 1), ``"prob:P"`` (0 ≤ P ≤ 1), ``"calibrated"`` (each class's own
+    threshold, :mod:`camloc.calibration`), or several of the last three joined by commas
+    (``"topk:10,prob:0.05"``: the 10 most probable classes that also have p ≥ 0.05)."""
     if not isinstance(selection, str):
         return class_indices(selection)
     parts = []
     for part in selection.strip().lower().split(","):
         kind, _, value = part.strip().partition(":")
         try:
-            if kind == "all" and not value:
-                parts.append(("all", 0.0))
+            if kind in ("all", "calibrated") and not value:
+                parts.append((kind, 0.0))
             elif kind == "topk" and value.strip().isdigit() and int(value) >= 1:
                 parts.append(("topk", float(int(value))))
             elif kind == "prob" and 0.0 <= float(value) <= 1.0:
@@ -147,15 +150,17 @@ def parse_class_selection(selection: str | Sequence[int]) -> tuple[tuple[str, fl
     kinds = [kind for kind, _ in parts]
     if parts and len(set(kinds)) == len(kinds) and ("all" not in kinds or len(kinds) == 1):
         return tuple(parts)
-    raise ValueError(f"class selection must be 'all', 'topk:N' (N ≥ 1), 'prob:P' (0 ≤ P ≤ 1), both as "
-                     f"'topk:N,prob:P', or class indices; got {selection!r}")
+    raise ValueError(f"class selection must be 'all', 'topk:N' (N ≥ 1), 'prob:P' (0 ≤ P ≤ 1), 'calibrated', "
+                     f"several joined by commas as 'topk:N,prob:P', or class indices; got {selection!r}")
 
 
-def select_classes(probs: Tensor, selection: str | Sequence[int], supported: Tensor | None = None) -> Tensor:
+def select_classes(probs: Tensor, selection: str | Sequence[int], supported: Tensor | None = None,
+                   thresholds: Sequence[float] | None = None) -> Tensor:
     """Boolean ``(B, K)``: the classes ``selection`` picks per image, among the ``supported`` ones.
 
     ``all``: every class; ``topk:N``: the N most probable supported classes; ``prob:P``: classes
-    with ``p ≥ P``; both: the intersection; a list: those class indices.
+    with ``p ≥ P``; ``calibrated``: classes with ``p_k ≥ thresholds[k]`` (default: 0.001 for every
+    class); several: the intersection; a list: those class indices.
     """
     chosen = parse_class_selection(selection)
     num_classes = probs.shape[-1]
@@ -172,6 +177,13 @@ def select_classes(probs: Tensor, selection: str | Sequence[int], supported: Ten
             mask &= torch.zeros_like(mask).scatter_(1, top, True)
         elif kind == "prob":
             mask &= probs >= value
+        elif kind == "calibrated":
+            floors = torch.full((num_classes,), CALIBRATION_FLOOR) if thresholds is None else torch.as_tensor(
+                thresholds, dtype=torch.float64)
+            if floors.shape != (num_classes,):
+                raise ValueError(f"calibrated gating needs one threshold per class ({num_classes}), got "
+                                 f"{tuple(floors.shape)}")
+            mask &= probs >= floors.to(probs.device, probs.dtype)
     return mask & supported
 
 
@@ -188,6 +200,9 @@ class Recipe:
     name: ClassVar[str] = ""
     classes: str | tuple[int, ...] = "all"
     flip: bool = False
+    #: The ``calibrated`` gate's per-class thresholds (the model's ``class_thresholds``; the Localizer
+    #: sets them); ``None``: 0.001 for every class.
+    thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         chosen = parse_class_selection(self.classes)
@@ -195,10 +210,12 @@ class Recipe:
             object.__setattr__(self, "classes", tuple(chosen))
         if not isinstance(self.flip, (bool, np.bool_)):
             raise ValueError(f"flip must be True or False, got {self.flip!r}")
+        if self.thresholds is not None:
+            object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
 
     def select(self, probs: Tensor, supported: Tensor | None = None) -> Tensor:
         """Boolean ``(B, K)``: the classes that get boxes (see :func:`select_classes`)."""
-        return select_classes(probs, self.classes, supported)
+        return select_classes(probs, self.classes, supported, self.thresholds)
 
     def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
         raise NotImplementedError

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.data import DataError, check_image_files
 from camloc.devices import resolve_device
 from camloc.errors import error_line
@@ -54,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the split")
     parser.add_argument("--checkpoint", required=True, type=Path, help="camloc checkpoint or state_dict + .json")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--method", default="cam", choices=["cam", "gradcam", "gradcampp"])
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                        help=f"map method (camloc.cam.METHODS; default {DEFAULT_METHOD})")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
                         help=f"box recipe (default {DEFAULT_RECIPE}; seed = the course recipe)")
     parser.add_argument("--threshold", help="recipe option: 'otsu' or a fraction of the map's max, e.g. 0.2")
@@ -83,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the stage that bounds the run, printed and kept in metrics.json")
     parser.add_argument("--limit", type=int, help="only the first N images (by image id)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also Average Drop / Increase in Confidence and insertion / deletion AUC of each present "
+                             "class's map (1 + 2×16 extra forward passes per map; one process, no --resume)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
@@ -94,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.limit is not None and args.limit < 1) or not 0 <= args.box_workers <= MAX_WORKERS:
         parser.error(f"--batch-size must be from 1 to {MAX_BATCH}, --workers and --box-workers from 0 to "
                      f"{MAX_WORKERS}, --limit ≥ 1")
+    if args.faithfulness and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        parser.error("--faithfulness measures the images of one uninterrupted process: drop --resume / torchrun")
     if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
         parser.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
     try:
@@ -183,6 +191,11 @@ def print_report(metrics: dict[str, Any]) -> None:
     for name in STAT_NAMES:
         print(f"  {name:<6} {metrics['coco'][name]:.4f}")
     print(f"  VOC mAP@0.5 {metrics['voc_map50']:.4f}" if metrics["voc_map50"] is not None else "")
+    faith = metrics.get("faithfulness") or {}
+    if faith.get("num_maps"):
+        print(f"  Average Drop {faith['average_drop']:.2f} %, Increase in Confidence "
+              f"{faith['increase_in_confidence']:.2f} %, insertion AUC {faith['insertion_auc']:.4f}, "
+              f"deletion AUC {faith['deletion_auc']:.4f} over {faith['num_maps']} (image, class) maps")
     wsol = metrics.get("wsol") or {}
     if wsol.get("MaxBoxAccV2") is not None:
         per_delta = ", ".join(f"δ{d} {a:.4f}" for d, a in wsol["MaxBoxAcc"].items())

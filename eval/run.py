@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from camloc.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth
 from camloc.distributed import Dist, setup_distributed
-from camloc.evaluation import BoxAccuracy, Detections, GroundTruth, localization_metrics
+from camloc.evaluation import BoxAccuracy, Detections, Faithfulness, GroundTruth, localization_metrics
 from camloc.io_utils import atomic_output, atomic_write_json, writable_folder
 from camloc.localize import Localizer
 from camloc.profiling import StageClock, format_report, set_thread_lane, stage
@@ -171,8 +171,10 @@ def finish_in_thread(device) -> bool:
 
 
 def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, images: list[dict],
-                   truth_of: dict[int, Truth], settings: dict[str, Any], clock: StageClock | None) -> int:
-    """Run this rank's share of ``images`` that are not done yet; returns how many it ran."""
+                   truth_of: dict[int, Truth], settings: dict[str, Any], clock: StageClock | None,
+                   faith: Faithfulness | None = None) -> int:
+    """Run this rank's share of ``images`` that are not done yet; returns how many it ran (``faith``: measure
+    the maps of the classes present in each image, see :class:`camloc.evaluation.Faithfulness`)."""
     finished = prepare_progress(args, node, settings, images)
     batches = batches_to_run(images, args.batch_size, node, finished)
     todo = [im for batch in batches for im in batch]
@@ -210,6 +212,10 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
                     writer.submit(index, None, meta)
                 else:
                     analysis = localizer.analyze_batch([pixels for _, pixels in readable], views=views)
+                    if faith is not None:
+                        with stage("faithfulness"):
+                            faith.add_analyses(localizer, [pixels for _, pixels in readable], analysis.images(),
+                                               [[k for k, _ in truth_of.get(i, ())] for i in ids])
                     job = pipeline.job(index, ids, analysis, [truth_of.get(i, ()) for i in ids])
                     writer.submit(index, job, meta)
                 bar.update(sum(item.image_id not in finished for item in read.items) * node.world)
@@ -229,13 +235,15 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
     start = time.perf_counter()
     clock = StageClock(localizer.device) if args.profile else None
     with clock.active() if clock else contextlib.nullcontext():
-        ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings, clock)
+        faith = Faithfulness() if getattr(args, "faithfulness", False) else None
+        ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings, clock,
+                             faith)
         node.barrier()
         if not node.main:
             return None
         elapsed = time.perf_counter() - start
         with stage("metrics + outputs"):
-            metrics = finish_run(args, truth, images, settings, ran, node, elapsed)
+            metrics = finish_run(args, truth, images, settings, ran, node, elapsed, faith)
     if clock:
         report = clock.report(ran, time.perf_counter() - start)
         metrics["profile"] = report
@@ -245,7 +253,7 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
 
 
 def finish_run(args: argparse.Namespace, truth: GroundTruth, images: list[dict], settings: dict[str, Any], ran: int,
-               node: Dist, elapsed: float) -> dict[str, Any]:
+               node: Dist, elapsed: float, faith: Faithfulness | None = None) -> dict[str, Any]:
     """Merge every rank's progress, compute the metrics, write ``detections.json`` and ``metrics.json``."""
     ids = {im["id"] for im in images}
     finished = progress.read_all(args.out, settings, ids)
@@ -267,6 +275,8 @@ def finish_run(args: argparse.Namespace, truth: GroundTruth, images: list[dict],
         if im["id"] in finished.done:
             accuracy.add(*finished.done[im["id"]])
     metrics["wsol"] = accuracy.result()
+    if faith is not None:
+        metrics["faithfulness"] = faith.result()
     metrics["settings"] = settings
     metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(ran * node.world / elapsed, 3) if ran and elapsed > 0 else None

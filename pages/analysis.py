@@ -20,14 +20,19 @@ import numpy as np
 import streamlit as st
 
 from camloc.boxes import BOX_MODES
+from camloc.cam import METHODS as MAP_METHODS
+from camloc.cam import make_method
 from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
 from camloc.recipes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES
 from pages.inputs import InputImage
 from pages.state import carry, options_filter, remembered
 
-METHODS = {"CAM": ("cam", False), "Grad-CAM": ("gradcam", False), "Grad-CAM++": ("gradcampp", False),
-           "TTA-CAM": ("cam", True)}
+#: Every registered map method by its label (new methods appear by themselves), and TTA-CAM.
+METHODS = {cls.label: (name, False) for name, cls in MAP_METHODS.items()} | {"TTA-CAM": ("cam", True)}
+#: What a costly method needs here: Score-CAM runs one forward pass per feature channel (1280 for
+#: MobileNetV2, minutes on a CPU), so the app keeps the 64 channels that vary most (64 passes per view).
+APP_OPTIONS = {"scorecam": {"max_channels": 64}}
 THRESHOLD_MODES = ("Otsu", "Fraction of max")
 #: The box resolutions offered for recipes with a ``box_scale`` option (× the feature grid, or the image's).
 BOX_SCALES = (1, 2, 4, 8, FULL_RESOLUTION)
@@ -38,12 +43,12 @@ PLAIN_MAPS = "seed"
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _localizer(model_id: int, method: str, tta: bool, _model: CamModel, _meta: dict[str, Any]) -> Localizer:
-    return Localizer(_model, _meta, method=method, tta=tta, device="cpu")
+    return Localizer(_model, _meta, method=make_method(method, **APP_OPTIONS.get(method, {})), tta=tta, device="cpu")
 
 
 def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False) -> Localizer:
-    """The Localizer of ``model`` for ``method``, made once (it holds the model, so no other model can
-    take that model's id while it is cached)."""
+    """The Localizer of ``model`` for ``method`` (with the app's options for a costly method), made once (it
+    holds the model, so no other model can take that model's id while it is cached)."""
     return _localizer(id(model), method, tta, model, meta)
 
 
@@ -76,7 +81,7 @@ class Maps:
     """One image's analysis (probabilities of every class and maps of every class) for one method and set
     of views, and the key that its boxes and pictures are cached under."""
 
-    key: tuple[str, str, str, bool, tuple[tuple[float, bool], ...]]  # image digest, model, method, TTA, views
+    key: tuple  # image digest, model, method, TTA, views, the classes whose maps are computed (None: all)
     analysis: Analysis
     localizer: Localizer
 
@@ -94,24 +99,29 @@ class Maps:
 
 
 def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, Any], method: str = "cam",
-            tta: bool = False, recipe: str | None = None) -> Maps:
+            tta: bool = False, recipe: str | None = None, focus: int | None = None) -> Maps:
     """The maps of ``image``, of every class, from cached views: the TTA views, or those box ``recipe``
     needs (a ``flip`` recipe: the image and its mirror), or (no recipe) the image alone.
 
     Gradient methods too compute every class at once (one forward pass, batched backward passes
-    through the head only), which costs little more than one class and makes class changes free.
+    through the head only), which costs little more than one class and makes class changes free —
+    except a costly one (fused LayerCAM: backward passes through most of the network), which computes
+    the ``focus`` class only (a class change runs it again, for that class).
     """
+    chosen = MAP_METHODS[method]
+    classes = None if not chosen.per_class else tuple(range(meta["num_classes"]))
+    if chosen.per_class and chosen.costly and focus is not None:
+        classes = (focus,)
     localizer = localizer_for(model, meta, method, tta)
-    key = (image.digest, model_key, method, tta, tuple(localizer.views(recipe or PLAIN_MAPS)))
-    return Maps(key, _joined_views(key, meta["num_classes"], image.data, localizer), localizer)
+    key = (image.digest, model_key, method, tta, tuple(localizer.views(recipe or PLAIN_MAPS)), classes)
+    return Maps(key, _joined_views(key, image.data, localizer), localizer)
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
-def _joined_views(key: tuple, num_classes: int, _image_bytes: bytes, _localizer: Localizer) -> Analysis:
-    """The analysis over the views of ``key`` (``(digest, model, method, TTA, views)``) from the cached views,
-    kept as one object (read-only), so that a page asking for it again pays one lookup, not one per view."""
-    digest, model_key, method, _, views = key
-    classes = None if method == "cam" else tuple(range(num_classes))
+def _joined_views(key: tuple, _image_bytes: bytes, _localizer: Localizer) -> Analysis:
+    """The analysis over the views of ``key`` (``(digest, model, method, TTA, views, classes)``) from the cached
+    views, kept as one object (read-only), so that a page asking for it again pays one lookup, not one per view."""
+    digest, model_key, method, _, views, classes = key
     analyses = [_analyze_view(digest, model_key, method, classes, view, _image_bytes, _localizer) for view in views]
     return analyses[0] if len(analyses) == 1 else Analysis.average(analyses)
 

@@ -59,7 +59,7 @@ def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], image, k: in
     recipes = list(RECIPES)
     for start in range(0, len(recipes), PER_ROW):
         for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
-            maps = analyze(item, model_key, model, meta, method, tta, name)
+            maps = analyze(item, model_key, model, meta, method, tta, name, focus=k)
             found = maps.detections(k, name)
             column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
                          output_format="JPEG",
@@ -85,9 +85,10 @@ recipe, options = pick_recipe()
 try:
     ranking = analyze(item, model_key, model, meta, "cam", False, recipe)
     k = pick_class(ranked_classes(ranking.probs, meta), meta, (model_key, item.digest), where=class_slot)
-    by_method = {label: analyze(item, model_key, model, meta, method, tta, recipe)
+    # a costly method (fused LayerCAM) computes the class shown only
+    by_method = {label: analyze(item, model_key, model, meta, method, tta, recipe, focus=k)
                  for label, (method, tta) in METHODS.items()}
-    by_pair = {(label, name): analyze(item, model_key, model, meta, method, tta, name)
+    by_pair = {(label, name): analyze(item, model_key, model, meta, method, tta, name, focus=k)
                for label, (method, tta) in METHODS.items() for name in RECIPES}
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")

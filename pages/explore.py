@@ -53,7 +53,7 @@ try:  # every class's probability and CAM, over the views the recipe (or TTA) av
     probs = ranking.probs
     ranked = ranked_classes(probs, meta)
     k = pick_class(ranked, meta, (model_key, item.digest), where=class_slot)
-    maps = ranking if method == "cam" else analyze(item, model_key, model, meta, method, tta, recipe)
+    maps = ranking if method == "cam" else analyze(item, model_key, model, meta, method, tta, recipe, focus=k)
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()

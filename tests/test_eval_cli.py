@@ -147,3 +147,26 @@ def test_unreadable_images_are_skipped_listed_and_the_rest_equals_pycocotools(tm
         evaluator.summarize()
     assert metrics["coco_stats"] == list(evaluator.stats)
     assert metrics["coco"]["AP50"] > 0
+
+
+def test_map_method_and_faithfulness_in_metrics_and_report(tmp_path, capsys):
+    """``--method`` picks any registered method; ``--faithfulness`` adds the four measures of every (image,
+    present class) map to metrics.json and the report; it refuses ``--resume`` (one line, exit 2)."""
+    assert main(eval_args(tmp_path / "cam", "--limit", "3", "--img-size", "96", "--box-workers", "0",
+                          "--faithfulness")) == 0
+    metrics = json.loads((tmp_path / "cam" / "metrics.json").read_text())
+    faith = metrics["faithfulness"]
+    ann = json.loads(VAL_ANN.read_text())
+    first = sorted(im["id"] for im in ann["images"])[:3]
+    pairs = {(a["image_id"], a["category_id"]) for a in ann["annotations"]
+             if a["image_id"] in first and not a["iscrowd"]}
+    assert faith["num_maps"] == len(pairs) and 0 <= faith["average_drop"] <= 100
+    assert 0 <= faith["deletion_auc"] <= 1 and 0 <= faith["insertion_auc"] <= 1
+    assert "Average Drop" in capsys.readouterr().out
+    assert main(eval_args(tmp_path / "fused", "--limit", "3", "--img-size", "96", "--box-workers", "0",
+                          "--method", "layercam-fused")) == 0
+    fused = json.loads((tmp_path / "fused" / "metrics.json").read_text())
+    assert fused["settings"]["method"] == "layercam-fused" and "faithfulness" not in fused
+    assert fused["coco"]["AR100"] > 0
+    result = run_cli(*eval_args(tmp_path / "again", "--faithfulness", "--resume"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("python -m eval: error:")

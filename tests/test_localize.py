@@ -135,7 +135,8 @@ def test_methods_and_options_run(tiny, options):
 
 
 def test_bad_options_are_value_errors(tiny):
-    for options in [{"method": "scorecam"}, {"recipe": "seed", "threshold": "mean"},
+    for options in [{"method": "smoothgradcampp"}, {"method": "gradcam", "gradcam_layer": "layer9"},
+                    {"method": "cam", "gradcam_layer": "layer3"}, {"recipe": "seed", "threshold": "mean"},
                     {"recipe": "seed", "boxes": "some"}, {"threshold": 0.5}, {"recipe": "nope"}, {"flip": "yes"}]:
         with pytest.raises(ValueError):
             Localizer(*tiny, **options)

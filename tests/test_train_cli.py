@@ -50,6 +50,9 @@ def test_real_fine_tune_beats_chance_and_its_best_checkpoint_is_usable(tmp_path)
     assert best > 3 * chance and best > 0.3
     model, meta = load_model(out / "best.pt")
     assert meta["arch"] == "mobilenet_v2" and meta["coco_category_ids"][:3] == [1, 2, 3]
+    # the per-class gating thresholds of the 369 training images (camloc.calibration)
+    assert meta["calibration"]["images"] == 369 and len(meta["class_thresholds"]) == 80
+    assert sum(t > 0.001 for t in meta["class_thresholds"]) >= 40
     assert len(Localizer(model, meta, recipe="seed").predict(VAL_IMAGES / "000000005001.jpg")) >= 80
     assert eval_main(["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(out / "best.pt"),
                       "--out", str(tmp_path / "eval"), "--limit", "8", "--workers", "0"]) == 0

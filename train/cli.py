@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from camloc.calibration import FLOOR, MIN_POSITIVES, QUANTILE, calibration_probabilities, class_thresholds
 from camloc.data import (
     CocoCrops,
     CocoIndex,
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="use only the first N training images (smoke tests)")
     p.add_argument("--val-limit", type=int, default=0,
                    help="also measure localisation AP50 of CAM boxes on the first N validation images")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip the per-class gating thresholds computed on the training images at the end")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     problems = [message for bad, message in [
@@ -398,7 +401,20 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
         node.barrier()
     if node.main:
         warn_unreadable(history)
+        if not args.no_calibrate:
+            calibrate(args.out / "best.pt", train_index, args, node)
     return {"history": history, "best": best}
+
+
+def calibrate(checkpoint: Path, index: CocoIndex, args: argparse.Namespace, node: Dist) -> None:
+    """Write the per-class gating thresholds (:mod:`camloc.calibration`) of the training images into
+    ``checkpoint``'s meta, so that the ``calibrated`` gate of every recipe can use them."""
+    model, meta, extras = load_checkpoint(checkpoint, node.device)
+    probs, present = calibration_probabilities(model, meta, index, args.batch_size, node.device, limit=args.limit)
+    meta["class_thresholds"] = class_thresholds(probs, present)
+    meta["calibration"] = {"images": len(probs), "ann": args.ann.name, "img_size": meta["input_size"],
+                           "quantile": QUANTILE, "min_positives": MIN_POSITIVES, "floor": FLOOR}
+    save(checkpoint_payload(model, meta, **extras), checkpoint)
 
 
 def warn_unreadable(history: list[dict[str, Any]]) -> None:
