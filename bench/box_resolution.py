@@ -34,11 +34,12 @@ from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import GroundTruth
 from camloc.localize import Localizer
 from camloc.models import load_model
+from camloc.recipes import FULL_RESOLUTION
 from camloc.synthetic import generate
 
 TRAIN_IMAGES = SHARED / "coco-mini" / "train2017"
 TRAIN_ANN = SHARED / "coco-mini" / "annotations" / "instances_train2017_mini.json"
-SCALES = (None, 2, 4, 8)
+SCALES = (FULL_RESOLUTION, 2, 4, 8)
 METRICS = ("AP", "AP50", "AP75", "AR100")
 
 
@@ -64,12 +65,12 @@ def compare(name: str, model, meta, folder: Path, ann: Path, img_size: int, boot
     print(f"\n### {name}: {n} images, {boot} bootstrap resamples\n")
     print("| boxes at | AP | AP50 | AP75 | AR100 | AP / full | AP50 / full | box ms/img |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    base_point, base_draws, _ = rows[None]
+    base_point, base_draws, _ = rows[FULL_RESOLUTION]
     for scale, (point, draws, seconds) in rows.items():
         cells = [with_interval(point[m], [d[m] for d in draws], 4) for m in METRICS]
         ratios = [with_interval(point[m] / base_point[m], [d[m] / b[m] for d, b in zip(draws, base_draws) if b[m] > 0],
                                 2, "×") if base_point[m] > 0 else "—" for m in ("AP", "AP50")]
-        label = "image resolution" if scale is None else f"{scale}× the grid"
+        label = "image resolution" if scale == FULL_RESOLUTION else f"{scale}× the grid"
         print(f"| {label} | {' | '.join(cells)} | {' | '.join(ratios)} | {1000 * seconds / n:.1f} |")
 
 

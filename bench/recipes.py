@@ -53,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 COCO = SHARED / "coco-mini"
 REAL_WEIGHTS = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
+#: The real evaluation set: the 92 coco-mini val2017 images that are not in train2017.
+REAL_IMAGES = COCO / "val2017"
+REAL_ANN = COCO / "annotations" / "instances_val2017_mini_disjoint.json"
 METRICS = ("AP", "AP50", "AP75", "AR100", "VOC")
 #: MobileNetV2's last stride-16 block (both sets' models are MobileNetV2s): 28×28 maps at 448 px.
 STRIDE_16 = "features.13"
