@@ -184,3 +184,25 @@ def test_bf16_backbone_keeps_float32_maps_close_to_the_fp32_ones(tiny):
     assert not torch.equal(bf16.raw_maps, fp32.raw_maps)  # the backbone really ran in bf16
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16"):
         Localizer(*tiny, precision="fp64")
+
+
+def test_per_image_classes_are_held_as_the_batch_union_and_gate_only_their_own(tiny):
+    """Per-image class lists (and a gradient method's gated classes) are computed in class slots and held as the
+    union of the batch's classes: each image's analysis lists its own classes with the maps computed alone, and
+    the batch gate never boxes another image's class (its zero map)."""
+    localizer = Localizer(*tiny, img_size=64, method="gradcam", classes="all")
+    images = [gradient_image(60, 80, seed=1), gradient_image(45, 90, seed=2), gradient_image(70, 50)]
+    own = [[3, 17], [5], [17, 40, 2]]
+    batch = localizer.analyze_batch(localizer.pixels(images), own)
+    assert batch.classes.tolist() == [2, 3, 5, 17, 40] and batch.held.sum(1).tolist() == [2, 1, 3]
+    for b, analysis in enumerate(batch.images()):
+        alone = localizer.analyze([images[b]], own[b])[0]
+        assert analysis.classes.tolist() == sorted(own[b])
+        torch.testing.assert_close(analysis.raw_maps, alone.raw_maps[alone.rows(sorted(own[b]))], atol=1e-5,
+                                   rtol=1e-4)
+    gate = batch.gate(localizer.recipe, localizer.supported)
+    assert [torch.nonzero(g).flatten().tolist() for g in gate] == [sorted(k) for k in own]
+    with pytest.raises(ValueError, match="3 images but class lists for 2"):
+        localizer.analyze(images, own[:2])
+    with pytest.raises(ValueError, match="class indices"):
+        localizer.analyze(images, [[1], [80], [2]])
