@@ -216,9 +216,10 @@ class Localizer:
             return self.map_method.maps(self.model, x, classes)
 
     def views(self, recipe: str | Recipe | None = None) -> list[tuple[float, bool]]:
-        """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA, the image
-        and its mirror for a ``flip`` recipe (default: the Localizer's), else the image alone."""
-        if self.tta:
+        """The ``(scale, flip)`` views whose maps and probabilities are averaged: six with TTA (the Localizer's
+        ``tta`` or a ``tta`` recipe), the image and its mirror for a ``flip`` recipe (default: the Localizer's),
+        else the image alone."""
+        if self.tta or self.recipe_for(recipe).tta:
             return [(s, f) for s in TTA_SCALES for f in (False, True)]
         return [(1.0, False), (1.0, True)] if self.recipe_for(recipe).flip else [(1.0, False)]
 
@@ -406,8 +407,8 @@ def gated_slots(gate: Tensor) -> tuple[Tensor, list[int]]:
 def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Mean of per-view ``(raw maps (B, k, h, w), probabilities (B, K))``, maps resized to the first view's grid."""
     grid = views[0][0].shape[-2:]
-    maps = [m if m.shape[-2:] == grid else F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-            for m, _ in views]
+    maps = [m if m.shape[-2:] == grid else m.new_zeros(*m.shape[:2], *grid) if not m.numel() else
+            F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m, _ in views]
     return sum_in_order(maps) / len(views), sum_in_order([p for _, p in views]) / len(views)
 
 
@@ -416,6 +417,9 @@ def recipe_boxes(analysis: Analysis, classes: Sequence[int], recipe: Recipe) -> 
     if recipe.flip and not analysis.mirrored:
         raise ValueError(f"recipe {recipe.name!r} refines the maps with the mirrored image, which this analysis "
                          "lacks; analyse with views=localizer.views(recipe)")
+    if recipe.tta and len(set(analysis.views)) < len(TTA_SCALES) * 2:
+        raise ValueError(f"recipe {recipe.name!r} averages the maps of six views (TTA), which this analysis lacks; "
+                         "analyse with views=localizer.views(recipe)")
     rows = analysis.rows(classes)
     return recipe.boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size)
 

@@ -8,7 +8,7 @@ from PIL import Image
 from camloc.boxes import heatmaps_to_boxes
 from camloc.cam import normalize_maps
 from camloc.classes import COCO_CATEGORY_IDS
-from camloc.localize import Localizer
+from camloc.localize import Analysis, Localizer
 from camloc.recipes import DEFAULT_RECIPE, boxes_from_raw_maps, parse_class_selection
 from tests.fuzz_support import assert_one_line, fuzz
 from tests.helpers import gradient_image, image_bytes, random_head_model
@@ -34,9 +34,18 @@ def test_every_selected_class_yields_boxes_in_original_pixels(tiny, recipe):
         assert x + w <= 130 and y + h <= 90 and 0.0 <= det["score"] <= 1.0
 
 
-def test_the_default_recipe_averages_the_mirrored_view(tiny):
+def test_the_default_recipe_averages_six_views_and_a_flip_recipe_the_mirrored_one(tiny):
     localizer = Localizer(*tiny, img_size=64)
-    assert localizer.recipe.name == DEFAULT_RECIPE and localizer.views() == [(1.0, False), (1.0, True)]
+    assert localizer.recipe.name == DEFAULT_RECIPE and localizer.views() == Localizer(*tiny, tta=True).views()
+    image = gradient_image(50, 70)
+    six = localizer.analyze(image)[0]
+    alone = [localizer.analyze(image, views=[view])[0] for view in localizer.views()]
+    torch.testing.assert_close(six.raw_maps, Analysis.average(alone).raw_maps)
+    with pytest.raises(ValueError, match="six views"):
+        localizer.detections(alone[0])
+    assert localizer.detections(six)
+    localizer = Localizer(*tiny, img_size=64, recipe="multilevel-flip")
+    assert localizer.views() == [(1.0, False), (1.0, True)]
     image = gradient_image(50, 70)
     both = localizer.analyze(image)[0]
     one, mirrored = (localizer.analyze(image, views=[view])[0] for view in localizer.views())

@@ -25,9 +25,12 @@ def blob(height: int, width: int, cx: float, cy: float, sx: float, sy: float) ->
 
 def test_registry_names_defaults_and_options():
     assert {"seed", "evidence", "multilevel", "instances"} <= set(RECIPES) and DEFAULT_RECIPE in RECIPES
-    assert make_recipe("seed").parameters() == {"classes": "all", "flip": False, "thresholds": None,
+    assert make_recipe("seed").parameters() == {"classes": "all", "flip": False, "tta": False, "thresholds": None,
                                                 "threshold": "otsu", "mode": "all"}
-    assert make_recipe(DEFAULT_RECIPE).flip and not make_recipe("multilevel").flip
+    assert make_recipe(DEFAULT_RECIPE).tta and make_recipe("multilevel-flip").flip
+    assert not make_recipe("multilevel").flip and not make_recipe("multilevel").tta
+    with pytest.raises(ValueError, match="tta must be True or False"):
+        make_recipe("multilevel", tta="yes")
     assert make_recipe("multilevel", levels=[0.3, 0.6]).levels == (0.3, 0.6)
     assert make_recipe("seed", threshold=None, mode="largest").mode == "largest"  # None keeps the default
     recipe = make_recipe("evidence")
