@@ -572,8 +572,8 @@ class Instances(MultiLevel):
 class MultiLevelFlip(MultiLevel):
     """:class:`MultiLevel` on maps refined with the mirrored image (``flip``, two forward passes).
 
-    The default: on real COCO images and on synthetic scenes alike it gives the best boxes of
-    the recipes (``bench/recipes.py``; README). Its boxes are traced at 2× the feature grid
+    The default until the README's rule chose :class:`MultiLevelTTA` (two forward passes instead of
+    six; ``bench/recipes.py``). Its boxes are traced at 2× the feature grid
     (``box_scale=2``, on the maps' device) and scaled to the image: AP and AP50 within the
     bootstrap intervals of tracing at the image's resolution on real and synthetic images, at
     1/4–1/12 of the box stage's time (``bench/box_resolution.py``; README). ``box_scale="full"``

@@ -235,8 +235,10 @@ def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(mon
     """Issue 17: the default recipe drew every box (down to scores of 1e-4) and the table gave the box as four
     unlabelled numbers, not sorted by score, with fewer digits than the picture."""
     at = page("explore.py", monkeypatch, tmp_path).run()
-    assert at.sidebar.radio(key="box_scale").value == 2  # the default recipe's boxes: at 2× the feature grid
-    at.sidebar.radio(key="box_scale").set_value("full").run()  # the image's resolution: more boxes on this image
+    at.sidebar.selectbox(key="recipe").set_value("multilevel-flip").run()
+    assert at.sidebar.radio(key="box_scale").value == 2  # multilevel-flip's boxes: at 2× the feature grid
+    at.sidebar.selectbox(key="recipe").set_value(DEFAULT_RECIPE).run()
+    assert at.sidebar.radio(key="box_scale").value == "full"  # the default's: at the image's resolution
     table = boxes_table(at)
     total = len(table)
     assert total >= 3 and list(table.columns[:6]) == ["#", "x", "y", "w", "h", "score"]

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.realdata
 
 
 def eval_args(out, *extra):
+    """The CLI on the real val images; the two-view recipe (the default's six views would triple these tests'
+    time; the default's quality is bench/recipes.py's), which ``extra`` may override."""
     return ["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(COCO80), "--out", str(out),
-            "--workers", "1", *extra]
+            "--workers", "1", "--recipe", "multilevel-flip", *extra]
 
 
 @pytest.mark.slow
