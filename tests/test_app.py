@@ -24,12 +24,12 @@ from camloc.cam import METHODS as MAP_METHODS
 from camloc.classes import COCO_NAMES
 from camloc.demo import EXAMPLES
 from camloc.evaluation import localization_metrics
-from camloc.localize import Localizer
+from camloc.localize import TTA_SCALES, Localizer
 from camloc.models import build_torchvision, save_checkpoint
 from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
 from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
-from pages.analysis import METHODS, PLAIN_MAPS
+from pages.analysis import METHODS, PLAIN_MAPS, views_label
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 from tests.helpers import count_tags, gradient_image, image_bytes, random_head_model
 from train.cli import main as train_main
@@ -471,9 +471,10 @@ def test_one_probability_per_image_and_class_on_every_page(monkeypatch, coco_che
     top = at.dataframe[0].value.iloc[0]
     figure = format_score(top["probability"])
     assert f"of “{top['class']}” (p = {figure})" in heat_caption(at)
-    assert "Probabilities of the image and its mirror image, averaged, as the boxes use them." in texts(at.caption)
+    views = views_label(tuple((s, f) for s in TTA_SCALES for f in (False, True)))  # the default recipe's six
+    assert f"Probabilities of {views}, as the boxes use them." in texts(at.caption)
     at.switch_page("pages/compare.py").run()
-    assert f"“{top['class']}” in shapes_000001.jpg (p = {figure}, the image and its mirror image" in texts(at.caption)
+    assert f"“{top['class']}” in shapes_000001.jpg (p = {figure}, {views}" in texts(at.caption)
     at.switch_page("pages/all_classes.py").run()
     legend = at.dataframe[0].value
     assert legend["class"][0] == top["class"] and format_score(legend["probability"][0]) == figure
