@@ -32,6 +32,8 @@ bench: $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/cam_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/eval_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/recipes.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/box_resolution.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/precision.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/train_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/synthetic_settings.py
 

@@ -23,7 +23,7 @@ def parse_checkouts(description: str, rounds: int) -> argparse.Namespace:
 
 
 def side_by_side(args: argparse.Namespace, measure: Callable[[Path], Times], step_column: str,
-                 digits: int) -> None:
+                 digits: int, unit: str = " s") -> None:
     """Run ``measure(checkout)`` ``args.rounds`` times per checkout, the order alternating between rounds,
     and print each round, the load average and a table: median per step, after / before."""
     apps = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -39,4 +39,4 @@ def side_by_side(args: argparse.Namespace, measure: Callable[[Path], Times], ste
     print("| --- | --- | --- | --- |")
     for step in results["after"][0]:
         before, after = (statistics.median(r[step] for r in results[name]) for name in ("before", "after"))
-        print(f"| {step} | {before:.{digits}f} s | {after:.{digits}f} s | {after / before:.2f} |")
+        print(f"| {step} | {before:.{digits}f}{unit} | {after:.{digits}f}{unit} | {after / before:.2f} |")
