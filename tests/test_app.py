@@ -377,6 +377,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
         shutil.copy(COCO80.with_suffix(suffix), tmp_path / COCO80.with_suffix(suffix).name)
     zebra = "000000104455.jpg"
     at = page("app.py", monkeypatch, tmp_path).run()
+    at.sidebar.selectbox(key="recipe").set_value("multilevel-flip").run()  # two views: a fast walk on a busy CPU
     at.sidebar.selectbox(key="model_label").set_value(COCO80.name).run()
     at.sidebar.text_input(key="gt_file").set_value(str(VAL_ANN)).run()
     at.sidebar.file_uploader(key="uploads").set_value((zebra, (VAL_IMAGES / zebra).read_bytes(), "image/jpeg")).run()
