@@ -83,7 +83,7 @@ def test_device_path_equals_the_cpu_path_on_real_maps():
 
 def test_which_recipes_have_a_device_path():
     assert {name for name, cls in RECIPES.items() if cls.on_device} == {"seed", "evidence", "multilevel",
-                                                                         "multilevel-flip"}
+                                                                         "multilevel-flip", "multilevel-tta"}
 
 
 @pytest.mark.realdata
