@@ -42,6 +42,7 @@ from camloc.devicestage import DeviceMaps, device_maps
 from camloc.devicestage import box_sums as device_box_sums
 from camloc.devicestage import trace as trace_masks
 from camloc.gridboxes import GridBoxes, grid_boxes
+from camloc.options import known_options
 from camloc.proposals import box_evidence, evidence, instance_cut, integral_images, level_boxes, per_class_nms
 
 #: The ``box_scale`` option that traces boxes at the image's own resolution (stored as ``None``).
@@ -272,7 +273,7 @@ class Recipe:
 
     def with_options(self, **options: Any) -> Recipe:
         """The same recipe with some parameters changed (``None`` values are ignored)."""
-        given = _known_options(type(self), options)
+        given = known_options("recipe", type(self), options)
         return replace(self, **given) if given else self
 
     @classmethod
@@ -302,17 +303,7 @@ def make_recipe(name: str | Recipe, **options: Any) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown box recipe {name!r}; choose one of {', '.join(RECIPES)}")
     cls = RECIPES[name]
-    return cls(**_known_options(cls, options))
-
-
-def _known_options(cls: type[Recipe], options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` without ``None`` values; an option the recipe does not have is a ``ValueError``."""
-    given = {k: v for k, v in options.items() if v is not None}
-    known = cls.parameters()
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ValueError(f"recipe {cls.name!r} has no option {unknown[0]!r}; its options are {', '.join(known)}")
-    return given
+    return cls(**known_options("recipe", cls, options))
 
 
 # ----------------------------------------------------------------------------------------------

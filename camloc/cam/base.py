@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from camloc.options import known_options
+
 if TYPE_CHECKING:
     from camloc.models import CamModel
 
@@ -56,7 +58,7 @@ class MapMethod:
 
     def with_options(self, **options: Any) -> MapMethod:
         """The same method with some parameters changed (``None`` values are ignored)."""
-        given = _known_options(type(self), options)
+        given = known_options("map method", type(self), options)
         return replace(self, **given) if given else self
 
     @classmethod
@@ -88,18 +90,7 @@ def make_method(name: str | MapMethod, **options: Any) -> MapMethod:
     if name not in METHODS:
         raise ValueError(f"unknown map method {name!r}; choose one of {', '.join(METHODS)}")
     cls = METHODS[name]
-    return cls(**_known_options(cls, options))
-
-
-def _known_options(cls: type[MapMethod], options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` without ``None`` values; an option the method does not have is a ``ValueError``."""
-    given = {k: v for k, v in options.items() if v is not None}
-    known = cls.parameters()
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        listed = ", ".join(known) or "none"
-        raise ValueError(f"map method {cls.name!r} has no option {unknown[0]!r}; its options are {listed}")
-    return given
+    return cls(**known_options("map method", cls, options))
 
 
 def check_positive(value: Any, what: str) -> None:
