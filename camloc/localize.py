@@ -266,13 +266,18 @@ class Localizer:
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
-        if per_image_classes(classes):  # refused before any image is decoded
-            if len(classes) != len(batch):
-                raise ValueError(f"{len(batch)} images but class lists for {len(classes)}")
-            classes = [class_indices(own, len(self.class_names)) for own in classes]
-        elif classes is not None:
-            classes = class_indices(classes, len(self.class_names))
+        classes = self.checked_classes(classes, len(batch))  # refused before any image is decoded
         return self.analyze_batch(self.pixels(batch), classes, views).images()
+
+    def checked_classes(self, classes: Any, count: int) -> list[int] | list[list[int]] | None:
+        """``classes`` of :meth:`analyze` checked once (:func:`~camloc.recipes.class_indices`): ``None``, one list
+        of class indices for every image, or one list per image for ``count`` images (a ``ValueError``
+        otherwise)."""
+        if per_image_classes(classes):
+            if len(classes) != count:
+                raise ValueError(f"{count} images but class lists for {len(classes)}")
+            return [class_indices(own, len(self.class_names)) for own in classes]
+        return None if classes is None else class_indices(classes, len(self.class_names))
 
     def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                       views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
@@ -283,22 +288,20 @@ class Localizer:
         batch's classes with a per-image ``held`` mask."""
         views = tuple(views or self.views())
         num_classes = len(self.class_names)
+        classes = self.checked_classes(classes, len(pixels))
+        sizes = tuple((int(p.shape[-2]), int(p.shape[-1])) for p in pixels)
         gate = None
         if per_image_classes(classes):
-            if len(classes) != len(pixels):
-                raise ValueError(f"{len(pixels)} images but class lists for {len(classes)}")
             gate = torch.zeros(len(pixels), num_classes, dtype=torch.bool, device=self.device)
             for b, own in enumerate(classes):
-                gate[b, class_indices(own, num_classes)] = True
-        elif classes is not None:
-            wanted = torch.as_tensor(class_indices(classes, num_classes), dtype=torch.long, device=self.device)
-        elif self.map_method.per_class:
+                gate[b, own] = True
+        elif classes is None and self.map_method.per_class:
             _, probs = self._forward_views(pixels, None, views, maps=False)
             gate = self.select(probs)
-        sizes = tuple((int(p.shape[-2]), int(p.shape[-1])) for p in pixels)
         if gate is None:
-            maps, probs = self._forward_views(pixels, None if classes is None else wanted, views)
-            held = wanted if classes is not None else torch.arange(num_classes, device=self.device)
+            wanted = None if classes is None else torch.as_tensor(classes, dtype=torch.long, device=self.device)
+            maps, probs = self._forward_views(pixels, wanted, views)
+            held = torch.arange(num_classes, device=self.device) if wanted is None else wanted
             return BatchAnalysis(sizes, probs, held, maps, views)
         slots, counts = gated_slots(gate)
         slot_maps, probs = self._forward_views(pixels, slots, views)
