@@ -40,9 +40,11 @@ from camloc.models import (
     save_checkpoint,
 )
 from camloc.preprocess import normalise
+from camloc.recipes import CALIBRATION_FLOOR
 
-#: The gate's floor (every class below it is skipped), the quantile and the evidence a class needs.
-FLOOR, QUANTILE, MIN_POSITIVES = 0.001, 0.05, 5
+#: The gate's floor (every class below it is skipped: the recipes' own), the quantile and the evidence a class
+#: needs.
+FLOOR, QUANTILE, MIN_POSITIVES = CALIBRATION_FLOOR, 0.05, 5
 
 
 def class_thresholds(probs: Tensor, present: Tensor, quantile: float = QUANTILE, floor: float = FLOOR,
