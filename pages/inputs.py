@@ -15,7 +15,7 @@ import streamlit as st
 from PIL import Image
 
 from camloc.demo import EXAMPLES, example_images
-from camloc.images import FORMATS, ImageError, load_image
+from camloc.io.images import FORMATS, ImageError, load_image
 from pages.model_picker import DEMO_KEY
 from pages.state import carry, clear_uploads, newest_upload, options_filter, remember_uploads, uploads
 
