@@ -7,18 +7,24 @@ the join remain. This bench builds a val2017-sized split (coco-mini val2017's an
 and detections near its boxes (``--per-image`` each, 515 as the default recipe gave before the cap, 100 with it),
 then times on this machine:
 
-* before: ``localization_metrics`` + ``detections.json``'s text of all detections at once (the old tail);
+* before: ``localization_metrics`` + ``detections.json``'s text of all detections at once (the old tail), with
+  this checkout's evaluator and, with ``--before PATH``, with another checkout's (e.g. 71ce546's), in a process
+  of its own on the same data;
 * now, per batch of ``--batch`` images: :meth:`RunResults.add` (off the critical path);
 * now, the tail: :meth:`RunResults.outputs`.
 
-``PYTHONPATH=. python bench/metrics_tail.py [--images 5000] [--per-image 100]``; both give the same numbers
-(checked here).
+``PYTHONPATH=. python bench/metrics_tail.py [--images 5000] [--per-image 100] [--before PATH]``; this
+checkout's two ways give the same numbers (checked here).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,13 +72,44 @@ def detections(truth: GroundTruth, per_image: int, seed: int = 0) -> Detections:
     return Detections.from_arrays(image, category, bbox, rng.random(len(image)))
 
 
+OLD_TAIL = """
+import json, sys, time
+import numpy as np
+from camloc.evaluation import Detections, GroundTruth, localization_metrics
+truth = GroundTruth(sys.argv[1])
+arrays = np.load(sys.argv[2])
+dets = Detections.from_arrays(arrays["image"], arrays["category"], arrays["bbox"], arrays["score"])
+start = time.perf_counter()
+metrics = localization_metrics(truth, dets, truth.image_ids.tolist())
+text = "[" + ", ".join(
+    f'{{"image_id": {i}, "category_id": {c}, "bbox": [{x!r}, {y!r}, {w!r}, {h!r}], "score": {s!r}}}'
+    for i, c, (x, y, w, h), s in zip(dets.image.tolist(), dets.category.tolist(), dets.bbox.tolist(),
+                                    dets.score.tolist())) + "]"
+print(json.dumps({"seconds": time.perf_counter() - start, "coco": metrics["coco"]}))
+"""
+
+
+def other_checkout_tail(checkout: Path, data: dict, dets: Detections) -> tuple[float, dict]:
+    """The old tail's seconds and COCO stats, with ``checkout``'s evaluator in a process of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        gt, arrays = Path(tmp) / "gt.json", Path(tmp) / "dets.npz"
+        gt.write_text(json.dumps(data))
+        np.savez(arrays, image=dets.image, category=dets.category, bbox=dets.bbox, score=dets.score)
+        result = subprocess.run([sys.executable, "-c", OLD_TAIL, str(gt), str(arrays)], capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(checkout)), cwd=checkout, check=True)
+    found = json.loads(result.stdout)
+    return found["seconds"], found["coco"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--per-image", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--before", type=Path, help="another checkout whose one-call tail is timed too")
     args = parser.parse_args()
-    truth = GroundTruth(split(args.images))
+    data = split(args.images)
+    truth = GroundTruth(data)
     dets = detections(truth, args.per_image)
     images = [{"id": int(i)} for i in truth.image_ids]
     ids = truth.image_ids.tolist()
@@ -94,8 +131,13 @@ def main() -> None:
 
     now.pop("wsol")
     same = now == before and text_now == text_before
-    print(f"{args.images} images × {args.per_image} detections ({len(dets)}), batches of {args.batch}")
-    print(f"before, after the last batch: {old_tail:.2f} s (match + accumulate + summarize + format)")
+    print(f"{args.images} images × {args.per_image} detections ({len(dets)}), batches of {args.batch}, "
+          f"load {os.getloadavg()[0]:.1f}")
+    if args.before:
+        seconds, coco = other_checkout_tail(args.before, data, dets)
+        print(f"{args.before.name}, after the last batch: {seconds:.2f} s (match + accumulate + summarize + format;"
+              f" the same COCO stats: {coco == now['coco']})")
+    print(f"this checkout in one call, after the last batch: {old_tail:.2f} s")
     print(f"now, during the run: {1000 * per_batch:.1f} ms per batch (match + format, beside the next batch)")
     print(f"now, after the last batch: {new_tail:.2f} s (accumulate + summarize + join) → "
           f"**{new_tail / old_tail:.2f}** of before; the same metrics and detections.json: {same}")
