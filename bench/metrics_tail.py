@@ -133,14 +133,16 @@ def main() -> None:
     same = now == before and text_now == text_before
     print(f"{args.images} images × {args.per_image} detections ({len(dets)}), batches of {args.batch}, "
           f"load {os.getloadavg()[0]:.1f}")
+    seconds = None
     if args.before:
         seconds, coco = other_checkout_tail(args.before, data, dets)
         print(f"{args.before.name}, after the last batch: {seconds:.2f} s (match + accumulate + summarize + format;"
               f" the same COCO stats: {coco == now['coco']})")
     print(f"this checkout in one call, after the last batch: {old_tail:.2f} s")
     print(f"now, during the run: {1000 * per_batch:.1f} ms per batch (match + format, beside the next batch)")
+    versus = f", **{new_tail / seconds:.2f}** of {args.before.name}'s" if seconds else ""
     print(f"now, after the last batch: {new_tail:.2f} s (accumulate + summarize + join) → "
-          f"**{new_tail / old_tail:.2f}** of before; the same metrics and detections.json: {same}")
+          f"{new_tail / old_tail:.2f} of one call here{versus}; the same metrics and detections.json: {same}")
 
 
 if __name__ == "__main__":
