@@ -24,6 +24,7 @@ from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
 from camloc.io.atomic import OutputError
 from camloc.io.data import DataError, check_image_files
 from camloc.io.images import ImageError
+from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.pipeline import Localizer
 from camloc.runtime.devices import resolve_device
@@ -207,10 +208,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate (alone or as one rank of torchrun); rank 0 prints the report and returns the metrics."""
     node = distributed_node(args)
     try:
-        truth, images = load_split(args)
-        args.device = str(node.device)
-        localizer = build_localizer(args, truth)
-        metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
+        with exclusive_folder(args.out, take=node.main, agree=node.from_main):
+            truth, images = load_split(args)
+            args.device = str(node.device)
+            localizer = build_localizer(args, truth)
+            metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
     finally:
         node.close()
     if metrics is not None:

@@ -32,6 +32,7 @@ from camloc.io.data import (
     eval_transform,
     train_transform,
 )
+from camloc.io.lock import exclusive_folder
 from camloc.models import (
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         node = setup_distributed(args.device)
         if node.main:
             writable_folder(args.out)
-        run(args, node)
+        with exclusive_folder(args.out, take=node.main, agree=node.from_main):
+            run(args, node)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"\ninterrupted; continue with the same command plus --resume ({args.out / 'last.pt'})",

@@ -1,0 +1,207 @@
+"""Runs that cannot be corrupted: one writer per output folder (real concurrent processes), kills at real points
+and ``--resume``, a finished folder resumed.
+
+A *held* run is a real ``python -m eval`` / ``python -m train`` process whose network step waits for a gate file
+before its ``HOLD_AT``-th batch (or epoch): the test knows the run is in the middle of its work while another
+process tries the same ``--out``, and can kill it there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from camloc.demo import DEMO_CHECKPOINT
+from camloc.io.lock import LOCK_NAME
+from camloc.synthetic import generate_split
+from eval.cli import main as eval_main
+from tests.conftest import ROOT
+from tests.fuzz_support import torch_threads
+
+HELD = """
+import os, sys, time
+from pathlib import Path
+
+gate, hold_at, calls = Path(os.environ["CAMLOC_GATE"]), int(os.environ["CAMLOC_HOLD_AT"]), []
+
+def wait():
+    calls.append(1)
+    if len(calls) == hold_at:
+        Path(os.environ["CAMLOC_GATE"] + ".reached").touch()
+        deadline = time.monotonic() + 300
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+if sys.argv[1] == "eval":
+    from camloc.pipeline import Localizer
+    step = Localizer.analyze_batch
+    def held(self, *args, **kwargs):
+        wait()
+        return step(self, *args, **kwargs)
+    Localizer.analyze_batch = held
+    from eval.cli import main
+else:
+    import train.cli
+    step = train.cli.train_epoch
+    def held(*args, **kwargs):
+        wait()
+        return step(*args, **kwargs)
+    train.cli.train_epoch = held
+    main = train.cli.main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Six 64-px synthetic scenes with the demo checkpoint's six categories."""
+    root = tmp_path_factory.mktemp("data")
+    ann = generate_split(root, "val", 6, 6, 64, seed=1)
+    (root / "ann.json").write_text(json.dumps(ann))
+    return {"root": root, "images": root / "val", "ann": ann, "ann_path": root / "ann.json"}
+
+
+def eval_argv(data: dict, out: Path, *extra: str) -> list[str]:
+    return ["--images", str(data["images"]), "--ann", str(data["ann_path"]), "--checkpoint", str(DEMO_CHECKPOINT),
+            "--out", str(out), "--workers", "0", "--img-size", "64", "--box-workers", "0", "--batch-size", "2",
+            "--recipe", "seed", *extra]
+
+
+def train_argv(data: dict, out: Path, *extra: str) -> list[str]:
+    return ["--images", str(data["images"]), "--ann", str(data["ann_path"]), "--out", str(out), "--arch",
+            "mobilenet_v2", "--weights", "none", "--img-size", "32", "--batch-size", "2", "--epochs", "2",
+            "--workers", "0", "--no-calibrate", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> list:
+    """``detections.json`` of one uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    assert eval_main(eval_argv(data, out)) == 0
+    return json.loads((out / "detections.json").read_text())
+
+
+def environment() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+class Held:
+    """A real run held before its ``hold_at``-th step until :meth:`release` (or killed there)."""
+
+    def __init__(self, tool: str, argv: list[str], gate: Path, hold_at: int = 1):
+        self.gate = gate
+        env = dict(environment(), CAMLOC_GATE=str(gate), CAMLOC_HOLD_AT=str(hold_at))
+        self.process = subprocess.Popen([sys.executable, "-c", HELD, tool, *argv], cwd=ROOT, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_until_held(self, timeout: float = 300) -> None:
+        reached = Path(f"{self.gate}.reached")
+        deadline = time.monotonic() + timeout
+        while not reached.exists():
+            assert self.process.poll() is None, self.process.communicate()
+            assert time.monotonic() < deadline, "the held run never reached its hold point"
+            time.sleep(0.05)
+
+    def release(self) -> tuple[int, str]:
+        self.gate.touch()
+        _, err = self.process.communicate(timeout=300)
+        return self.process.returncode, err
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.communicate(timeout=60)
+
+
+def cli(tool: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", tool, *argv], cwd=ROOT, env=environment(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def one_error(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return errors[0]
+
+
+def test_a_second_eval_on_the_same_out_is_refused_and_the_first_is_untouched(data, reference, tmp_path):
+    """Two real processes: while one run is in the middle of its work, a fresh run and a ``--resume`` on the same
+    ``--out`` are each refused with one line naming its pid; the first then finishes with the uninterrupted
+    run's detections (without the lock, the fresh run replaced its progress file and ended it with 'images have
+    no result')."""
+    out = tmp_path / "out"
+    first = Held("eval", eval_argv(data, out), tmp_path / "gate", hold_at=2)
+    try:
+        first.wait_until_held()
+        for extra in ([], ["--resume"]):
+            error = one_error(cli("eval", *eval_argv(data, out, *extra)))
+            assert f"another run is writing to {out} (pid {first.process.pid})" in error
+        assert (out / LOCK_NAME).read_text().strip() == str(first.process.pid)
+        code, err = first.release()
+    finally:
+        first.process.kill()
+    assert code == 0, err[-2000:]
+    assert json.loads((out / "detections.json").read_text()) == reference
+
+
+def test_a_killed_run_holds_no_lock_and_resumes_to_the_same_detections(data, reference, tmp_path):
+    """SIGKILL after the first batch (a real kill point): the kernel drops the lock with the process, and
+    ``--resume`` computes only the rest, ending with the uninterrupted run's detections."""
+    out = tmp_path / "out"
+    first = Held("eval", eval_argv(data, out), tmp_path / "gate", hold_at=2)
+    first.wait_until_held()
+    first.kill()
+    lines = (out / ".progress.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the settings and the first batch
+    assert eval_main(eval_argv(data, out, "--resume")) == 0
+    assert json.loads((out / "detections.json").read_text()) == reference
+
+
+def test_a_second_training_on_the_same_out_is_refused(data, tmp_path):
+    out = tmp_path / "run"
+    first = Held("train", train_argv(data, out), tmp_path / "gate", hold_at=2)
+    try:
+        first.wait_until_held()
+        assert (out / "last.pt").is_file()  # the first epoch is written
+        before = (out / "last.pt").read_bytes()
+        for extra in ([], ["--resume"]):
+            error = one_error(cli("train", *train_argv(data, out, *extra)))
+            assert f"another run is writing to {out} (pid {first.process.pid})" in error
+        assert (out / "last.pt").read_bytes() == before
+        code, err = first.release()
+    finally:
+        first.process.kill()
+    assert code == 0, err[-2000:]
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_all_stop_when_the_folder_is_busy(data, tmp_path):
+    """Under torchrun only rank 0 takes the lock; every rank learns that it was refused and stops (none waits
+    at a barrier for a rank that left)."""
+    out = tmp_path / "out"
+    first = Held("eval", eval_argv(data, out), tmp_path / "gate")
+    try:
+        first.wait_until_held()
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
+                   "eval", *eval_argv(data, out)]
+        result = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0
+        refusals = [line for line in result.stderr.splitlines() if "another run is writing to" in line]
+        assert len(refusals) == 2, result.stderr[-3000:]
+        code, err = first.release()
+    finally:
+        first.process.kill()
+    assert code == 0, err[-2000:]
