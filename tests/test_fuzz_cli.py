@@ -243,12 +243,32 @@ def test_eval_corrupt_progress_file(data, tmp_path, capsys, name):
     assert_refused(eval_main, eval_argv(data, out, "--batch-size", "2", "--resume"), capsys, out, "--resume")
 
 
-def test_eval_resume_drops_a_torn_last_line(data, tmp_path, capsys):
+@pytest.mark.parametrize("torn", ["half", "all-but-the-newline"])
+def test_eval_resume_drops_a_torn_last_line(data, tmp_path, capsys, torn):
+    """A last line without its newline was cut by a kill, even when all its JSON arrived: it is not counted
+    (counted, then cut off before appending, it used to leave its images without a result)."""
     out, header, record = interrupted_progress(data, tmp_path, capsys)
-    (out / ".progress.jsonl").write_text(f"{header}\n{record}\n" + record[: len(record) // 2])
+    tail = record[: len(record) // 2] if torn == "half" else record
+    (out / ".progress.jsonl").write_text(f"{header}\n" + tail)
     code, err = run(eval_main, eval_argv(data, out, "--batch-size", "2", "--resume"), capsys)
     assert code == 0, [line for line in err.splitlines() if "error" in line]
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
+
+
+TWICE = {"two-lines": lambda header, det: [header, det, det],
+         "finished-and-unreadable": lambda header, det: [header, changed(det, unreadable=[
+             [json.loads(det)["images"][0], "unreadable"]])]}
+
+
+@pytest.mark.parametrize("name", sorted(TWICE))
+def test_eval_progress_with_an_image_twice_is_refused(data, tmp_path, capsys, name):
+    """Only two runs writing to one folder (or damage) put an image in the progress twice; counting both
+    doubled its detections silently."""
+    out, header, record = interrupted_progress(data, tmp_path, capsys)
+    (out / ".progress.jsonl").write_text("\n".join(TWICE[name](header, record)) + "\n")
+    image = json.loads(record)["images"][0]
+    assert_refused(eval_main, eval_argv(data, out, "--batch-size", "2", "--resume"), capsys, out,
+                   f"damaged progress: image {image} twice")
 
 
 CORRUPT = {"truncated": lambda data: data[: len(data) // 3], "text": lambda data: b"not an image",
