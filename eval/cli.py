@@ -30,6 +30,7 @@ from camloc.pipeline import Localizer
 from camloc.runtime.devices import resolve_device
 from camloc.runtime.errors import error_line
 from camloc.runtime.workerpool import default_box_workers
+from eval import progress
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
 
@@ -204,6 +205,20 @@ def print_report(metrics: dict[str, Any]) -> None:
               f"Top-1 Loc {wsol['Top-1 Loc']:.4f} over {wsol['num_maps']} (image, class) maps")
 
 
+def already_complete(args: argparse.Namespace, settings: dict[str, Any], images: list[dict], node) -> bool:
+    """``--resume`` of a finished run: ``True`` (and one line) when ``--out`` holds the finished results of these
+    settings and image files, so nothing is recomputed; a :class:`ProgressError` when it holds another run's;
+    ``False`` when it holds no finished run."""
+    metrics = progress.finished_run(args.out)
+    if metrics is None:
+        return False
+    progress.check_finished(metrics, args.out, settings, args.images, {im["id"]: im["file_name"] for im in images})
+    if node.main:
+        print(f"already complete: {args.out} holds the finished results of these settings and image files "
+              f"({metrics.get('num_images')} images, {metrics.get('num_detections')} detections); nothing to do")
+    return True
+
+
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate (alone or as one rank of torchrun); rank 0 prints the report and returns the metrics."""
     node = distributed_node(args)
@@ -211,8 +226,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         with exclusive_folder(args.out, take=node.main, agree=node.from_main):
             truth, images = load_split(args)
             args.device = str(node.device)
+            settings = settings_of(args)
+            if args.resume and already_complete(args, settings, images, node):
+                return None
             localizer = build_localizer(args, truth)
-            metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
+            metrics = run_evaluation(args, truth, images, localizer, settings, node)
     finally:
         node.close()
     if metrics is not None:

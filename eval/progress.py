@@ -224,7 +224,7 @@ def read_all(out: Path, settings: dict[str, Any], image_ids: set[int]) -> Progre
     return progress
 
 
-def check_stamps(progress: Progress, folder: Path, names: dict[int, str]) -> None:
+def check_stamps(progress: Progress, folder: Path, names: dict[int, str], run: str = "the interrupted run") -> None:
     """A :class:`ProgressError` if a finished image's file is not the one that was read (size or mtime)."""
     for image_id, stamp in progress.stamps.items():
         path = folder / names[image_id]
@@ -234,5 +234,43 @@ def check_stamps(progress: Progress, folder: Path, names: dict[int, str]) -> Non
         except OSError:
             now = (-1, -1)
         if now != tuple(stamp):
-            raise ProgressError(f"--resume: {path} changed since the interrupted run read it (size, modification "
+            raise ProgressError(f"--resume: {path} changed since {run} read it (size, modification "
                                 "time); its results would mix two inputs: run without --resume")
+
+
+def stamp_rows(progress: Progress) -> list[list[int]]:
+    """``[[image id, size, mtime_ns], ...]``: the files a finished run read, kept in its metrics.json."""
+    return [[image_id, *stamp] for image_id, stamp in sorted(progress.stamps.items())]
+
+
+def finished_run(out: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``out`` (``metrics.json`` and ``detections.json``, no progress file),
+    or ``None``."""
+    path = out / "metrics.json"
+    if progress_files(out) or not path.is_file() or not (out / "detections.json").is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ProgressError(f"--resume: {path} is damaged ({exc.__class__.__name__}); run without --resume") from None
+    return metrics
+
+
+def check_finished(metrics: dict[str, Any], out: Path, settings: dict[str, Any], folder: Path,
+                   names: dict[int, str]) -> None:
+    """A :class:`ProgressError` unless the finished run in ``out`` (its ``metrics``) had these ``settings`` and
+    read the files that are in ``folder`` now: what ``--resume`` of an unfinished run checks."""
+    saved, rows = metrics.get("settings"), metrics.get("image_stamps")
+    if not isinstance(saved, dict) or not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) == 3 and all(type(v) is int for v in r) for r in rows):
+        raise ProgressError(f"--resume: {out / 'metrics.json'} does not record the settings and image files of its "
+                            "run (an older camloc, or edited), so they cannot be checked: run without --resume")
+    if saved != settings:
+        changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
+        raise ProgressError(f"{out} holds a finished run with other settings ({', '.join(changed)} differ); "
+                            "use a new --out or run without --resume")
+    if any(image_id not in names for image_id, _, _ in rows):
+        raise ProgressError(f"--resume: {out / 'metrics.json'} lists images that --ann does not: run without --resume")
+    check_stamps(Progress(stamps={i: (size, mtime) for i, size, mtime in rows}), folder, names, "the finished run")

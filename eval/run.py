@@ -278,6 +278,7 @@ def finish_run(args: argparse.Namespace, truth: GroundTruth, images: list[dict],
     if faith is not None:
         metrics["faithfulness"] = faith.result()
     metrics["settings"] = settings
+    metrics["image_stamps"] = progress.stamp_rows(finished)
     metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(ran * node.world / elapsed, 3) if ran and elapsed > 0 else None
     with atomic_output(args.out / "detections.json") as handle:

@@ -205,3 +205,43 @@ def test_torchrun_ranks_all_stop_when_the_folder_is_busy(data, tmp_path):
     finally:
         first.process.kill()
     assert code == 0, err[-2000:]
+
+
+def test_resume_of_a_finished_run_does_nothing_or_is_refused_like_an_unfinished_one(data, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """``--resume`` on a finished folder: the same settings and files say 'already complete' and compute nothing;
+    another --images folder with the same file names, a replaced photo or another --limit is refused, and the
+    finished results stay as they were (they used to be recomputed and replaced without a word)."""
+    from camloc.localize import Localizer
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for im in data["ann"]["images"]:
+        (images / im["file_name"]).write_bytes((data["images"] / im["file_name"]).read_bytes())
+    out = tmp_path / "out"
+    argv = eval_argv(data, out)
+    argv[argv.index("--images") + 1] = str(images)
+    assert eval_main(argv) == 0
+    capsys.readouterr()
+    finished = {name: (out / name).read_bytes() for name in ("detections.json", "metrics.json")}
+    calls = []
+    original = Localizer.analyze_batch
+    monkeypatch.setattr(Localizer, "analyze_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert eval_main([*argv, "--resume"]) == 0
+    assert calls == [] and "already complete" in capsys.readouterr().out
+
+    other = tmp_path / "other"  # the same file names, other photos
+    generate_split(other, "val", 6, 6, 64, seed=2)
+    elsewhere = [*argv, "--resume"]
+    elsewhere[elsewhere.index("--images") + 1] = str(other / "val")
+    replaced = images / data["ann"]["images"][3]["file_name"]
+    cases = {"images_folder differ": elsewhere, "limit differ": [*argv, "--resume", "--limit", "4"],
+             f"{replaced} changed since the finished run": [*argv, "--resume"]}
+    for expected, command in cases.items():
+        if "changed" in expected:
+            replaced.write_bytes((other / "val" / replaced.name).read_bytes())
+        assert eval_main(command) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and expected in errors[0], errors
+    assert calls == []
+    assert {name: (out / name).read_bytes() for name in finished} == finished
