@@ -10,7 +10,6 @@ images are appended to progress files as it runs, so an interrupted run continue
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
 from camloc.io.atomic import OutputError
 from camloc.io.data import DataError, check_image_files
+from camloc.io.digest import file_digest
 from camloc.io.images import ImageError
 from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
@@ -126,15 +126,6 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
                      "ann_sha256": file_digest(args.ann), "images_folder": str(args.images.resolve()),
                      "device_type": torch.device(args.device).type})
     return settings
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:

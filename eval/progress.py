@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 from camloc.evaluation import Detections, EvaluationError
 from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS
 from camloc.io.atomic import atomic_output
+from camloc.io.digest import file_stamp
 
 HIT_SHAPE = (len(IOU_DELTAS), len(CAM_THRESHOLDS))
 COLUMNS = {"image_id": ("image", "<i8"), "category_id": ("category", "<i8"), "bbox": ("bbox", "<f8"),
@@ -228,12 +228,7 @@ def check_stamps(progress: Progress, folder: Path, names: dict[int, str], run: s
     """A :class:`ProgressError` if a finished image's file is not the one that was read (size or mtime)."""
     for image_id, stamp in progress.stamps.items():
         path = folder / names[image_id]
-        try:
-            stat = os.stat(path)
-            now = (stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            now = (-1, -1)
-        if now != tuple(stamp):
+        if file_stamp(path) != tuple(stamp):
             raise ProgressError(f"--resume: {path} changed since {run} read it (size, modification "
                                 "time); its results would mix two inputs: run without --resume")
 
