@@ -363,6 +363,10 @@ RESUME_CHECKPOINTS = {
     "best-nan": lambda p: _edit_state(p, lambda c: c["train_state"].update(best=float("nan"))),
     "nan-weights": lambda p: _edit_state(p, lambda c: c["state_dict"]["classifier.1.bias"].fill_(float("nan"))),
     "other-arch": lambda p: _edit_state(p, lambda c: c.update(state_dict={"fc.weight": torch.zeros(6, 512)})),
+    "no-fingerprint": lambda p: _edit_state(p, lambda c: c["train_state"].pop("fingerprint")),
+    "fingerprint-garbage": lambda p: _edit_state(p, lambda c: c["train_state"].update(fingerprint=[1])),
+    "fingerprint-of-other-settings": lambda p: _edit_state(p, lambda c: c["train_state"]["fingerprint"].update(
+        lr="0.5")),
 }
 
 
@@ -370,7 +374,7 @@ RESUME_CHECKPOINTS = {
 def test_train_corrupt_resume_checkpoint(data, tmp_path, capsys, name):
     last = last_checkpoint(data, tmp_path, capsys)
     RESUME_CHECKPOINTS[name](last)
-    code, err = run(train_main, train_argv(data, last.parent, "--resume", "--epochs", "2"), capsys)
+    code, err = run(train_main, train_argv(data, last.parent, "--resume"), capsys)
     assert "Traceback" not in err and "error: unexpected" not in err and code == 2, err[-2000:]
     assert next(line for line in err.splitlines() if "error:" in line).count("last.pt") == 1
     assert not (last.parent / "best.pt").exists()

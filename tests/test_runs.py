@@ -245,3 +245,80 @@ def test_resume_of_a_finished_run_does_nothing_or_is_refused_like_an_unfinished_
         assert len(errors) == 1 and expected in errors[0], errors
     assert calls == []
     assert {name: (out / name).read_bytes() for name in finished} == finished
+
+
+def killed_after_one_epoch(data: dict, out: Path, monkeypatch, *extra: str) -> Path:
+    """A training of two epochs interrupted in its second: ``last.pt`` holds epoch 1."""
+    import train.cli
+
+    original = train.cli.train_epoch
+
+    def interrupt(*args):
+        if args[-1] == 1:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(train.cli, "train_epoch", interrupt)
+    assert train.cli.main(train_argv(data, out, *extra)) == 130
+    monkeypatch.setattr(train.cli, "train_epoch", original)
+    return out / "last.pt"
+
+
+def test_train_resume_refuses_every_changed_setting_in_one_line(data, tmp_path, monkeypatch, capsys):
+    """Each of these used to continue the run silently (a changed --lr ignored while the metadata recorded it;
+    --limit, --img-size, --mode crops and --seed changing the run mid-way)."""
+    import torch
+
+    from train.cli import main as train_main
+
+    last = killed_after_one_epoch(data, tmp_path / "run", monkeypatch)
+    before = last.read_bytes()
+    changed_ann = tmp_path / "ann.json"
+    ann = json.loads(json.dumps(data["ann"]))
+    ann["annotations"][0]["bbox"][2] += 1
+    changed_ann.write_text(json.dumps(ann))
+    cases = {"--lr 0.001 → 0.01": ["--lr", "0.01"], "--limit None → 4": ["--limit", "4"],
+             "--img-size 32 → 64": ["--img-size", "64"], "--mode multilabel → crops": ["--mode", "crops"],
+             "--seed 0 → 1": ["--seed", "1"], "--batch-size 2 → 3": ["--batch-size", "3"],
+             "--workers 0 → 1": ["--workers", "1"], "--epochs 2 → 3": ["--epochs", "3"],
+             "--warmup-epochs 1.0 → 0.5": ["--warmup-epochs", "0.5"], "--ann (content)": ["--ann", str(changed_ann)],
+             "trained the whole network, so training the head only from it is a new run": ["--freeze-backbone"],
+             "--optimizer adamw → sgd": ["--optimizer", "sgd"]}
+    for expected, extra in cases.items():
+        argv = train_argv(data, last.parent, "--resume", *extra)
+        if "--ann" in extra:
+            argv[argv.index("--ann") + 1] = str(changed_ann)
+            argv = argv[:-2]
+        assert train_main(argv) == 2, expected
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and expected in errors[0] and "damaged" not in errors[0], (expected, errors)
+    replaced = data["images"] / data["ann"]["images"][0]["file_name"]
+    os.utime(replaced, ns=(replaced.stat().st_atime_ns, replaced.stat().st_mtime_ns + 10**9))
+    assert train_main(train_argv(data, last.parent, "--resume")) == 2
+    assert "--images (files)" in capsys.readouterr().err
+    assert train_main(train_argv(data, last.parent, "--resume-anyway", "--freeze-backbone")) == 2  # never
+    assert "is a new run" in capsys.readouterr().err
+    assert last.read_bytes() == before
+
+    # meant: the run continues with the new settings, which take effect (the new lr, the new schedule)
+    assert train_main(train_argv(data, last.parent, "--resume-anyway", "--lr", "0.01", "--epochs", "3")) == 0
+    state = torch.load(last, weights_only=True)["train_state"]
+    assert sorted({g["initial_lr"] for g in state["optimizer"]["param_groups"]}) == pytest.approx([0.001, 0.01])
+    from train.loop import warmup_cosine
+    log = [json.loads(line) for line in (last.parent / "log.jsonl").read_text().splitlines()]
+    steps = 3  # 6 images, 2 a batch
+    expected = state["optimizer"]["param_groups"][-1]["initial_lr"] * warmup_cosine(3 * steps, steps)(2 * steps)
+    assert [r["epoch"] for r in log] == [1, 2, 3] and log[1]["lr"] == pytest.approx(expected)
+    assert state["fingerprint"]["lr"] == "0.01"
+
+
+def test_train_resume_of_a_frozen_run_without_freezing_says_it_is_a_new_run(data, tmp_path, monkeypatch, capsys):
+    """It used to say 'damaged training state' of a good checkpoint."""
+    from train.cli import main as train_main
+
+    last = killed_after_one_epoch(data, tmp_path / "run", monkeypatch, "--freeze-backbone")
+    assert train_main(train_argv(data, last.parent, "--resume")) == 2
+    error = capsys.readouterr().err
+    assert "trained the head only (--freeze-backbone), so fine-tuning the whole network from it is a new run" in error
+    assert f"--weights {last}" in error and "damaged" not in error
+    assert train_main(train_argv(data, last.parent, "--resume", "--freeze-backbone")) == 0
