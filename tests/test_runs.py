@@ -322,3 +322,29 @@ def test_train_resume_of_a_frozen_run_without_freezing_says_it_is_a_new_run(data
     assert "trained the head only (--freeze-backbone), so fine-tuning the whole network from it is a new run" in error
     assert f"--weights {last}" in error and "damaged" not in error
     assert train_main(train_argv(data, last.parent, "--resume", "--freeze-backbone")) == 0
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from camloc.io.atomic import atomic_output
+with atomic_output(sys.argv[1]) as handle:
+    handle.write("half")
+    handle.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporary_files_of_killed_writers_are_removed_at_the_next_start(data, tmp_path):
+    """A process killed inside an atomic write leaves its temporary file; the next run that takes the folder
+    removes it (and leaves a running writer's alone). They used to stay forever."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("metrics.json", "last.pt"):
+        killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out / name)], cwd=ROOT, env=environment())
+        assert killed.returncode == -signal.SIGKILL
+    stale = sorted(out.glob(".*.tmp"))
+    assert len(stale) == 2 and all("camloc-tmp-" in p.name for p in stale)
+    running = out / f".detections.json.camloc-tmp-{os.getpid()}-abcdefgh.tmp"
+    running.write_text("being written")
+    assert eval_main(eval_argv(data, out)) == 0
+    assert sorted(out.glob(".*.tmp")) == [running]

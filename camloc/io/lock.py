@@ -8,7 +8,8 @@ ends (a kill included), so a stale lock never blocks a ``--resume``. The lock fi
 would let a third run lock a new file while the second still holds the old one); it holds the holder's pid.
 
 Under ``torchrun`` only rank 0 takes the lock (it is the only writer of the shared outputs) and every rank
-learns its outcome, so all ranks stop together instead of waiting for each other at a barrier.
+learns its outcome, so all ranks stop together instead of waiting for each other at a barrier. The holder
+removes what writers killed in this folder left (:func:`camloc.io.atomic.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from camloc.io.atomic import OutputError
+from camloc.io.atomic import OutputError, remove_stale_temporaries
 
 #: The lock file's name in the output folder.
 LOCK_NAME = ".camloc.lock"
@@ -83,6 +84,7 @@ def exclusive_folder(folder: str | Path, take: bool = True,
     if take:
         try:
             fd = lock_folder(folder)
+            remove_stale_temporaries(folder)
         except OutputError as exc:
             problem = f"{'busy' if isinstance(exc, FolderBusyError) else 'output'}:{exc}"
     try:
