@@ -28,7 +28,7 @@ from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.pipeline import Localizer
 from camloc.runtime.devices import resolve_device
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, one_line_warnings
 from camloc.runtime.workerpool import default_box_workers
 from eval import progress
 from eval.progress import ProgressError
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``python -m eval``; a problem ends it with exit status 2 and one ``error:`` line."""
     args = parse_args(argv)
     try:
-        run(args)
+        with one_line_warnings():
+            run(args)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out})",
               file=sys.stderr)

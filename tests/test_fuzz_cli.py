@@ -406,3 +406,10 @@ def test_train_validation_skips_unreadable_images(data, tmp_path, capsys):
     assert code == 0 and "Traceback" not in err, err[-2000:]
     record = json.loads((tmp_path / "out" / "log.jsonl").read_text())
     assert record["val_unreadable_images"] == [data["ann"]["images"][0]["file_name"]]
+
+
+def test_eval_warns_once_of_an_annotation_id_0(data, tmp_path, capsys):
+    ann = write_ann(tmp_path, data, lambda a: a["annotations"][0].update(id=0))
+    code, err = run(eval_main, eval_argv(data, tmp_path / "out", ann=ann), capsys)
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert code == 0 and len(warnings) == 1 and "has id 0" in warnings[0], err[-2000:]

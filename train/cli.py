@@ -44,7 +44,7 @@ from camloc.models import (
 from camloc.models import atomic_torch_save as save
 from camloc.runtime.devices import resolve_device
 from camloc.runtime.distributed import Dist, setup_distributed
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, one_line_warnings
 from train.fingerprint import fingerprint
 from train.loop import amp_dtype, make_loader, param_groups, train_epoch, validate, warmup_cosine
 from train.state import TrainingError, calibrate, resume, warn_unreadable, write_log
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         node = setup_distributed(args.device)
         if node.main:
             writable_folder(args.out)
-        with exclusive_folder(args.out, take=node.main, agree=node.from_main):
+        with exclusive_folder(args.out, take=node.main, agree=node.from_main), one_line_warnings():
             run(args, node)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
