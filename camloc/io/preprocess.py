@@ -55,7 +55,8 @@ def resize_square(images: Sequence[Tensor], size: int, device: torch.device | st
     for index, image in enumerate(images):
         groups.setdefault(tuple(image.shape), []).append(index)
     for members in groups.values():
-        stacked = torch.stack([images[i].to(device, non_blocking=True) for i in members])
+        moved = [images[i].to(device, non_blocking=True) for i in members]
+        stacked = moved[0][None] if len(moved) == 1 else torch.stack(moved)  # one image alone: a view, no copy
         out[torch.tensor(members, device=device)] = TF.resize(stacked, [size, size], antialias=True)
     return out
 
