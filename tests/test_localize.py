@@ -152,11 +152,15 @@ def test_bad_options_are_value_errors(tiny):
 
 
 def test_chunked_box_extraction_equals_all_maps_at_once():
+    """Maps boxed a few at a time within a memory budget (one at a time when only one fits) give the boxes of all
+    maps at once."""
+    from camloc.boxes.seed import SEED_BYTES_PER_PIXEL
+
     raw = torch.randn(11, 6, 7)
     size = (45, 61)
     once = heatmaps_to_boxes(normalize_maps(raw, size).numpy())
     for chunk in (1, 3, 4, 11):
-        chunked = boxes_from_raw_maps(raw, size, chunk=chunk)
+        chunked = boxes_from_raw_maps(raw, size, budget=chunk * size[0] * size[1] * SEED_BYTES_PER_PIXEL)
         assert chunked.class_index.tolist() == once.class_index.tolist()
         assert chunked.xywh.tolist() == once.xywh.tolist()
         np.testing.assert_allclose(chunked.heat, once.heat, rtol=1e-6)

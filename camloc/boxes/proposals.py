@@ -104,10 +104,13 @@ def instance_cut(heat: np.ndarray, floor: float, min_peak: float, grid: tuple[in
 
 
 def integral_images(maps: np.ndarray) -> np.ndarray:
-    """Summed-area tables ``(K, H+1, W+1)`` (float64) of maps ``(K, H, W)``: ``I[y, x] = Σ m[:y, :x]``."""
+    """Summed-area tables ``(K, H+1, W+1)`` (float64) of maps ``(K, H, W)``: ``I[y, x] = Σ m[:y, :x]`` (each
+    written in place by OpenCV: no second copy of the tables)."""
     maps = np.asarray(maps, dtype=np.float32)
-    return np.stack([cv2.integral(m, sdepth=cv2.CV_64F) for m in maps]) if len(maps) else \
-        np.zeros((0, maps.shape[1] + 1, maps.shape[2] + 1))
+    tables = np.empty((maps.shape[0], maps.shape[1] + 1, maps.shape[2] + 1), np.float64)
+    for m, table in zip(maps, tables):
+        cv2.integral(m, sum=table, sdepth=cv2.CV_64F)
+    return tables
 
 
 def box_sums(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.ndarray:
