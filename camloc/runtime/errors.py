@@ -66,12 +66,17 @@ def error_line(exc: BaseException, expected: tuple[type[BaseException], ...]) ->
 
 @contextlib.contextmanager
 def one_line_warnings() -> Iterator[None]:
-    """Within the block, a Python warning (a library's note about its input, e.g. an annotation id that changes
-    COCO AP) is shown as the command-line tools' one ``warning: <message>`` line on stderr, once per message."""
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-
+    """Within the block, camloc's own warnings (a warning class defined in camloc: notes about the user's input,
+    e.g. an annotation id that changes COCO AP) are shown as the command-line tools' one ``warning: <message>``
+    line on stderr; other libraries' warnings are shown as Python shows them."""
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if not category.__module__.startswith("camloc"):
+                shown(message, category, filename, lineno, file, line)
+                return
+            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
         warnings.showwarning = show
         yield
