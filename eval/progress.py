@@ -233,9 +233,9 @@ def check_stamps(progress: Progress, folder: Path, names: dict[int, str], run: s
                                 "time); its results would mix two inputs: run without --resume")
 
 
-def stamp_rows(progress: Progress) -> list[list[int]]:
+def stamp_rows(stamps: dict[int, tuple[int, int]]) -> list[list[int]]:
     """``[[image id, size, mtime_ns], ...]``: the files a finished run read, kept in its metrics.json."""
-    return [[image_id, *stamp] for image_id, stamp in sorted(progress.stamps.items())]
+    return [[image_id, *stamp] for image_id, stamp in sorted(stamps.items())]
 
 
 def finished_run(out: Path) -> dict[str, Any] | None:
@@ -266,6 +266,9 @@ def check_finished(metrics: dict[str, Any], out: Path, settings: dict[str, Any],
         changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
         raise ProgressError(f"{out} holds a finished run with other settings ({', '.join(changed)} differ); "
                             "use a new --out or run without --resume")
-    if any(image_id not in names for image_id, _, _ in rows):
-        raise ProgressError(f"--resume: {out / 'metrics.json'} lists images that --ann does not: run without --resume")
+    unreadable = metrics.get("unreadable_images") or []
+    read = set(names) - {u.get("image_id") for u in unreadable if isinstance(u, dict)}
+    if {image_id for image_id, _, _ in rows} != read:
+        raise ProgressError(f"--resume: {out / 'metrics.json'} does not record the files of exactly the images of "
+                            "--ann it read, so they cannot be checked: run without --resume")
     check_stamps(Progress(stamps={i: (size, mtime) for i, size, mtime in rows}), folder, names, "the finished run")

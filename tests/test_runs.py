@@ -167,6 +167,9 @@ def test_a_killed_run_holds_no_lock_and_resumes_to_the_same_detections(data, ref
     assert len(lines) == 2  # the settings and the first batch
     assert eval_main(eval_argv(data, out, "--resume")) == 0
     assert json.loads((out / "detections.json").read_text()) == reference
+    stamps = json.loads((out / "metrics.json").read_text())["image_stamps"]
+    assert [row[0] for row in stamps] == sorted(im["id"] for im in data["ann"]["images"])  # resumed + new ones
+    assert eval_main(eval_argv(data, out, "--resume")) == 0  # already complete
 
 
 def test_a_second_training_on_the_same_out_is_refused(data, tmp_path):

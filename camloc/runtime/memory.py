@@ -30,8 +30,8 @@ CUDA_SHARE = 0.5
 #: ``--max-memory`` values: a number of bytes with an optional unit.
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
           "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
-#: Less than this is no budget for a stage that holds a few full-resolution maps.
-MIN_BUDGET = 16 << 20
+#: Less than this is no budget for a stage that holds a few full-resolution maps; more than this is a typo.
+MIN_BUDGET, MAX_BUDGET = 16 << 20, 1 << 50
 
 T = TypeVar("T")
 
@@ -47,10 +47,10 @@ def parse_memory(text: str | int) -> int:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if not match or match.group(2) not in _UNITS:
         raise ValueError(f"memory must be a size such as 4GiB, 512MiB or 2e9 (bytes), got {text!r}")
-    size = int(float(match.group(1)) * _UNITS[match.group(2)])
-    if size < MIN_BUDGET:
-        raise ValueError(f"memory must be at least {MIN_BUDGET >> 20} MiB, got {text!r}")
-    return size
+    size = float(match.group(1)) * _UNITS[match.group(2)]
+    if not MIN_BUDGET <= size <= MAX_BUDGET:
+        raise ValueError(f"memory must be from {MIN_BUDGET >> 20} MiB to {MAX_BUDGET >> 50} PiB, got {text!r}")
+    return int(size)
 
 
 def memory_budget(device: torch.device | str, limit: int | None = None) -> int:
