@@ -3,8 +3,9 @@
 A run resumed with another ``--lr``, ``--limit``, ``--img-size``, ``--mode``, seed, batch size, data or
 precision would silently become a mix of two runs (and its metadata would describe only the second). So every
 setting that changes the weights or the choice of ``best.pt`` is fingerprinted: the options (but ``--out``,
-``--resume*``, ``--debug`` and the device's index), the annotation files by content, the image folders by the
-name, size and modification time of every image used, the number of processes and the device's arithmetic.
+``--resume*``, ``--debug``, ``--profile`` and the device's index), the annotation files by content, the image
+folders by the name, size and modification time of every image used, the number of processes and the device's
+arithmetic.
 
 ``--resume`` refuses a checkpoint of other settings with one line naming them, unless ``--resume-anyway`` says
 the change is meant; a few settings change what the saved optimizer state *is* (the architecture, a frozen
@@ -23,7 +24,7 @@ from camloc.io.data import CocoIndex
 from camloc.io.digest import file_digest, stamps_digest
 
 #: Options that do not change the result (where outputs go, how the run was started, how errors show).
-UNRELATED = ("out", "resume", "resume_anyway", "debug", "device")
+UNRELATED = ("out", "resume", "resume_anyway", "debug", "device", "profile")
 #: Settings whose change makes the saved optimizer state meaningless for the new run.
 STRUCTURAL = ("arch", "dilate", "freeze_backbone", "optimizer")
 #: How each fingerprint entry is named in a message (an option's flag otherwise).
