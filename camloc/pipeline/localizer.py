@@ -8,11 +8,13 @@ an interactive caller runs the network once per image and re-derives boxes as se
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -21,8 +23,8 @@ from camloc.boxes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, mak
 from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method
 from camloc.evaluation import Detections
 from camloc.io.images import ImageSource, load_image
-from camloc.io.preprocess import normalise, pixels_of, resize_square
-from camloc.models import CamModel, load_model, probabilities
+from camloc.io.preprocess import check_pixels, normalise, pixels_of, resize_square
+from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, CamModel, load_model, probabilities
 from camloc.pipeline.analysis import (
     TTA_SCALES,
     Analysis,
@@ -58,6 +60,38 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
     return PRECISIONS[precision]
 
+
+
+#: What one image may be where a batch is expected (a batch is a list or tuple of them).
+SINGLE_IMAGES = (str, Path, bytes, Image.Image, np.ndarray, Tensor)
+
+
+def as_batch(images: Any) -> list:
+    """A batch argument of :meth:`Localizer.analyze` / :meth:`~Localizer.detect` / :meth:`~Localizer.predict_batch`
+    as a list: a list or tuple is the batch (empty: no images); one image — a path, bytes, a PIL image, an array
+    or a ``uint8 (3, H, W)`` tensor — is a batch of one (never a sequence of rows or characters); anything else is
+    a ``TypeError``."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, SINGLE_IMAGES):
+        return [images]
+    raise TypeError(f"pass a list of images (or one image: a path, bytes, a PIL image, an array or a uint8 (3, H, W) "
+                    f"tensor); got {type(images).__name__}")
+
+
+def checked_img_size(img_size: Any, default: int) -> int:
+    """The network input size: ``None`` → ``default`` (the checkpoint's); else an integer (not a bool, float or
+    string) from :data:`~camloc.models.MIN_INPUT_SIZE` to :data:`~camloc.models.MAX_INPUT_SIZE`, as the CLIs'
+    ``--img-size`` (a ``TypeError`` or ``ValueError`` otherwise)."""
+    if img_size is None:
+        return int(default)
+    expected = (f"img_size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (None: the checkpoint's "
+                f"{default})")
+    if isinstance(img_size, (bool, np.bool_)) or not isinstance(img_size, numbers.Integral):
+        raise TypeError(f"{expected}, got {img_size!r}")
+    if not MIN_INPUT_SIZE <= img_size <= MAX_INPUT_SIZE:
+        raise ValueError(f"{expected}, got {img_size!r}")
+    return int(img_size)
 
 
 class Localizer:
@@ -97,9 +131,11 @@ class Localizer:
             self.model.to(memory_format=torch.channels_last)
         self.meta = meta
         self.method = self.map_method.name
-        self.img_size = int(img_size or meta["input_size"])
+        self.img_size = checked_img_size(img_size, meta["input_size"])
         self.tta = tta
         self.class_names: list[str] = list(meta["class_names"])
+        if isinstance(self.recipe.classes, tuple):  # explicit class indices: checked now, not at the first image
+            class_indices(self.recipe.classes, len(self.class_names))
         self.category_ids: list[int] = list(meta.get("category_ids", range(meta["num_classes"])))
         unsupported = set(meta.get("unsupported_classes", ()))
         self.supported = torch.tensor([n not in unsupported for n in self.class_names], device=self.device)
@@ -120,8 +156,10 @@ class Localizer:
     # ------------------------------------------------------------------ preprocessing
     def pixels(self, images: Sequence[ImageSource]) -> list[Tensor]:
         """Any image sources (:func:`camloc.io.images.load_image`: EXIF-upright RGB) → ``uint8 (3, H, W)`` each;
-        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through."""
-        return [im if isinstance(im, Tensor) else pixels_of(load_image(im)) for im in images]
+        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through, any other tensor is an
+        :class:`~camloc.io.images.ImageError` (:func:`~camloc.io.preprocess.check_pixels`)."""
+        return [check_pixels(im, f"image {i}") if isinstance(im, Tensor) else pixels_of(load_image(im))
+                for i, im in enumerate(images)]
 
     def to_tensor(self, images: Sequence[Image.Image | Tensor], size: int | None = None) -> Tensor:
         """RGB PIL images or ``uint8 (3, H, W)`` pixels → normalised batch ``(B, 3, S, S)`` on the device
@@ -192,8 +230,9 @@ class Localizer:
     def analyze(self, images: Sequence[ImageSource] | ImageSource,
                 classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes; a list of
-        class lists: each image's own).
+        """One forward pass (per TTA view) over a batch (a list or tuple, empty: ``[]``; one image alone is a batch
+        of one, :func:`as_batch`); maps of ``classes`` (default: all classes; a list of class lists: each image's
+        own).
 
         A ``per_class`` method (the gradient methods: one batched backward pass per class) computes,
         without ``classes``, the maps of the classes the recipe gates in for each image, from the
@@ -202,9 +241,9 @@ class Localizer:
         of :meth:`views` (an interactive caller caches each view and joins them with
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
-        batch = images if isinstance(images, (list, tuple)) else [images]
+        batch = as_batch(images)
         classes = self.checked_classes(classes, len(batch))  # refused before any image is decoded
-        return self.analyze_batch(self.pixels(batch), classes, views).images()
+        return self.analyze_batch(self.pixels(batch), classes, views).images() if batch else []
 
     def checked_classes(self, classes: Any, count: int) -> list[int] | list[list[int]] | None:
         """``classes`` of :meth:`analyze` checked once (:func:`~camloc.boxes.class_indices`): ``None``, one list
@@ -218,11 +257,14 @@ class Localizer:
 
     def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                       views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
-        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch.
+        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device; at least one), kept as one batch.
 
         Maps of per-image classes (given, or gated for a ``per_class`` method) are computed in per-image class
         slots (as many backward passes as the image with the most classes) and held as the union of the
         batch's classes with a per-image ``held`` mask."""
+        if not len(pixels):
+            raise ValueError("analyze_batch needs at least one image (analyze and detect take empty lists)")
+        pixels = [check_pixels(p, f"image {i}") for i, p in enumerate(pixels)]
         views = tuple(views or self.views())
         num_classes = len(self.class_names)
         classes = self.checked_classes(classes, len(pixels))
@@ -275,13 +317,18 @@ class Localizer:
         """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
         return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
 
-    def detect(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> Detections:
+    def detect(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
+               ) -> Detections:
         """Detections of a batch as flat arrays (:class:`~camloc.evaluation.Detections`): one forward pass per
         view for the whole batch, then the recipe's box stage for the whole batch (on the device for the
-        grid recipes). ``image_ids`` default to the images' positions."""
+        grid recipes). ``image_ids`` default to the images' positions. A batch is a list or tuple (empty: no
+        detections); one image alone is a batch of one (:func:`as_batch`)."""
+        images = as_batch(images)
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
+        if not images:
+            return Detections([])
         pixels = self.pixels(images)
         parts = self._halving.run(list(range(len(pixels))), lambda part: self._detect([pixels[i] for i in part],
                                                                                       [ids[i] for i in part]),
@@ -295,9 +342,11 @@ class Localizer:
         boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, gate, batch.sizes, self.max_memory)
         return batch_detections(boxes, ids, self.category_ids, self.max_dets)
 
-    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
-        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`); ``image_id`` only
-        when ``image_ids`` are given."""
+    def predict_batch(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
+                      ) -> list[list[dict]]:
+        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`: a list or tuple, or one
+        image alone as a batch of one); ``image_id`` only when ``image_ids`` are given."""
+        images = as_batch(images)
         if image_ids is not None and len(image_ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(image_ids)} image ids")
         per_image: list[list[dict]] = [[] for _ in images]
