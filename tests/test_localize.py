@@ -223,13 +223,14 @@ def test_per_image_classes_are_held_as_the_batch_union_and_gate_only_their_own(t
 
 def test_no_detection_is_scored_zero(tiny):
     """A class whose map holds no positive evidence (its head row ≤ 0 on ReLU features) used to get the whole image
-    with score 0 from ``seed``: every path now leaves it out (the other classes keep theirs)."""
+    with score 0 from ``seed``: every path now leaves it out (the other classes keep theirs) — unless every
+    detection is asked for (``max_dets=0``: the recipe's own output, the course recipe's bit for bit)."""
     import copy
 
     model, meta = copy.deepcopy(tiny)
     with torch.no_grad():
         model.head.weight[3] = -model.head.weight[3].abs()
-    localizer = Localizer(model, meta, img_size=64, recipe="seed", device="cpu", max_dets=0)
+    localizer = Localizer(model, meta, img_size=64, recipe="seed", device="cpu", max_dets=1000)
     image = gradient_image(60, 80)
     analysis = localizer.analyze(image)[0]
     assert (analysis.raw_maps[3] <= 0).all()
@@ -242,3 +243,6 @@ def test_no_detection_is_scored_zero(tiny):
     for name, dets in paths.items():
         assert len(dets) >= 5 and all(d["score"] > 0 for d in dets), name
         assert (category in {d["category_id"] for d in dets}) == (name == "baseline" and analysis.probs[3] > 0), name
+    raw = Localizer(model, meta, img_size=64, recipe="seed", device="cpu", max_dets=0)
+    for dets in (raw.predict(image), raw.detections(analysis), raw.detect([image]).to_dicts()):
+        assert [d["score"] for d in dets if d["category_id"] == category] == [0.0]

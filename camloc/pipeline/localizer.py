@@ -107,7 +107,8 @@ class Localizer:
     a method with a ``layer`` option (default: the feature layer); ``precision`` the backbone's
     arithmetic for CAM, the default method (see :func:`resolve_precision`; its maps, probabilities and
     boxes are always computed in float32; the other methods run in float32 throughout); ``max_dets`` the
-    detections :meth:`detect` keeps per image, the best scored (default 100, COCO's convention; 0: all);
+    detections :meth:`detect` keeps per image, the best scored, none scored 0 (default 100, COCO's convention; 0:
+    every box the recipe gives, zero scores included, in :meth:`detect` and :meth:`detections` alike);
     ``max_memory`` the bytes the box stage may hold at once (``"2GiB"``, or a number; default:
     :func:`~camloc.runtime.memory.memory_budget`). A batch that runs out of device memory in :meth:`detect` is run
     again in halves (and later batches at that size).
@@ -311,11 +312,13 @@ class Localizer:
         by the recipe. ``classes`` (class indices) bypasses the recipe's class gating; ``recipe``,
         ``threshold``, ``mode`` and ``options`` override the Localizer's recipe for this call."""
         chosen = self.recipe_for(recipe, threshold, mode, **options)
-        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes)
+        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes,
+                                 raw=not self.max_dets)
 
     def baseline_detections(self, analysis: Analysis, kind: str, image_id: int | None = None) -> list[dict[str, Any]]:
         """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
-        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
+        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id,
+                                   raw=not self.max_dets)
 
     def detect(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
                ) -> Detections:
