@@ -144,6 +144,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "box_scale", "baseline",
             "img_size", "tta", "limit", "precision", "decode", "max_dets")
     settings = {k: str(getattr(args, k)) for k in keys}
+    if not args.checkpoint.is_file():  # read here first: its digest is a setting
+        raise CliError(f"--checkpoint: {args.checkpoint}: no such checkpoint file")
     sidecar = args.checkpoint.with_suffix(".json")
     settings.update({"checkpoint_sha256": file_digest(args.checkpoint),
                      "sidecar_sha256": file_digest(sidecar) if sidecar.is_file() else None,

@@ -21,7 +21,7 @@ def tiny():
 
 @pytest.mark.parametrize("recipe", ["seed", DEFAULT_RECIPE])
 def test_every_selected_class_yields_boxes_in_original_pixels(tiny, recipe):
-    localizer = Localizer(*tiny, img_size=64, recipe=recipe)
+    localizer = Localizer(*tiny, img_size=64, recipe=recipe, max_dets=0)  # every detection
     image = gradient_image(90, 130)
     dets = localizer.predict(image, image_id=7)
     probs = localizer.analyze(image)[0].probs
@@ -170,8 +170,9 @@ def test_chunked_box_extraction_equals_all_maps_at_once():
 @pytest.mark.parametrize("options", [{"recipe": "seed"}, {"box_scale": 4}, {"recipe": "instances"}])
 def test_the_batch_api_equals_the_per_image_detections(tiny, options):
     """``detect`` boxes a whole batch in one call (on the device for grid recipes, image by image otherwise):
-    the same detections, in the same order, as :meth:`Localizer.detections` of each analysed image."""
-    localizer = Localizer(*tiny, img_size=64, **options)
+    the same detections, in the same order, as :meth:`Localizer.detections` of each analysed image (every
+    detection: ``max_dets=0``)."""
+    localizer = Localizer(*tiny, img_size=64, max_dets=0, **options)
     images = [gradient_image(60, 80, seed=1), gradient_image(45, 90, seed=2)[::-1].copy(), gradient_image(70, 50)]
     found = localizer.detect(images, image_ids=[11, 5, 11])
     expected = [d for analysis, image_id in zip(localizer.analyze(images), [11, 5, 11])
