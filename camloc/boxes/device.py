@@ -28,6 +28,7 @@ from torch import Tensor
 from camloc.boxes.contours import outer_boxes, stacked_masks, trace_stacked
 from camloc.boxes.levels import histograms, otsu_levels, thresholds, to_uint8
 from camloc.cam import check_finite_maps, normalize_maps
+from camloc.cam.frame import MapFrame
 
 
 def pack(masks: Tensor) -> np.ndarray:
@@ -59,9 +60,10 @@ class DeviceMaps:
     tables: Tensor  # (k, H+1, W+1) float64 summed-area tables of the normalised maps, on the device
 
 
-def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], levels: Sequence[float] | None
-                ) -> list[DeviceMaps]:
-    """Normalise each image's raw maps ``(k, h, w)`` to its ``(H, W)`` on their device and threshold them there.
+def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], levels: Sequence[float] | None,
+                frame: MapFrame | None = None) -> list[DeviceMaps]:
+    """Normalise each image's raw maps ``(k, h, w)`` to its ``(H, W)`` on their device and threshold them there;
+    ``frame``: where the maps' cells sit in every image (:func:`camloc.cam.normalize_maps`).
 
     ``levels``: fractions ``t`` of each map's max (foreground ``u8 > ⌈t·255⌉ − 1``), or ``None`` for Otsu's
     level of each map (histograms counted on the device; the levels themselves, 256 float64 steps for all
@@ -75,7 +77,7 @@ def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], le
     for key, members in groups.items():
         stacked = torch.cat([raw_maps[i] for i in members])
         check_finite_maps(stacked)
-        heats[key] = normalize_maps(stacked, key[:2])
+        heats[key] = normalize_maps(stacked, key[:2], frame)
         u8s[key] = to_uint8(heats[key])
     if levels is None:  # every map's Otsu level in one pass
         order = list(groups)

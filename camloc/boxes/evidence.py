@@ -25,6 +25,7 @@ from camloc.boxes.device import trace as trace_masks
 from camloc.boxes.grid import GridBoxes, grid_boxes
 from camloc.boxes.proposals import box_evidence, evidence, integral_images, per_class_nms
 from camloc.boxes.registry import BOX_CHUNK, FULL_RESOLUTION, MAX_BOX_SCALE, BatchBoxes, Recipe, ScoredBoxes, register
+from camloc.cam.frame import MapFrame
 from camloc.cam.maps import check_finite_maps, normalize_maps
 
 
@@ -61,21 +62,22 @@ class EvidenceScored(Recipe):
     #: Whether the recipe can trace its boxes on the feature grid (``box_scale``) at all.
     traces_on_grid: ClassVar[bool] = True
 
-    def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor) -> GridBoxes:
+    def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, frame: MapFrame | None = None
+             ) -> GridBoxes:
         """:func:`camloc.boxes.grid.grid_boxes` with this recipe's parameters."""
         mode = getattr(self, "mode", self.grid_mode)
         return grid_boxes(raw_maps, probs, sizes, group, int(self.box_scale), self.cut_levels(), mode,
-                          float(self.nms_iou))
+                          float(self.nms_iou), frame)
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
-                    sizes: Sequence[tuple[int, int]]) -> BatchBoxes:
+                    sizes: Sequence[tuple[int, int]], frame: MapFrame | None = None) -> BatchBoxes:
         if self.box_scale is None:
-            return super().batch_boxes(raw_maps, probs, classes, gate, sizes)
+            return super().batch_boxes(raw_maps, probs, classes, gate, sizes, frame)
         device = raw_maps.device
         classes = classes.to(device)
         image, row = torch.nonzero(gate.to(device)[:, classes], as_tuple=True)
         found = self.grid(raw_maps[image, row], probs.to(device)[image, classes[row]],
-                          torch.tensor(sizes, device=device)[image], image * len(classes) + row)
+                          torch.tensor(sizes, device=device)[image], image * len(classes) + row, frame)
         return BatchBoxes(image[found.map_index].cpu().numpy(), classes[row[found.map_index]].cpu().numpy(),
                           found.xywh.cpu().numpy(), found.score.cpu().numpy())
 
@@ -84,18 +86,19 @@ class EvidenceScored(Recipe):
         ``grid`` is the raw maps' ``(h, w)``."""
         raise NotImplementedError
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], frame: MapFrame | None = None
+              ) -> ScoredBoxes:
         if self.box_scale is not None:
             count, device = len(raw_maps), raw_maps.device
             found = self.grid(raw_maps, probs.to(device), torch.tensor([size], device=device).expand(count, 2),
-                              torch.arange(count, device=device))
+                              torch.arange(count, device=device), frame)
             return ScoredBoxes(found.map_index.cpu().numpy(), found.xywh.cpu().numpy(), found.score.cpu().numpy())
         if raw_maps.device.type != "cpu" and self.on_device:
-            return self.device_boxes(raw_maps, probs, size)
+            return self.device_boxes(raw_maps, probs, size, frame)
         check_finite_maps(raw_maps)
         owners, rects, scores = [], [], []
         for start in range(0, len(raw_maps), BOX_CHUNK):
-            heat = normalize_maps(raw_maps[start:start + BOX_CHUNK], size).cpu().numpy()
+            heat = normalize_maps(raw_maps[start:start + BOX_CHUNK], size, frame).cpu().numpy()
             owner, xywh = with_whole_image(*self.proposals(heat, to_uint8(heat), tuple(raw_maps.shape[-2:])),
                                            len(heat), size)
             owners.append(owner + start)

@@ -8,7 +8,9 @@ Otsu's level per map), its connected components boxed (:func:`camloc.boxes.compo
 each box scored by the share of the map's evidence it holds
 (:func:`camloc.boxes.proposals.evidence_of`, from float64 summed-area tables), kept by greedy NMS within
 each (image, class) for the whole batch at once (:func:`camloc.boxes.nms.grouped_nms`), and scaled to
-the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``.
+the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``. With a map
+frame (:class:`~camloc.cam.frame.MapFrame`) the upsampled grid reads each map where its cells look in the
+image, so that this plain scaling puts every box where the network saw it.
 
 All of it is whole-batch tensor work on the maps' device: the host's Python work is the same for one
 map or ten thousand. The regions are 8-connected components (the course recipe's contours are the
@@ -28,6 +30,7 @@ from camloc.boxes.levels import thresholds, to_uint8
 from camloc.boxes.nms import grouped_nms
 from camloc.boxes.proposals import evidence_of
 from camloc.cam import check_finite_maps, normalize_maps
+from camloc.cam.frame import MapFrame
 from camloc.runtime.profiling import stage
 
 
@@ -64,13 +67,15 @@ def largest_per_map(owner: Tensor, area: Tensor) -> Tensor:
 
 
 def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, scale: int,
-               levels: Sequence[float] | None, mode: str = "all", nms_iou: float = 0.5) -> GridBoxes:
+               levels: Sequence[float] | None, mode: str = "all", nms_iou: float = 0.5,
+               frame: MapFrame | None = None) -> GridBoxes:
     """Scored boxes of raw maps ``(N, h, w)`` (see the module docstring).
 
     ``probs (N,)``: each map's class probability (``score = p · evidence``); ``sizes (N, 2)``: its image's
     ``(H, W)``; ``group (N,)``: maps of one group share NMS (one per image and class); ``levels``: fractions
     of the max (``None``: Otsu); ``mode="largest"``: only the component with the most pixels per map and
-    level. A map with no region gets the whole image. Rows are sorted by group, best score first.
+    level; ``frame``: where the maps' cells sit in every image (``None``: the grid stretched over it). A map with
+    no region gets the whole image. Rows are sorted by group, best score first.
     """
     device = raw_maps.device
     empty = GridBoxes(torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 4, dtype=torch.float64,
@@ -80,7 +85,7 @@ def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, sc
     check_finite_maps(raw_maps)
     num, height, width = raw_maps.shape
     shape = (height * scale, width * scale)
-    heat = normalize_maps(raw_maps, shape)
+    heat = normalize_maps(raw_maps, shape, frame)
     u8 = to_uint8(heat)
     cuts = thresholds(u8, levels)
     per_map = cuts.shape[1]

@@ -13,19 +13,21 @@ from camloc.boxes.device import DeviceMaps
 from camloc.boxes.device import box_sums as device_box_sums
 from camloc.boxes.device import trace as trace_masks
 from camloc.boxes.registry import BOX_CHUNK, Recipe, ScoredBoxes, register
+from camloc.cam.frame import MapFrame
 from camloc.cam.maps import check_finite_maps, normalize_maps
 
 
 def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str | float = "otsu",
-                        mode: str = "all", chunk: int = BOX_CHUNK) -> BoxSet:
-    """Raw maps ``(k, h, w)`` → upsample/ReLU/normalise to ``size`` → :func:`heatmaps_to_boxes`,
+                        mode: str = "all", chunk: int = BOX_CHUNK, frame: MapFrame | None = None) -> BoxSet:
+    """Raw maps ``(k, h, w)`` → upsample (each cell where ``frame`` puts it)/ReLU/normalise to ``size`` →
+    :func:`heatmaps_to_boxes`,
     a few classes at a time; ``class_index`` refers to positions along ``raw_maps`` (``ValueError``
     for non-finite maps, or a threshold or mode that :func:`heatmaps_to_boxes` refuses)."""
     check_finite_maps(raw_maps)
     threshold, mode = parse_threshold(threshold), parse_box_mode(mode)
     parts = []
     for start in range(0, len(raw_maps), chunk):
-        heat = normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy()
+        heat = normalize_maps(raw_maps[start:start + chunk], size, frame).cpu().numpy()
         found = normalized_maps_to_boxes(heat, threshold, mode)
         parts.append(BoxSet(found.class_index + start, found.xywh, found.heat))
     if not parts:
@@ -57,10 +59,11 @@ class Seed(Recipe):
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
         parse_box_mode(self.mode)
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], frame: MapFrame | None = None
+              ) -> ScoredBoxes:
         if raw_maps.device.type != "cpu":
-            return self.device_boxes(raw_maps, probs, size)
-        found = boxes_from_raw_maps(raw_maps, size, self.threshold, self.mode)
+            return self.device_boxes(raw_maps, probs, size, frame)
+        found = boxes_from_raw_maps(raw_maps, size, self.threshold, self.mode, frame=frame)
         score = found.heat * probs.double().cpu().numpy()[found.class_index]
         return ScoredBoxes(found.class_index, found.xywh.astype(np.float64), score)
 

@@ -32,7 +32,7 @@ def recipe_boxes(analysis: Analysis, classes: Sequence[int], recipe: Recipe) -> 
         raise ValueError(f"recipe {recipe.name!r} averages the maps of six views (TTA), which this analysis lacks; "
                          "analyse with views=localizer.views(recipe)")
     rows = analysis.rows(classes)
-    return recipe.boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size)
+    return recipe.boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size, analysis.frame)
 
 
 

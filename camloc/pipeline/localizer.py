@@ -18,10 +18,12 @@ from torch import Tensor
 
 from camloc.boxes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, make_recipe
 from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method
+from camloc.cam.frame import MapFrame
 from camloc.evaluation import Detections
 from camloc.io.images import ImageSource, load_image
 from camloc.io.preprocess import normalise, pixels_of, resize_square
 from camloc.models import CamModel, load_model, probabilities
+from camloc.models.geometry import model_geometry
 from camloc.pipeline.analysis import (
     TTA_SCALES,
     Analysis,
@@ -41,6 +43,18 @@ from camloc.pipeline.detections import (
 from camloc.runtime.profiling import stage
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: How maps are laid on their image: ``none`` stretches the grid over the image (the course's convention),
+#: ``measured`` puts each cell where the model's measured geometry says it looks (:mod:`camloc.models.geometry`).
+ALIGNMENTS = ("none", "measured")
+
+
+def resolve_alignment(align: str | None, recipe: Recipe) -> str:
+    """``align`` checked (one of :data:`ALIGNMENTS`), or ``recipe``'s own default when ``None``."""
+    if align is None:
+        return recipe.default_align
+    if align not in ALIGNMENTS:
+        raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}; got {align!r}")
+    return align
 
 
 
@@ -69,19 +83,27 @@ class Localizer:
     probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name for
     a method with a ``layer`` option (default: the feature layer); ``precision`` the backbone's
     arithmetic for CAM, the default method (see :func:`resolve_precision`; its maps, probabilities and
-    boxes are always computed in float32; the other methods run in float32 throughout).
+    boxes are always computed in float32; the other methods run in float32 throughout); ``align`` how maps
+    are laid on the image (:data:`ALIGNMENTS`; default: the recipe's ``default_align`` — ``none`` for ``seed``,
+    the course recipe): with ``measured``, each view's cells are placed where the model's geometry
+    (:func:`camloc.models.geometry.model_geometry`, measured once per model, layer and input size) says they
+    look, before views are averaged and boxes drawn.
     """
 
     def __init__(self, model: CamModel, meta: dict[str, Any], method: str | MapMethod = DEFAULT_METHOD,
                  recipe: str | Recipe = DEFAULT_RECIPE, threshold: str | float | None = None, boxes: str | None = None,
                  classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
                  device: str | torch.device | None = None, gradcam_layer: str | None = None,
-                 precision: str = "auto", **recipe_options: Any):
+                 precision: str = "auto", align: str | None = None, **recipe_options: Any):
         self.map_method = make_method(method, **({"layer": gradcam_layer} if gradcam_layer else {}))
         self.map_method.check(model)
         self.thresholds = tuple(meta["class_thresholds"]) if meta.get("class_thresholds") else None
         self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes,
                                   thresholds=self.thresholds, **recipe_options)
+        self.align = resolve_alignment(align, self.recipe)
+        if self.align != "none":
+            self.map_method = self.map_method.with_options(align=True) if "align" in self.map_method.parameters() \
+                else self.map_method
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -151,15 +173,26 @@ class Localizer:
         """The network input side of a view at ``scale``."""
         return max(32, round(self.img_size * scale))
 
-    def _forward_views(self, pixels: Sequence[Tensor], classes: Tensor | None,
-                       views: Sequence[tuple[float, bool]], maps: bool = True) -> tuple[Tensor | None, Tensor]:
-        """Raw maps and probabilities averaged over ``views`` (maps: ``None`` when ``maps`` is False).
+    def frame(self, size: int, width: int, flip: bool = False) -> MapFrame | None:
+        """Where the cells of a ``width``-cell-wide map of a ``size``-pixel input sit in the image (a mirrored view's
+        once flipped back); ``None`` with ``align="none"``."""
+        if self.align == "none":
+            return None
+        layer = self.map_method.map_layer(self.model)
+        frame = model_geometry(self.model, layer, size, self.meta).frame(size)
+        return frame.mirrored(width) if flip else frame
+
+    def _forward_views(self, pixels: Sequence[Tensor], classes: Tensor | None, views: Sequence[tuple[float, bool]],
+                       maps: bool = True) -> tuple[Tensor | None, Tensor, MapFrame | None]:
+        """Raw maps, probabilities and the maps' frame averaged over ``views`` (maps: ``None`` when ``maps`` is False).
 
         Each scale is resized once; its mirrored view is ``x.flip(-1)`` of the same tensor (maps flipped
         back). Each view is its own forward pass of the batch, so a view's numbers are the same whether it
-        is computed alone or with the others; views are averaged in the order given, at the first's grid."""
+        is computed alone or with the others; views are averaged in the order given, at the first's grid
+        (with ``align="measured"``, each view's maps read where the first view's cells look:
+        :func:`~camloc.pipeline.analysis.average_views`)."""
         resized: dict[float, Tensor] = {}
-        ordered = []
+        ordered, frames = [], []
         for scale, flip in views:
             with stage("preprocess"):
                 if scale not in resized:
@@ -167,14 +200,15 @@ class Localizer:
                 x = resized[scale].flip(-1) if flip else resized[scale]
             if maps:
                 raw, logits = self._maps(x, classes)
+                frames.append(self.frame(x.shape[-1], raw.shape[-1], flip))
                 raw = raw.flip(-1) if flip else raw
             else:
                 with stage("forward"), torch.inference_mode(), self._autocast():
                     raw, logits = None, self.model(x)[0].float()
             ordered.append((raw, probabilities(logits, self.meta["activation"])))
         if not maps:
-            return None, sum_in_order([p for _, p in ordered]) / len(ordered)
-        return average_views(ordered)
+            return None, sum_in_order([p for _, p in ordered]) / len(ordered), None
+        return average_views(ordered, frames)
 
     def analyze(self, images: Sequence[ImageSource] | ImageSource,
                 classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -220,16 +254,16 @@ class Localizer:
             for b, own in enumerate(classes):
                 gate[b, own] = True
         elif classes is None and self.map_method.per_class:
-            _, probs = self._forward_views(pixels, None, views, maps=False)
+            _, probs, _ = self._forward_views(pixels, None, views, maps=False)
             gate = self.select(probs)
         if gate is None:
             wanted = None if classes is None else torch.as_tensor(classes, dtype=torch.long, device=self.device)
-            maps, probs = self._forward_views(pixels, wanted, views)
+            maps, probs, frame = self._forward_views(pixels, wanted, views)
             held = torch.arange(num_classes, device=self.device) if wanted is None else wanted
-            return BatchAnalysis(sizes, probs, held, maps, views)
+            return BatchAnalysis(sizes, probs, held, maps, views, frame=frame)
         slots, counts = gated_slots(gate)
-        slot_maps, probs = self._forward_views(pixels, slots, views)
-        return BatchAnalysis.from_slots(sizes, probs, slots, counts, slot_maps, views)
+        slot_maps, probs, frame = self._forward_views(pixels, slots, views)
+        return BatchAnalysis.from_slots(sizes, probs, slots, counts, slot_maps, views, frame)
 
     def select(self, probs: Tensor) -> Tensor:
         """Boolean ``(B, K)``: the classes the recipe gives boxes per image (supported ones only)."""
@@ -270,9 +304,8 @@ class Localizer:
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
         batch = self.analyze_batch(self.pixels(images))
-        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, batch.gate(self.recipe,
-                                                                                               self.supported),
-                                        batch.sizes)
+        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes,
+                                        batch.gate(self.recipe, self.supported), batch.sizes, batch.frame)
         return batch_detections(boxes, ids, self.category_ids)
 
     def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
