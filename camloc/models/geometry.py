@@ -275,10 +275,12 @@ def receptive_field_centre(model: CamModel, layer: str | None, input_size: int, 
 # measured: where a trained network's class map puts what it sees
 # ----------------------------------------------------------------------------------------------------------
 
-#: Sub-cell resolution of the mirror-shift search, and its range in cells either way.
-SHIFT_STEPS, SHIFT_RANGE = 16, 2
+#: Offsets tried per stride (the search's resolution), over offsets from −1 to +1 stride.
+OFFSET_STEPS = 32
 #: Random stimuli per measurement, and how coarse their structure is (fractions of the input side).
 STIMULI, STIMULUS_SCALES = 48, (8, 16, 32)
+#: Samples per cell of the fine grid the two maps are compared on.
+SAMPLES_PER_CELL = 8
 
 
 def stimuli(count: int, size: int, seed: int = 0) -> Tensor:
@@ -296,29 +298,37 @@ def stimuli(count: int, size: int, seed: int = 0) -> Tensor:
     return batch / batch.flatten(1).std(1).view(-1, 1, 1, 1)
 
 
-def mirror_shift(maps: Tensor, mirrored: Tensor) -> float:
-    """The shift ``d`` in cells (along the last axis) that best lays ``mirrored`` (maps of the mirrored inputs,
-    flipped back) on ``maps``: the maximum over ``d`` of the mean Pearson correlation of ``maps(u)`` and
-    ``mirrored(u + d)`` over the batch, the maps read linearly between cells at 1/:data:`SHIFT_STEPS` cell,
-    refined by a parabola through the best three. Both ``(B, h, w)``."""
-    height, width = maps.shape[-2:]
-    fine = (width - 1) * SHIFT_STEPS + 1
-    first, second = (F.interpolate(m[:, None].double(), size=(height, fine), mode="bilinear", align_corners=True)[:, 0]
-                     for m in (maps, mirrored))
-    reach = min(SHIFT_RANGE, width - 2) * SHIFT_STEPS
+def mirror_offset(maps: Tensor, mirrored: Tensor, stride: float, input_size: int) -> float:
+    """The offset ``a`` (input pixels) of the last axis's cells about which ``maps`` and ``mirrored`` (maps of the
+    mirrored inputs, flipped back; both ``(B, h, w)``) are one another's mirror image.
+
+    For each ``a`` from ``−stride`` to ``+stride`` (:data:`OFFSET_STEPS` steps a stride), both are laid on a fine
+    grid over the image — ``maps`` with cells at ``a + stride·j``, ``mirrored`` at the mirrored places
+    (:meth:`~camloc.cam.frame.MapFrame.mirrored`) — and scored by their mean Pearson correlation; the best ``a``,
+    refined by a parabola through the best three. Laid right, what both saw at one place of the image lies at
+    that place in both."""
+    from camloc.cam.frame import axis_matrix, pixel_positions
+    from camloc.evaluation.flip import pearson
+
+    width = maps.shape[-1]
+    positions = pixel_positions(width * SAMPLES_PER_CELL)
+    candidates = torch.arange(-OFFSET_STEPS, OFFSET_STEPS + 1, dtype=torch.float64) * stride / OFFSET_STEPS
+    rows_a, rows_b = maps.double().flatten(0, -2), mirrored.double().flatten(0, -2)
     scores = []
-    for shift in range(-reach, reach + 1):
-        a = first[..., max(0, -shift):fine - max(0, shift)].flatten(1)
-        b = second[..., max(0, shift):fine + min(0, shift)].flatten(1)
-        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-        scores.append(float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).mean()))
+    for offset in candidates.tolist():
+        frame = MapFrame.of_network((0.0, offset), (stride, stride), (input_size, input_size))
+        plain = rows_a @ axis_matrix(frame, 1, width, positions).T.to(rows_a.device)
+        other = rows_b @ axis_matrix(frame.mirrored(width), 1, width, positions).T.to(rows_b.device)
+        per_map = pearson(plain.reshape(len(maps), -1), other.reshape(len(maps), -1))
+        scores.append(float(per_map.mean()))
     best = max(range(len(scores)), key=scores.__getitem__)
     if best in (0, len(scores) - 1):
-        raise GeometryError(f"the mirrored maps fit best at the edge of the search (±{SHIFT_RANGE} cells): "
+        raise GeometryError(f"the mirrored maps fit best at the edge of the search (±1 stride, {stride:g} px): "
                             "the map's geometry could not be measured")
     low, mid, high = scores[best - 1:best + 2]
     curvature = low - 2 * mid + high
-    return (best - reach + (0.5 * (low - high) / curvature if curvature < 0 else 0.0)) / SHIFT_STEPS
+    step = stride / OFFSET_STEPS
+    return float(candidates[best]) + (0.5 * (low - high) / curvature * step if curvature < 0 else 0.0)
 
 
 def _class_maps(model: CamModel, layer: str | None, images: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -342,11 +352,9 @@ def measured_geometry(model: CamModel, input_size: int, layer: str | None = None
 
     For ``count`` random :func:`stimuli` ``x``, the map ``M`` of ``x``'s most probable class (CAM; LayerCAM at a
     layer other than the feature layer), the map ``M_x`` of the horizontally mirrored ``x`` flipped back and
-    ``M_y`` of the vertically mirrored one: if cell ``u`` is centred on pixel ``a + s·u``, what ``M`` shows at
-    cell ``u`` ``M_x`` shows at ``u + d`` with ``2a = S − 1 − s·(w − 1 − d)``, ``d`` the shift that lays them on
-    each other best (:func:`mirror_shift`, pooled over the stimuli; ``y`` likewise). The stride ``s`` is the
-    analytic one. 48 stimuli pin the offset within about a pixel (three seeds of the shared MobileNetV2 at 448:
-    −12.8 / −13.7 / −14.5 px in y, −11.5 / −11.8 / −10.1 in x; analytic 0).
+    ``M_y`` of the vertically mirrored one: the offset ``a`` (cell ``u`` centred on pixel ``a + s·u``) about which
+    ``M`` and ``M_x`` are one another's mirror image (:func:`mirror_offset`, pooled over the stimuli; ``y``
+    likewise with ``M_y``). The stride ``s`` is the analytic one.
     """
     analytic = analytic_geometry(model, layer, input_size)
     parameter = next(model.parameters())
@@ -359,10 +367,9 @@ def measured_geometry(model: CamModel, input_size: int, layer: str | None = None
         across.append(_class_maps(model, layer, x.flip(-1), classes)[0].flip(-1))
         down.append(_class_maps(model, layer, x.flip(-2), classes)[0].flip(-2))
     maps, across, down = torch.cat(plain), torch.cat(across), torch.cat(down)
-    shifts = (mirror_shift(maps.transpose(1, 2), down.transpose(1, 2)), mirror_shift(maps, across))
-    offset = tuple((input_size - 1 - s * (n - 1 - d)) / 2
-                   for s, n, d in zip(analytic.stride, maps.shape[-2:], shifts))
-    return MapGeometry(analytic.stride, offset, "measured")  # type: ignore[arg-type]
+    offset = (mirror_offset(maps.transpose(1, 2), down.transpose(1, 2), analytic.stride[0], input_size),
+              mirror_offset(maps, across, analytic.stride[1], input_size))
+    return MapGeometry(analytic.stride, offset, "measured")
 
 
 # ----------------------------------------------------------------------------------------------------------
