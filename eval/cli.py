@@ -26,6 +26,7 @@ from camloc.io.data import DataError, check_image_files
 from camloc.io.images import ImageError
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.pipeline import Localizer
+from camloc.pipeline.localizer import ALIGNMENTS
 from camloc.runtime.devices import resolve_device
 from camloc.runtime.errors import error_line
 from camloc.runtime.workerpool import default_box_workers
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=["full", "center"], help="ignore the maps: full-image or centre boxes")
     parser.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's)")
     parser.add_argument("--tta", action="store_true", help="average maps over scales 0.75/1/1.25 and flips")
+    parser.add_argument("--align", choices=ALIGNMENTS,
+                        help="how maps are laid on the image: none (the grid stretched over it, the course's way) or "
+                             "measured (each cell where the model's measured geometry says it looks); default: the "
+                             "recipe's (seed: none)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
     parser.add_argument("--box-workers", type=int, default=default_box_workers(),
@@ -116,8 +121,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     (SHA-256 of the checkpoint, its JSON sidecar and the annotations) and the image folder by its real
     path; each image's file is checked when a run resumes (:func:`eval.progress.check_stamps`)."""
     keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "box_scale", "baseline",
-            "img_size", "tta", "limit", "precision", "decode")
+            "img_size", "tta", "align", "limit", "precision", "decode")
     settings = {k: str(getattr(args, k)) for k in keys}
+    settings["align"] = args.align or make_recipe(args.recipe).default_align  # what "the recipe's" meant
     sidecar = args.checkpoint.with_suffix(".json")
     settings.update({"checkpoint_sha256": file_digest(args.checkpoint),
                      "sidecar_sha256": file_digest(sidecar) if sidecar.is_file() else None,
@@ -165,7 +171,7 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
                                               threshold=args.threshold, boxes=args.boxes, classes=args.classes,
                                               box_scale=args.box_scale, img_size=args.img_size, tta=args.tta,
-                                              device=args.device, precision=args.precision)
+                                              device=args.device, precision=args.precision, align=args.align)
     except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
     known = truth.category_names

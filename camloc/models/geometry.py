@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,6 +44,10 @@ Axes = tuple[tuple[float, float], tuple[float, float]]
 
 class GeometryError(ValueError):
     """A network whose map geometry cannot be derived (branches that disagree, an unknown spatial layer)."""
+
+
+class NarrowMapError(GeometryError):
+    """A map too few cells wide to measure where its cells look (its geometry is then the analytic one)."""
 
 
 @dataclass(frozen=True)
@@ -275,12 +279,10 @@ def receptive_field_centre(model: CamModel, layer: str | None, input_size: int, 
 # measured: where a trained network's class map puts what it sees
 # ----------------------------------------------------------------------------------------------------------
 
-#: Offsets tried per stride (the search's resolution), over offsets from −1 to +1 stride.
-OFFSET_STEPS = 32
 #: Random stimuli per measurement, and how coarse their structure is (fractions of the input side).
 STIMULI, STIMULUS_SCALES = 48, (8, 16, 32)
-#: Samples per cell of the fine grid the two maps are compared on.
-SAMPLES_PER_CELL = 8
+#: Samples per cell of the fine grid the two maps are compared on (a shift of one sample: s/32 px of offset).
+SAMPLES_PER_CELL = 16
 
 
 def stimuli(count: int, size: int, seed: int = 0) -> Tensor:
@@ -302,33 +304,39 @@ def mirror_offset(maps: Tensor, mirrored: Tensor, stride: float, input_size: int
     """The offset ``a`` (input pixels) of the last axis's cells about which ``maps`` and ``mirrored`` (maps of the
     mirrored inputs, flipped back; both ``(B, h, w)``) are one another's mirror image.
 
-    For each ``a`` from ``−stride`` to ``+stride`` (:data:`OFFSET_STEPS` steps a stride), both are laid on a fine
-    grid over the image — ``maps`` with cells at ``a + stride·j``, ``mirrored`` at the mirrored places
-    (:meth:`~camloc.cam.frame.MapFrame.mirrored`) — and scored by their mean Pearson correlation; the best ``a``,
-    refined by a parabola through the best three. Laid right, what both saw at one place of the image lies at
-    that place in both."""
-    from camloc.cam.frame import axis_matrix, pixel_positions
+    If cell ``u`` is centred on pixel ``a + s·u``, what ``maps`` holds at cell ``u`` the flipped-back ``mirrored``
+    holds at cell ``u + d`` with ``d = w − 1 − (S − 1 − 2a)/s``. The shift ``d`` is the one that maximises the mean
+    Pearson correlation of ``maps(u)`` and ``mirrored(u + d)`` over their overlap (the cells read linearly between
+    centres at 1/:data:`SAMPLES_PER_CELL` cell, for offsets from ``−s`` to ``+s``, refined by a parabola through
+    the best three); only cells are compared, never the image's borders."""
+    height, width = maps.shape[-2:]
+    per_cell = SAMPLES_PER_CELL
+    fine = (width - 1) * per_cell + 1
+    first, second = (F.interpolate(m[:, None].double(), size=(height, fine), mode="bilinear", align_corners=True)[:, 0]
+                     for m in (maps, mirrored))
+
+    def shift_of(offset: float) -> float:
+        return width - 1 - (input_size - 1 - 2 * offset) / stride
+
+    low_shift = math.ceil(shift_of(-stride) * per_cell)
+    high_shift = math.floor(shift_of(stride) * per_cell)
+    if high_shift - low_shift < 2 or max(abs(low_shift), abs(high_shift)) >= fine - per_cell:
+        raise NarrowMapError(f"a map {width} cells wide is too narrow to measure where its cells look")
     from camloc.evaluation.flip import pearson
 
-    width = maps.shape[-1]
-    positions = pixel_positions(width * SAMPLES_PER_CELL)
-    candidates = torch.arange(-OFFSET_STEPS, OFFSET_STEPS + 1, dtype=torch.float64) * stride / OFFSET_STEPS
-    rows_a, rows_b = maps.double().flatten(0, -2), mirrored.double().flatten(0, -2)
     scores = []
-    for offset in candidates.tolist():
-        frame = MapFrame.of_network((0.0, offset), (stride, stride), (input_size, input_size))
-        plain = rows_a @ axis_matrix(frame, 1, width, positions).T.to(rows_a.device)
-        other = rows_b @ axis_matrix(frame.mirrored(width), 1, width, positions).T.to(rows_b.device)
-        per_map = pearson(plain.reshape(len(maps), -1), other.reshape(len(maps), -1))
-        scores.append(float(per_map.mean()))
+    for shift in range(low_shift, high_shift + 1):
+        a = first[..., max(0, -shift):fine - max(0, shift)].reshape(len(maps), -1)
+        b = second[..., max(0, shift):fine + min(0, shift)].reshape(len(maps), -1)
+        scores.append(float(pearson(a, b).mean()))
     best = max(range(len(scores)), key=scores.__getitem__)
     if best in (0, len(scores) - 1):
-        raise GeometryError(f"the mirrored maps fit best at the edge of the search (±1 stride, {stride:g} px): "
+        raise GeometryError(f"the mirrored maps fit best at the edge of the search (offsets ±{stride:g} px): "
                             "the map's geometry could not be measured")
     low, mid, high = scores[best - 1:best + 2]
     curvature = low - 2 * mid + high
-    step = stride / OFFSET_STEPS
-    return float(candidates[best]) + (0.5 * (low - high) / curvature * step if curvature < 0 else 0.0)
+    shift = (low_shift + best + (0.5 * (low - high) / curvature if curvature < 0 else 0.0)) / per_cell
+    return (input_size - 1 - stride * (width - 1 - shift)) / 2
 
 
 def _class_maps(model: CamModel, layer: str | None, images: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -409,7 +417,10 @@ def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: di
     known = _MEASURED.setdefault(model, {})
     key = (layer, int(input_size), weights_version(model))
     if key not in known:
-        known[key] = measured_geometry(model, int(input_size), layer)
+        try:
+            known[key] = measured_geometry(model, int(input_size), layer)
+        except NarrowMapError:  # a map of two or three cells has no interior to measure: the architecture's
+            known[key] = replace(analytic_geometry(model, layer, int(input_size)), source="analytic (map too small)")
     return known[key]
 
 

@@ -19,6 +19,16 @@ from camloc.cam.maps import normalize_maps
 TTA_SCALES = (0.75, 1.0, 1.25)
 
 
+def view_size(img_size: int, scale: float) -> int:
+    """The network input side of a view at ``scale`` of an ``img_size`` input."""
+    return max(32, round(img_size * scale))
+
+
+def view_sizes(img_size: int) -> list[int]:
+    """Every input side a Localizer of ``img_size`` runs its network at (the TTA views' scales)."""
+    return sorted({view_size(img_size, scale) for scale in TTA_SCALES})
+
+
 
 @dataclass(frozen=True)
 class Analysis:

@@ -32,6 +32,7 @@ from camloc.pipeline.analysis import (
     gated_slots,
     per_image_classes,
     sum_in_order,
+    view_size,
 )
 from camloc.pipeline.detections import (
     baseline_detections,
@@ -171,7 +172,7 @@ class Localizer:
 
     def view_size(self, scale: float) -> int:
         """The network input side of a view at ``scale``."""
-        return max(32, round(self.img_size * scale))
+        return view_size(self.img_size, scale)
 
     def frame(self, size: int, width: int, flip: bool = False) -> MapFrame | None:
         """Where the cells of a ``width``-cell-wide map of a ``size``-pixel input sit in the image (a mirrored view's
