@@ -92,7 +92,7 @@ class BoxStage:
         start = time.perf_counter()
         boxes = traced = None
         if job.maps is not None:
-            boxes = self.recipe.batch_boxes(job.maps, job.probs, job.classes, job.gate, job.sizes, job.frame)
+            boxes = self.recipe.batch_boxes(job.maps, job.probs, job.classes, job.gate, job.sizes, frame=job.frame)
         if job.packed is not None:
             traced = tuple(self.recipe.trace(packed, size[1]) for packed, size in zip(job.packed, job.sizes))
         hits, recognised = [], []
@@ -109,7 +109,9 @@ class BoxPipeline:
     """The main process's side of the box stage (see the module docstring).
 
     ``baseline``: ``"full"`` or ``"center"`` boxes instead of the maps' (scored by the class probability);
-    ``device_path``: force (True) or forbid (False) the traced path (default: when the maps are on a GPU).
+    ``device_path``: force (True) or forbid (False) the traced path (default: when the maps are on a GPU);
+    ``max_dets``: the detections kept per image, the best scored (0: all); ``memory``: the bytes the device's share
+    of the box stage may hold at once (default: :func:`~camloc.runtime.memory.memory_budget`).
     """
 
     recipe: Recipe
@@ -117,6 +119,8 @@ class BoxPipeline:
     supported: Tensor  # (K,) bool
     baseline: str | None = None
     device_path: bool | None = None
+    max_dets: int = 0
+    memory: int | None = None
     waiting: dict[int, tuple] = field(default_factory=dict)
 
     def path(self, batch: BatchAnalysis) -> str:
@@ -146,7 +150,8 @@ class BoxPipeline:
         if path == "device":
             with stage("box stage (device)"):
                 boxes = self.baseline_boxes(batch, gate) if self.baseline else \
-                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes, batch.frame)
+                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes, self.memory,
+                                            batch.frame)
             self.waiting[index] = (image_ids, boxes)
             return BatchJob(**common)
         if path == "traced":
@@ -156,7 +161,7 @@ class BoxPipeline:
                            for b in range(len(batch))]
                 maps = self.recipe.device_stage_batch(
                     [batch.raw_maps[b, [held[k] for k in chosen]] for b, chosen in enumerate(classes)], batch.sizes,
-                    batch.frame)
+                    self.memory, batch.frame)
             self.waiting[index] = (image_ids, [(chosen, image_maps, probs_cpu[b, chosen])
                                                for b, (chosen, image_maps) in enumerate(zip(classes, maps))])
             return BatchJob(**common, packed=tuple(m.packed for m in maps))
@@ -191,5 +196,5 @@ class BoxPipeline:
             boxes = BatchBoxes.concatenate(parts)
         else:
             boxes = waited
-        return FinishedBatch(batch_detections(boxes, image_ids, self.category_ids), result.hits, result.recognised,
-                             result.seconds)
+        return FinishedBatch(batch_detections(boxes, image_ids, self.category_ids, self.max_dets), result.hits,
+                             result.recognised, result.seconds)
