@@ -96,11 +96,10 @@ def test_measured_geometry_sees_where_the_weights_look():
     """The demo model's maps are mirror-symmetric about a measured offset; moving where its first layer reads by
     (−6, +10) pixels moves the measured offset by as much, while the analytic geometry stays put."""
     model, _ = load_model(DEMO_CHECKPOINT)
-    model = model.float()
-    before = measured_geometry(model, 160, count=24)
-    moved_model = shifted(load_model(DEMO_CHECKPOINT)[0].float(), -6, 10)
-    after = measured_geometry(moved_model, 160, count=24)
-    assert analytic_geometry(moved_model, None, 160) == analytic_geometry(model, None, 160)
+    before = measured_geometry(model, 320, count=24)
+    moved_model = shifted(load_model(DEMO_CHECKPOINT)[0], -6, 10)
+    after = measured_geometry(moved_model, 320, count=24)
+    assert analytic_geometry(moved_model, None, 320) == analytic_geometry(model, None, 320)
     assert before.stride == after.stride == (32.0, 32.0)
     assert [a - b for a, b in zip(after.offset, before.offset)] == pytest.approx([-6, 10], abs=2.5)
 
