@@ -108,7 +108,7 @@ def test_model_geometry_is_measured_once_then_stored_and_read_back(tmp_path, mon
     model, meta = build_model("mobilenet_v2", ["a", "b"], input_size=64)
     calls = []
     fake = MapGeometry((32.0, 32.0), (3.0, -4.0), "measured")
-    monkeypatch.setattr("camloc.models.geometry.measured_geometry",
+    monkeypatch.setattr("camloc.models.geometry.cache.measured_geometry",
                         lambda m, size, layer=None: calls.append((size, layer)) or fake)
     assert model_geometry(model, None, 64) == fake
     assert model_geometry(model, None, 64) == fake and len(calls) == 1  # kept for these weights
