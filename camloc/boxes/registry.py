@@ -143,7 +143,8 @@ class Recipe:
             if not len(rows):
                 continue
             chosen = classes.cpu()[rows]
-            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size, frame)
+            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size,
+                               **framed(frame))
             parts.append(BatchBoxes(np.full(len(found), b, np.int64), chosen.numpy()[found.class_index],
                                     found.xywh, found.score))
         return BatchBoxes.concatenate(parts)
@@ -189,6 +190,12 @@ class Recipe:
     def parameters(cls) -> dict[str, Any]:
         """Parameter names and their defaults."""
         return {f.name: f.default for f in fields(cls)}
+
+
+def framed(frame: MapFrame | None) -> dict[str, MapFrame]:
+    """``frame`` as the keyword :meth:`Recipe.boxes` takes, or nothing without one (a recipe written before maps had
+    frames, ``boxes(raw_maps, probs, size)``, keeps working on unaligned maps)."""
+    return {} if frame is None else {"frame": frame}
 
 
 RECIPES: dict[str, type[Recipe]] = {}
