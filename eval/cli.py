@@ -10,7 +10,6 @@ images are appended to progress files as it runs, so an interrupted run continue
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -23,15 +22,18 @@ from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
 from camloc.io.atomic import OutputError
 from camloc.io.data import DataError, check_image_files
+from camloc.io.digest import file_digest
 from camloc.io.images import ImageError
+from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.pipeline import Localizer
+from camloc.pipeline.analysis import ALIGNMENTS
 from camloc.pipeline.detections import MAX_DETECTIONS
-from camloc.pipeline.localizer import ALIGNMENTS
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, one_line_warnings
 from camloc.runtime.memory import DeviceMemoryError, memory_budget, parse_memory
 from camloc.runtime.workerpool import default_box_workers
+from eval import progress
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
 
@@ -156,15 +158,6 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     if not args.images.is_dir():
         raise CliError(f"--images {args.images} is not a folder")
@@ -234,6 +227,20 @@ def print_report(metrics: dict[str, Any]) -> None:
               f"Top-1 Loc {wsol['Top-1 Loc']:.4f} over {wsol['num_maps']} (image, class) maps")
 
 
+def already_complete(args: argparse.Namespace, settings: dict[str, Any], images: list[dict], node) -> bool:
+    """``--resume`` of a finished run: ``True`` (and one line) when ``--out`` holds the finished results of these
+    settings and image files, so nothing is recomputed; a :class:`ProgressError` when it holds another run's;
+    ``False`` when it holds no finished run."""
+    metrics = progress.finished_run(args.out)
+    if metrics is None:
+        return False
+    progress.check_finished(metrics, args.out, settings, args.images, {im["id"]: im["file_name"] for im in images})
+    if node.main:
+        print(f"already complete: {args.out} holds the finished results of these settings and image files "
+              f"({metrics.get('num_images')} images, {metrics.get('num_detections')} detections); nothing to do")
+    return True
+
+
 def plan_line(args: argparse.Namespace, images: list[dict], localizer: Localizer, node) -> str:
     """The run's first line: what runs where, with the sizes chosen for the device."""
     memory = memory_budget(localizer.device, args.max_memory)
@@ -248,12 +255,16 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate (alone or as one rank of torchrun); rank 0 prints the report and returns the metrics."""
     node = distributed_node(args)
     try:
-        truth, images = load_split(args)
-        args.device = str(node.device)
-        localizer = build_localizer(args, truth)
-        if node.main:
-            print(plan_line(args, images, localizer, node), file=sys.stderr, flush=True)
-        metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
+        with exclusive_folder(args.out, take=node.main, agree=node.from_main):
+            truth, images = load_split(args)
+            args.device = str(node.device)
+            settings = settings_of(args)
+            if args.resume and already_complete(args, settings, images, node):
+                return None
+            localizer = build_localizer(args, truth)
+            if node.main:
+                print(plan_line(args, images, localizer, node), file=sys.stderr, flush=True)
+            metrics = run_evaluation(args, truth, images, localizer, settings, node)
     finally:
         node.close()
     if metrics is not None:
@@ -267,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``python -m eval``; a problem ends it with exit status 2 and one ``error:`` line."""
     args = parse_args(argv)
     try:
-        run(args)
+        with one_line_warnings():
+            run(args)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out})",
               file=sys.stderr)

@@ -6,8 +6,8 @@ A recipe has two steps, both pure functions of their inputs:
   probabilities of every class ``(B, K)``;
 * :meth:`Recipe.boxes` — the raw maps ``(k, h, w)`` of the selected classes (no ReLU, no
   normalisation, on any device), their probabilities ``(k,)``, the original image size
-  ``(H, W)`` and where the maps' cells sit in it (a :class:`~camloc.cam.frame.MapFrame`, or ``None``:
-  the grid stretched over the image) → :class:`ScoredBoxes` (numpy, on the CPU).
+  ``(H, W)`` and where the maps' cells sit in it (``frame``: a :class:`~camloc.cam.frame.MapFrame`, or
+  ``None``: the grid stretched over the image) → :class:`ScoredBoxes` (numpy, on the CPU).
 
 Recipes are small frozen dataclasses registered under a name (:data:`RECIPES`); the Localizer,
 ``python -m eval --recipe``, the app and ``bench/recipes.py`` pick them with
@@ -33,6 +33,7 @@ from camloc.boxes.device import DeviceMaps, device_maps
 from camloc.boxes.gating import parse_class_selection, select_classes
 from camloc.cam.frame import MapFrame
 from camloc.options import known_options
+from camloc.runtime.memory import chunks, memory_budget
 
 #: The ``box_scale`` option that traces boxes at the image's own resolution (stored as ``None``).
 FULL_RESOLUTION = "full"
@@ -41,6 +42,15 @@ MAX_BOX_SCALE = 64
 #: Classes normalised and boxed together: 4 full-resolution maps stay in the CPU cache, which
 #: measured ~1.4× faster than all 80 at once for 640×480 images (min 73 ms vs 119 ms here).
 BOX_CHUNK = 4
+
+
+def host_chunks(count: int, size: tuple[int, int], bytes_per_pixel: int, budget: int | None = None) -> list[slice]:
+    """Consecutive slices of ``count`` maps normalised and boxed together on the CPU at the image's ``size``
+    (``bytes_per_pixel``: a recipe's working memory per map and pixel): :data:`BOX_CHUNK` at a time, fewer where
+    they would not fit ``budget`` bytes (default: :func:`~camloc.runtime.memory.memory_budget` of the CPU), one
+    at a time at least — so one image's box stage is bounded whatever its size and number of classes."""
+    per_map = size[0] * size[1] * bytes_per_pixel
+    return list(chunks(count, per_map, min(memory_budget("cpu", budget), BOX_CHUNK * per_map)))
 
 
 @dataclass(frozen=True)
@@ -124,8 +134,8 @@ class Recipe:
         """Boolean ``(B, K)``: the classes that get boxes (see :func:`select_classes`)."""
         return select_classes(probs, self.classes, supported, self.thresholds)
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], frame: MapFrame | None = None
-              ) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None,
+              frame: MapFrame | None = None) -> ScoredBoxes:
         raise NotImplementedError
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
@@ -143,7 +153,7 @@ class Recipe:
             if not len(rows):
                 continue
             chosen = classes.cpu()[rows]
-            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size,
+            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size, budget,
                                **framed(frame))
             parts.append(BatchBoxes(np.full(len(found), b, np.int64), chosen.numpy()[found.class_index],
                                     found.xywh, found.score))
@@ -194,7 +204,7 @@ class Recipe:
 
 def framed(frame: MapFrame | None) -> dict[str, MapFrame]:
     """``frame`` as the keyword :meth:`Recipe.boxes` takes, or nothing without one (a recipe written before maps had
-    frames, ``boxes(raw_maps, probs, size)``, keeps working on unaligned maps)."""
+    frames keeps working on unaligned maps)."""
     return {} if frame is None else {"frame": frame}
 
 

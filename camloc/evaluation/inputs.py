@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,10 @@ def _unique(ids: np.ndarray, what: str) -> None:
                               "ids must be unique")
 
 
+class AnnotationIdWarning(UserWarning):
+    """An annotation file whose ids change COCO AP (an annotation with id 0)."""
+
+
 class GroundTruth:
     """A COCO instances file as flat arrays (annotations in file order), checked once."""
 
@@ -180,6 +185,12 @@ class GroundTruth:
         where = f"{label}: annotation"
         self.ann_id = int_array(_field(anns, "id", where), f"{where} id")
         _unique(self.ann_id, f"{where} id")
+        if (self.ann_id == 0).any():
+            index = int(np.flatnonzero(self.ann_id == 0)[0])
+            warnings.warn(f"{label}: annotation #{index} has id 0, which pycocotools "
+                          "(and camloc, to give its numbers) takes for 'no match': a detection matching that object "
+                          "counts as a false positive and the object as missed; number annotations from 1",
+                          AnnotationIdWarning, stacklevel=2)
         self.ann_image = int_array(_field(anns, "image_id", where), f"{where} image_id")
         self.ann_category = int_array(_field(anns, "category_id", where), f"{where} category_id")
         self.ann_bbox = box_array(_field(anns, "bbox", where), f"{where} bbox", ground_truth=True)

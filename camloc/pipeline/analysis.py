@@ -19,6 +19,20 @@ from camloc.cam.maps import normalize_maps
 TTA_SCALES = (0.75, 1.0, 1.25)
 
 
+#: How maps are laid on their image: ``none`` stretches the grid over the image (the course's convention),
+#: ``measured`` puts each cell where the model's measured geometry says it looks (:mod:`camloc.models.geometry`).
+ALIGNMENTS = ("none", "measured")
+
+
+def resolve_alignment(align: str | None, recipe: Recipe) -> str:
+    """``align`` checked (one of :data:`ALIGNMENTS`), or ``recipe``'s own default when ``None``."""
+    if align is None:
+        return recipe.default_align
+    if align not in ALIGNMENTS:
+        raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}; got {align!r}")
+    return align
+
+
 def view_size(img_size: int, scale: float) -> int:
     """The network input side of a view at ``scale`` of an ``img_size`` input."""
     return max(32, round(img_size * scale))

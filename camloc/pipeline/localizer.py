@@ -8,11 +8,13 @@ an interactive caller runs the network once per image and re-derives boxes as se
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -22,8 +24,8 @@ from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_me
 from camloc.cam.frame import MapFrame
 from camloc.evaluation import Detections
 from camloc.io.images import ImageSource, load_image
-from camloc.io.preprocess import normalise, pixels_of, resize_square
-from camloc.models import CamModel, load_model, probabilities
+from camloc.io.preprocess import check_pixels, normalise, pixels_of, resize_square
+from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, CamModel, load_model, probabilities
 from camloc.models.geometry import model_geometry
 from camloc.pipeline.analysis import (
     TTA_SCALES,
@@ -32,6 +34,7 @@ from camloc.pipeline.analysis import (
     average_views,
     gated_slots,
     per_image_classes,
+    resolve_alignment,
     sum_in_order,
     view_size,
 )
@@ -47,18 +50,6 @@ from camloc.runtime.memory import Halving, parse_memory
 from camloc.runtime.profiling import stage
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: How maps are laid on their image: ``none`` stretches the grid over the image (the course's convention),
-#: ``measured`` puts each cell where the model's measured geometry says it looks (:mod:`camloc.models.geometry`).
-ALIGNMENTS = ("none", "measured")
-
-
-def resolve_alignment(align: str | None, recipe: Recipe) -> str:
-    """``align`` checked (one of :data:`ALIGNMENTS`), or ``recipe``'s own default when ``None``."""
-    if align is None:
-        return recipe.default_align
-    if align not in ALIGNMENTS:
-        raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}; got {align!r}")
-    return align
 
 
 
@@ -75,6 +66,38 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 
+#: What one image may be where a batch is expected (a batch is a list or tuple of them).
+SINGLE_IMAGES = (str, Path, bytes, Image.Image, np.ndarray, Tensor)
+
+
+def as_batch(images: Any) -> list:
+    """A batch argument of :meth:`Localizer.analyze` / :meth:`~Localizer.detect` / :meth:`~Localizer.predict_batch`
+    as a list: a list or tuple is the batch (empty: no images); one image — a path, bytes, a PIL image, an array
+    or a ``uint8 (3, H, W)`` tensor — is a batch of one (never a sequence of rows or characters); anything else is
+    a ``TypeError``."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, SINGLE_IMAGES):
+        return [images]
+    raise TypeError(f"pass a list of images (or one image: a path, bytes, a PIL image, an array or a uint8 (3, H, W) "
+                    f"tensor); got {type(images).__name__}")
+
+
+def checked_img_size(img_size: Any, default: int) -> int:
+    """The network input size: ``None`` → ``default`` (the checkpoint's); else an integer (not a bool, float or
+    string) from :data:`~camloc.models.MIN_INPUT_SIZE` to :data:`~camloc.models.MAX_INPUT_SIZE`, as the CLIs'
+    ``--img-size`` (a ``TypeError`` or ``ValueError`` otherwise)."""
+    if img_size is None:
+        return int(default)
+    expected = (f"img_size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (None: the checkpoint's "
+                f"{default})")
+    if isinstance(img_size, (bool, np.bool_)) or not isinstance(img_size, numbers.Integral):
+        raise TypeError(f"{expected}, got {img_size!r}")
+    if not MIN_INPUT_SIZE <= img_size <= MAX_INPUT_SIZE:
+        raise ValueError(f"{expected}, got {img_size!r}")
+    return int(img_size)
+
+
 class Localizer:
     """Weakly-supervised localisation with class activation maps.
 
@@ -88,14 +111,14 @@ class Localizer:
     a method with a ``layer`` option (default: the feature layer); ``precision`` the backbone's
     arithmetic for CAM, the default method (see :func:`resolve_precision`; its maps, probabilities and
     boxes are always computed in float32; the other methods run in float32 throughout); ``max_dets`` the
-    detections :meth:`detect` keeps per image, the best scored (default 100, COCO's convention; 0: all);
+    detections :meth:`detect` keeps per image, the best scored, none scored 0 (default 100, COCO's convention; 0:
+    every box the recipe gives, zero scores included, in :meth:`detect` and :meth:`detections` alike);
     ``max_memory`` the bytes the box stage may hold at once (``"2GiB"``, or a number; default:
     :func:`~camloc.runtime.memory.memory_budget`). A batch that runs out of device memory in :meth:`detect` is run
     again in halves (and later batches at that size). ``align``: how maps are laid on the image
-    (:data:`ALIGNMENTS`; default: the recipe's ``default_align``, ``none`` for ``seed``, the course recipe): with
-    ``measured`` each view's cells are placed where the model's geometry
-    (:func:`camloc.models.geometry.model_geometry`, measured once per model, layer and input size) says they look,
-    before views are averaged and boxes drawn.
+    (:data:`~camloc.pipeline.analysis.ALIGNMENTS`; default: the recipe's ``default_align``, ``none`` for ``seed``):
+    with ``measured`` each view's cells are placed where the model's geometry
+    (:func:`camloc.models.geometry.model_geometry`) says they look, before views are averaged and boxes drawn.
     """
 
     def __init__(self, model: CamModel, meta: dict[str, Any], method: str | MapMethod = DEFAULT_METHOD,
@@ -119,9 +142,11 @@ class Localizer:
             self.model.to(memory_format=torch.channels_last)
         self.meta = meta
         self.method = self.map_method.name
-        self.img_size = int(img_size or meta["input_size"])
+        self.img_size = checked_img_size(img_size, meta["input_size"])
         self.tta = tta
         self.class_names: list[str] = list(meta["class_names"])
+        if isinstance(self.recipe.classes, tuple):  # explicit class indices: checked now, not at the first image
+            class_indices(self.recipe.classes, len(self.class_names))
         self.category_ids: list[int] = list(meta.get("category_ids", range(meta["num_classes"])))
         unsupported = set(meta.get("unsupported_classes", ()))
         self.supported = torch.tensor([n not in unsupported for n in self.class_names], device=self.device)
@@ -142,8 +167,10 @@ class Localizer:
     # ------------------------------------------------------------------ preprocessing
     def pixels(self, images: Sequence[ImageSource]) -> list[Tensor]:
         """Any image sources (:func:`camloc.io.images.load_image`: EXIF-upright RGB) → ``uint8 (3, H, W)`` each;
-        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through."""
-        return [im if isinstance(im, Tensor) else pixels_of(load_image(im)) for im in images]
+        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through, any other tensor is an
+        :class:`~camloc.io.images.ImageError` (:func:`~camloc.io.preprocess.check_pixels`)."""
+        return [check_pixels(im, f"image {i}") if isinstance(im, Tensor) else pixels_of(load_image(im))
+                for i, im in enumerate(images)]
 
     def to_tensor(self, images: Sequence[Image.Image | Tensor], size: int | None = None) -> Tensor:
         """RGB PIL images or ``uint8 (3, H, W)`` pixels → normalised batch ``(B, 3, S, S)`` on the device
@@ -191,8 +218,7 @@ class Localizer:
         once flipped back); ``None`` with ``align="none"``."""
         if self.align == "none":
             return None
-        layer = self.map_method.map_layer(self.model)
-        frame = model_geometry(self.model, layer, size, self.meta).frame(size)
+        frame = model_geometry(self.model, self.map_method.map_layer(self.model), size, self.meta).frame(size)
         return frame.mirrored(width) if flip else frame
 
     def _forward_views(self, pixels: Sequence[Tensor], classes: Tensor | None, views: Sequence[tuple[float, bool]],
@@ -227,8 +253,9 @@ class Localizer:
     def analyze(self, images: Sequence[ImageSource] | ImageSource,
                 classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes; a list of
-        class lists: each image's own).
+        """One forward pass (per TTA view) over a batch (a list or tuple, empty: ``[]``; one image alone is a batch
+        of one, :func:`as_batch`); maps of ``classes`` (default: all classes; a list of class lists: each image's
+        own).
 
         A ``per_class`` method (the gradient methods: one batched backward pass per class) computes,
         without ``classes``, the maps of the classes the recipe gates in for each image, from the
@@ -237,9 +264,9 @@ class Localizer:
         of :meth:`views` (an interactive caller caches each view and joins them with
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
-        batch = images if isinstance(images, (list, tuple)) else [images]
+        batch = as_batch(images)
         classes = self.checked_classes(classes, len(batch))  # refused before any image is decoded
-        return self.analyze_batch(self.pixels(batch), classes, views).images()
+        return self.analyze_batch(self.pixels(batch), classes, views).images() if batch else []
 
     def checked_classes(self, classes: Any, count: int) -> list[int] | list[list[int]] | None:
         """``classes`` of :meth:`analyze` checked once (:func:`~camloc.boxes.class_indices`): ``None``, one list
@@ -253,11 +280,14 @@ class Localizer:
 
     def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                       views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
-        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch.
+        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device; at least one), kept as one batch.
 
         Maps of per-image classes (given, or gated for a ``per_class`` method) are computed in per-image class
         slots (as many backward passes as the image with the most classes) and held as the union of the
         batch's classes with a per-image ``held`` mask."""
+        if not len(pixels):
+            raise ValueError("analyze_batch needs at least one image (analyze and detect take empty lists)")
+        pixels = [check_pixels(p, f"image {i}") for i, p in enumerate(pixels)]
         views = tuple(views or self.views())
         num_classes = len(self.class_names)
         classes = self.checked_classes(classes, len(pixels))
@@ -304,19 +334,26 @@ class Localizer:
         by the recipe. ``classes`` (class indices) bypasses the recipe's class gating; ``recipe``,
         ``threshold``, ``mode`` and ``options`` override the Localizer's recipe for this call."""
         chosen = self.recipe_for(recipe, threshold, mode, **options)
-        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes)
+        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes,
+                                 raw=not self.max_dets)
 
     def baseline_detections(self, analysis: Analysis, kind: str, image_id: int | None = None) -> list[dict[str, Any]]:
         """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
-        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
+        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id,
+                                   raw=not self.max_dets)
 
-    def detect(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> Detections:
+    def detect(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
+               ) -> Detections:
         """Detections of a batch as flat arrays (:class:`~camloc.evaluation.Detections`): one forward pass per
         view for the whole batch, then the recipe's box stage for the whole batch (on the device for the
-        grid recipes). ``image_ids`` default to the images' positions."""
+        grid recipes). ``image_ids`` default to the images' positions. A batch is a list or tuple (empty: no
+        detections); one image alone is a batch of one (:func:`as_batch`)."""
+        images = as_batch(images)
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
+        if not images:
+            return Detections([])
         pixels = self.pixels(images)
         parts = self._halving.run(list(range(len(pixels))), lambda part: self._detect([pixels[i] for i in part],
                                                                                       [ids[i] for i in part]),
@@ -331,9 +368,11 @@ class Localizer:
                                         batch.frame)
         return batch_detections(boxes, ids, self.category_ids, self.max_dets)
 
-    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
-        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`); ``image_id`` only
-        when ``image_ids`` are given."""
+    def predict_batch(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
+                      ) -> list[list[dict]]:
+        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`: a list or tuple, or one
+        image alone as a batch of one); ``image_id`` only when ``image_ids`` are given."""
+        images = as_batch(images)
         if image_ids is not None and len(image_ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(image_ids)} image ids")
         per_image: list[list[dict]] = [[] for _ in images]
