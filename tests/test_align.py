@@ -115,3 +115,23 @@ def test_aligned_maps_of_real_images_and_their_mirrors_coincide():
                                   for a, b in zip(plain, mirrored)])
     assert np.median(np.abs(shifts["none"])) > 1.0
     assert np.median(np.abs(shifts["measured"])) <= 0.25
+
+
+@pytest.mark.realdata
+def test_eval_lays_maps_as_told_and_records_it(tmp_path, made_up_geometry):
+    """``python -m eval --align measured`` draws other boxes than ``--align none`` from the same maps, and metrics.json
+    records the alignment it ran with (without ``--align``: the recipe's, ``none`` for ``seed``)."""
+    from eval.cli import main
+    from tests.conftest import VAL_ANN, VAL_IMAGES
+
+    def run(name: str, *extra: str) -> tuple[list, dict]:
+        out = tmp_path / name
+        assert main(["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(COCO80), "--out",
+                     str(out), "--workers", "0", "--box-workers", "0", "--limit", "4", *extra]) == 0
+        return json.loads((out / "detections.json").read_text()), json.loads((out / "metrics.json").read_text())
+
+    aligned, aligned_metrics = run("aligned", "--recipe", "multilevel", "--align", "measured")
+    plain, plain_metrics = run("plain", "--recipe", "multilevel", "--align", "none")
+    assert aligned != plain
+    assert aligned_metrics["settings"]["align"] == "measured" and plain_metrics["settings"]["align"] == "none"
+    assert run("seed", "--recipe", "seed")[1]["settings"]["align"] == "none"
