@@ -1,5 +1,5 @@
-"""Map methods × box recipes, side by side, on real COCO images and on synthetic scenes, with 95% paired
-bootstrap intervals — and the README's rule for the default (method, recipe) applied to the result.
+"""Map methods × box recipes × alignment, side by side, on real COCO images and on synthetic scenes, with 95% paired
+bootstrap intervals — and docs/decisions.md's rule for the default (method, recipe, align) applied to the result.
 
 Sets (quality figures never come from the images anything was tuned on):
 
@@ -14,7 +14,8 @@ calibration quantile). The ``calibrated`` gate's thresholds come from each model
 (``camloc.calibration``): coco-mini train2017 for the shared model (which was trained on it), the demo
 model's own training scenes (synthetic seed 0, 1200) for the demo model.
 
-Each row is (map method, box recipe, maps: the image alone, with its mirror, or six TTA views): COCO AP,
+Each row is (map method, box recipe, maps: the image alone, with its mirror, or six TTA views; alignment: the maps'
+grid stretched over the image, or each view's maps laid where the model's measured geometry puts its cells): COCO AP,
 AP50, AP75, AR100, VOC mAP@0.5, wsolevaluation's MaxBoxAccV2 of the maps (it scores the maps: the same
 for every recipe on the same maps), the box stage's milliseconds per image and end-to-end images/s (the
 passes its maps need — forward, and backward or masked passes for other methods than CAM — plus its box
@@ -22,7 +23,8 @@ stage). A gradient method computes the maps of each image's classes with p ≥ 0
 present (for MaxBoxAccV2), so its img/s is a little pessimistic. Intervals: the images resampled with
 replacement ``--boot`` times, the same resamples for every row, so ratios to ``seed`` are paired.
 
-``PYTHONPATH=. python bench/recipes.py [--boot 1000] [--sets real,synthetic] [--methods cam,layercam-fused]``
+``PYTHONPATH=. python bench/recipes.py [--boot 1000] [--sets real,synthetic] [--methods cam,layercam-fused]
+[--aligns none,measured]``
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import argparse
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.boxes import DEFAULT_RECIPE
+from bench.default_rule import choose_alignments, choose_default, interval
 from camloc.calibration import QUANTILE, calibration_probabilities, class_thresholds
-from camloc.cam import DEFAULT_METHOD, make_method
+from camloc.cam import make_method
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import BoxAccuracy, GroundTruth, coco_evaluate, image_hits, recognised_classes, voc_map
 from camloc.io.data import CocoIndex
 from camloc.localize import Analysis, Localizer
 from camloc.models import load_model
+from camloc.models.geometry import model_geometry
+from camloc.pipeline.analysis import view_sizes
 from camloc.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +97,7 @@ class Row:
     maps: str
     options: tuple[tuple[str, Any], ...] = ()
     quantile: float = QUANTILE  # of the calibrated gate's thresholds
+    align: str = "none"  # how the maps are laid on the image: none | measured
 
     @property
     def label(self) -> str:
@@ -100,17 +105,37 @@ class Row:
         extra += f" (q {self.quantile:g})" if self.quantile != QUANTILE else ""
         flipped = " on flip maps" if dict(self.options).get("flip") else ""
         tta = " on 6-view TTA maps" if self.maps == "tta" else ""
-        return f"{self.method} × {self.recipe}{flipped}{tta}{extra}"
+        aligned = ", aligned" if self.align == "measured" else ""
+        return f"{self.method} × {self.recipe}{flipped}{tta}{extra}{aligned}"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Which prepared analyses the row boxes: (method, maps, align)."""
+        return self.method, self.maps, self.align
 
 
-def rows_for(methods: list[str], quantiles: tuple[float, ...] = ()) -> list[Row]:
+#: The current default (CAM × multilevel on 6-view TTA maps, unaligned): the rule's cost limit is a multiple of
+#: its time.
+CURRENT_DEFAULT = Row("cam", "multilevel", "tta")
+#: The full-image box: one box per gated class, whatever the maps.
+FULL = Row("cam", "full", "plain")
+
+
+def rows_for(methods: list[str], quantiles: tuple[float, ...] = (), aligns: tuple[str, ...] = ("none",)
+             ) -> list[Row]:
     """The course recipe, the recipes on CAM maps, then every other method with the multi-level recipes
-    (``quantiles``: more calibrated gates on CAM maps, for tuning)."""
+    (``quantiles``: more calibrated gates on CAM maps, for tuning), each with every alignment of ``aligns`` (the
+    reference, ``seed`` on plain maps, and the full-image box only unaligned)."""
+    plain = _rows(methods, quantiles)
+    return [plain[0], *(replace(row, align=align) for row in plain[1:-1] for align in aligns), plain[-1]]
+
+
+def _rows(methods: list[str], quantiles: tuple[float, ...]) -> list[Row]:
     rows = [Row("cam", "seed", "plain"), Row("cam", "seed", "flip", (("flip", True),)),
             Row("cam", "evidence", "plain"), Row("cam", "multilevel", "plain"), Row("cam", "instances", "plain"),
             Row("cam", "multilevel-flip", "flip"), Row("cam", "multilevel-flip", "flip", (("classes", CALIBRATED),)),
             *(Row("cam", "multilevel-flip", "flip", (("classes", CALIBRATED),), q) for q in quantiles),
-            Row("cam", "multilevel", "tta"), Row("cam", "full", "plain")]
+            Row("cam", "multilevel", "tta")]
     for method in methods:
         if method == "cam":
             continue
@@ -118,7 +143,7 @@ def rows_for(methods: list[str], quantiles: tuple[float, ...] = ()) -> list[Row]
         if not method.startswith("scorecam"):  # one forward pass per channel: the mirror view too is too slow
             rows += [Row(method, "multilevel-flip", "flip"),
                      Row(method, "multilevel-flip", "flip", (("classes", CALIBRATED),))]
-    return rows
+    return [*rows, FULL]
 
 
 @dataclass
@@ -128,8 +153,8 @@ class Prepared:
     truth: GroundTruth
     images: list[dict]
     calibration: tuple[Tensor, Tensor]  # probabilities and labels of the model's training images
-    analyses: dict[tuple[str, str], list[Analysis]] = field(default_factory=dict)
-    seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    analyses: dict[tuple[str, str, str], list[Analysis]] = field(default_factory=dict)
+    seconds: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 def present_classes(truth: GroundTruth, images: list[dict]) -> list[list[int]]:
@@ -156,31 +181,47 @@ def analyse_views(localizer: Localizer, folder: Path, images: list[dict], views:
 
 
 def prepare(model, meta, folder: Path, ann: Path, img_size: int, calibration: tuple[Tensor, Tensor],
-            methods: list[str], limit: int | None = None) -> Prepared:
+            methods: list[str], limit: int | None = None, aligns: tuple[str, ...] = ("none",)) -> Prepared:
     """CAM of every TTA view of every image once, then every other method's views; each kind of maps averages
-    its views (as the Localizer does)."""
+    its views (as the Localizer does), for each alignment of ``aligns``. Each view is analysed once with the
+    model's measured geometry (measured before the clock starts); unaligned, the same maps lose their frame —
+    except a method whose maps themselves depend on it (fused layers), analysed again."""
     truth = GroundTruth(ann)
     images = sorted(truth.data["images"], key=lambda im: im["id"])[:limit]
     prepared = Prepared(truth, images, calibration)
-    cam = Localizer(model, meta, img_size=img_size, tta=True, device="cpu")
+    cam = Localizer(model, meta, img_size=img_size, tta=True, device="cpu", align="measured")
     all_views = cam.views()
+    if "measured" in aligns:
+        for size in view_sizes(img_size):
+            print(f"  geometry at {size} px: {model_geometry(model, None, size, meta)}", flush=True)
     per_view, seconds = analyse_views(cam, folder, images, all_views)
     gated = [sorted(set(torch.nonzero(torch.maximum(a.probs, b.probs) >= 0.001).flatten().tolist()) | set(p))
              for a, b, p in zip(per_view[(1.0, False)], per_view[(1.0, True)], present_classes(truth, images))]
     for method in methods:
         name, options = METHOD_SPECS[method]
         kinds = ["plain", "tta"] if method == "cam" else ["plain"] if name == "scorecam" else ["plain", "flip"]
-        if method != "cam":
-            localizer = Localizer(model, meta, method=make_method(name, **options), img_size=img_size, device="cpu")
+        per_align = {}
+        for align in aligns:
+            if method == "cam" or (align == "none" and "measured" in aligns
+                                   and "align" not in make_method(name).parameters()):
+                continue
+            localizer = Localizer(model, meta, method=make_method(name, **options), img_size=img_size, device="cpu",
+                                  align="measured" if "align" not in make_method(name).parameters() else align)
             views = sorted({v for kind in kinds for v in MAPS[kind]}, key=all_views.index)
-            per_class = localizer.map_method.per_class
-            per_view, seconds = analyse_views(localizer, folder, images, views, gated if per_class else None)
-            print(f"  {method}: {', '.join(f'{v}: {s:.0f} s' for v, s in seconds.items())}", flush=True)
-        for kind in {"plain", "flip"} | set(kinds) if method == "cam" else kinds:
-            views = MAPS[kind] or all_views
-            prepared.analyses[(method, kind)] = [Analysis.average(group) if len(views) > 1 else group[0]
-                                                 for group in zip(*(per_view[v] for v in views))]
-            prepared.seconds[(method, kind)] = sum(seconds[v] for v in views)
+            gates = gated if localizer.map_method.per_class else None
+            per_align[align] = analyse_views(localizer, folder, images, views, gates)
+            print(f"  {method} ({align}): {', '.join(f'{v}: {s:.0f} s' for v, s in per_align[align][1].items())}",
+                  flush=True)
+        for align in aligns:
+            views_of, seconds_of = (per_view, seconds) if method == "cam" else per_align.get(
+                align, per_align.get("measured"))
+            for kind in {"plain", "flip"} | set(kinds) if method == "cam" else kinds:
+                views = MAPS[kind] or all_views
+                groups = [[a if align == "measured" else replace(a, frame=None) for a in group]
+                          for group in zip(*(views_of[v] for v in views))]
+                prepared.analyses[(method, kind, align)] = [Analysis.average(g) if len(g) > 1 else g[0]
+                                                            for g in groups]
+                prepared.seconds[(method, kind, align)] = sum(seconds_of[v] for v in views)
     return prepared
 
 
@@ -212,7 +253,7 @@ def metrics(truth: GroundTruth, per_image: list[list[dict]], images: list[dict],
             "VOC": voc_map(truth_s, dets)["map"] or 0.0}
 
 
-def map_hits(prepared: Prepared, key: tuple[str, str]) -> list[tuple[np.ndarray, list[bool]]]:
+def map_hits(prepared: Prepared, key: tuple[str, str, str]) -> list[tuple[np.ndarray, list[bool]]]:
     """wsolevaluation hits and recognition flags of every (image, present class) map, per image."""
     truth = prepared.truth
     cat_index = {cid: k for k, cid in enumerate(truth.category_ids.tolist())}
@@ -224,7 +265,7 @@ def map_hits(prepared: Prepared, key: tuple[str, str]) -> list[tuple[np.ndarray,
     for im, analysis in zip(prepared.images, prepared.analyses[key]):
         present = sorted(boxes.get(im["id"], {}))
         hits = image_hits(analysis.raw_maps[analysis.rows(present)], [np.array(boxes[im["id"]][k]) for k in present],
-                          analysis.size)
+                          analysis.size, analysis.frame)
         out.append((hits, recognised_classes(analysis.probs, present)))
     return out
 
@@ -234,10 +275,6 @@ def max_box_acc(per_image: list[tuple[np.ndarray, list[bool]]], sample: np.ndarr
     for pos in sample.tolist():
         accuracy.add(*per_image[pos])
     return accuracy.result()["MaxBoxAccV2"] or 0.0
-
-
-def interval(draws: list[float]) -> tuple[float, float]:
-    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
 def with_interval(point: float, draws: list[float], digits: int, unit: str = "") -> str:
@@ -272,20 +309,22 @@ def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, rows: l
         calibrated = {**meta, "class_thresholds": class_thresholds(*prepared.calibration, row.quantile)}
         localizer = Localizer(model, calibrated if options.get("classes") == CALIBRATED else meta,
                               recipe="seed" if row.recipe == "full" else row.recipe, img_size=img_size, device="cpu",
-                              **options)
+                              align=row.align, **options)
         start = time.perf_counter()
-        per_image = detections(localizer, row.recipe, prepared.analyses[(row.method, row.maps)], prepared.images)
+        per_image = detections(localizer, row.recipe, prepared.analyses[row.key], prepared.images)
         box_s = time.perf_counter() - start
         point = metrics(prepared.truth, per_image, prepared.images)
         results[row.label] = Result(point, [metrics(prepared.truth, per_image, prepared.images, s) for s in samples],
-                                    seconds_per_image=(prepared.seconds[(row.method, row.maps)] + box_s) / n)
+                                    seconds_per_image=(prepared.seconds[row.key] + box_s) / n)
+        print(f"  {row.label}: AP {point['AP']:.4f}, AP50 {point['AP50']:.4f} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
         box_ms[row.label] = 1000 * box_s / n
     base = results[rows[0].label]
     for result in results.values():
         for m in METRICS:
             result.ratio[m] = result.point[m] / base.point[m] if base.point[m] > 0 else math.nan
             result.ratio_draws[m] = [d[m] / b[m] for d, b in zip(result.draws, base.draws) if b[m] > 0]
-    hits = {key: map_hits(prepared, key) for key in {(r.method, r.maps) for r in rows}}
+    hits = {key: map_hits(prepared, key) for key in {r.key for r in rows}}
     acc = {key: (max_box_acc(h, np.arange(n)), [max_box_acc(h, s) for s in samples]) for key, h in hits.items()}
     print(f"\n### {name}: {n} images, {boot} bootstrap resamples (95% intervals)\n")
     print("| method × recipe | AP | AP50 | AP75 | AR100 | VOC mAP | MaxBoxAccV2 | box ms/img | img/s |")
@@ -293,7 +332,7 @@ def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, rows: l
     for row in rows:
         result = results[row.label]
         cells = [with_interval(result.point[m], [d[m] for d in result.draws], 4) for m in METRICS]
-        wsol_point, wsol_draws = acc[(row.method, row.maps)]
+        wsol_point, wsol_draws = acc[row.key]
         print(f"| {row.label} | {' | '.join(cells)} | {with_interval(wsol_point, wsol_draws, 3)} "
               f"| {box_ms[row.label]:.1f} | {1 / result.seconds_per_image:.2f} |")
     print("\nRatios to seed (paired bootstrap, 95% intervals)\n")
@@ -304,47 +343,6 @@ def bench_set(name: str, model, meta, prepared: Prepared, img_size: int, rows: l
                  for m in METRICS]
         print(f"| {row.label} | {' | '.join(cells)} |")
     return results
-
-
-#: The README's rule: a default may cost at most this many times the current default's seconds per real image.
-COST_LIMIT = 10.0
-#: The default the rule was applied against (its choice, CAM × multilevel on 6-view TTA maps, is now
-#: ``multilevel-tta``).
-CURRENT_DEFAULT = Row("cam", "multilevel-flip", "flip")
-
-
-def choose_default(results: dict[str, dict[str, Result]], rows: list[Row]) -> None:
-    """Apply the rule written in the README (section "The default map method and recipe") and print why."""
-    sets = list(results)
-    full = Row("cam", "full", "plain").label
-    limit = COST_LIMIT * results["real"][CURRENT_DEFAULT.label].seconds_per_image
-    candidates = [r.label for r in rows[1:] if r.recipe != "full"  # TTA rows included, as the rule says
-                  and results["real"][r.label].seconds_per_image <= limit]
-    low = {label: {s: {m: interval(results[s][label].ratio_draws[m])[0] for m in ("AP", "AP50")} for s in sets}
-           for label in candidates}
-    qualified = [label for label in candidates if all(
-        low[label][s][m] >= 1.0 and results[s][label].point[m] > results[s][full].point[m]
-        for s in sets for m in ("AP", "AP50"))]
-
-    def gain(label: str) -> float:
-        return float(np.exp(np.mean([np.log(results[s][label].ratio[m]) for s in sets for m in ("AP", "AP50")])))
-
-    print(f"\n### The rule (README), current default {DEFAULT_METHOD} × {DEFAULT_RECIPE}\n")
-    print(f"candidates within {COST_LIMIT:g}× the current default's time per real image "
-          f"({limit:.2f} s): {len(candidates)} of {len(rows) - 1}")
-    for label in candidates:
-        marks = ", ".join(f"{s} AP50 ≥ {low[label][s]['AP50']:.2f}, AP ≥ {low[label][s]['AP']:.2f}" for s in sets)
-        print(f"- {label}: {'qualifies' if label in qualified else 'no'} ({marks}; gain {gain(label):.2f}×)")
-    if qualified:
-        chosen = max(qualified, key=gain)
-        print(f"\nrule picks: {chosen} (highest geometric mean of its AP and AP50 ratios on both sets)")
-    else:
-        chosen = max(candidates, key=lambda label: min(low[label][s]["AP50"] for s in sets))
-        print(f"\nno candidate qualifies; best AP50 lower bound: {chosen}")
-    targets = all(results[s][chosen].ratio[m] >= 1.5 for s in sets for m in ("AP", "AP50")) and all(
-        low[chosen][s]["AP50"] > 1.0 for s in sets)
-    print(f"issue targets (AP and AP50 ≥ 1.5× seed on both sets, AP50 interval above 1): "
-          f"{'met' if targets else 'not met'}")
 
 
 def real_calibration(model, meta, img_size: int) -> tuple[Tensor, Tensor]:
@@ -366,6 +364,8 @@ def main() -> None:
     parser.add_argument("--sets", default="real,synthetic", help="real, synthetic or both")
     parser.add_argument("--methods", default=",".join(m for m in METHOD_SPECS if m not in TUNING_ONLY),
                         help=f"of {', '.join(METHOD_SPECS)}")
+    parser.add_argument("--aligns", default="none,measured", help="none, measured or both (how maps are laid)")
+    parser.add_argument("--limit", type=int, help="only the first N images of each set (a quick check)")
     parser.add_argument("--tune", action="store_true", help="the tuning sets: coco-mini train2017 and synthetic seed 2")
     parser.add_argument("--tune-limit", type=int, default=120, help="train2017 images with --tune")
     args = parser.parse_args()
@@ -374,7 +374,10 @@ def main() -> None:
     unknown = set(methods) - set(METHOD_SPECS)
     if unknown:
         parser.error(f"unknown --methods {sorted(unknown)}; choose from {', '.join(METHOD_SPECS)}")
-    rows = rows_for(methods, TUNING_QUANTILES if args.tune else ())
+    aligns = tuple(args.aligns.split(","))
+    if not aligns or set(aligns) - {"none", "measured"}:
+        parser.error(f"--aligns takes none, measured or both, got {args.aligns!r}")
+    rows = rows_for(methods, TUNING_QUANTILES if args.tune else (), aligns)
     sets, results = args.sets.split(","), {}
     if "real" in sets:
         if not REAL_WEIGHTS.is_file():
@@ -384,7 +387,9 @@ def main() -> None:
             split, ann = (("train2017", "instances_train2017_mini.json") if args.tune
                           else ("val2017", "instances_val2017_mini_disjoint.json"))
             prepared = prepare(model, meta, COCO / split, COCO / "annotations" / ann, 448,
-                               real_calibration(model, meta, 448), methods, args.tune_limit if args.tune else None)
+                               real_calibration(model, meta, 448), methods,
+                               args.tune_limit if args.tune else args.limit,
+                               aligns)
             results["real"] = bench_set(f"Real: coco-mini {split}{' (tuning)' if args.tune else ' ∖ train2017'}, "
                                         "MobileNetV2 COCO-80 @ 448", model, meta, prepared, 448, rows, args.boot)
     if "synthetic" in sets:
@@ -392,14 +397,17 @@ def main() -> None:
         seed = 2 if args.tune else 1
         with tempfile.TemporaryDirectory() as tmp:
             calibration = synthetic_calibration(model, meta, 320, Path(tmp) / "train")
-            data = generate(Path(tmp) / "val", 0, 300, num_classes=len(meta["class_names"]), size=160, seed=seed,
+            count = args.limit or 300
+            data = generate(Path(tmp) / "val", 0, count, num_classes=len(meta["class_names"]), size=160, seed=seed,
                             max_objects=8)
             prepared = prepare(model, meta, data / "val", data / "annotations" / "instances_val.json", 320,
-                               calibration, methods)
-            results["synthetic"] = bench_set(f"Synthetic: 300 unseen scenes (seed {seed}, ≤ 8 objects), demo model "
+                               calibration, methods, aligns=aligns)
+            results["synthetic"] = bench_set(f"Synthetic: {count} unseen scenes (seed {seed}, ≤ 8 objects), demo model "
                                              "@ 320", model, meta, prepared, 320, rows, args.boot)
     if set(results) == {"real", "synthetic"} and args.boot > 0:
-        choose_default(results, rows)
+        choose_default(results, rows, CURRENT_DEFAULT, FULL)
+        if set(aligns) == {"none", "measured"}:
+            choose_alignments(results, rows)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from camloc.models import (
     probabilities,
     save_checkpoint,
 )
+from camloc.models.geometry import META_KEY, geometry_entries
+from camloc.pipeline.analysis import view_sizes
 from camloc.runtime.devices import resolve_device
 from camloc.runtime.errors import error_line
 
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["calibration"] = {"images": len(probs), "ann": args.ann.name, "img_size": args.img_size or
                                meta["input_size"], "quantile": args.quantile,
                                "min_positives": args.min_positives, "floor": FLOOR}
+        if not meta.get(META_KEY):  # a checkpoint camloc writes carries its weights' map geometry
+            meta[META_KEY] = geometry_entries(model, view_sizes(meta["input_size"]))
         save_checkpoint(model.cpu(), meta, args.out)
     except (ModelError, DataError, OutputError, OSError) as exc:
         print(error_line(exc, (ModelError, DataError, OutputError, OSError)), file=sys.stderr)

@@ -17,12 +17,17 @@ from pathlib import Path
 
 import torch
 
+from camloc.models.geometry import META_KEY
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_shapes_mobilenet_v2.pt"
 EXAMPLES = ASSETS / "examples"
 
 EXAMPLE_RECIPE = {"count": 6, "classes": 6, "size": 320, "seed": 99}
 RECIPE = {"train": 1200, "val": 200, "classes": 6, "size": 160, "seed": 0}
+#: Input sizes the demo model runs at (its own, and the synthetic benchmarks' 320 px): the bundled checkpoint stores
+#: its measured map geometry at every view of these (:func:`camloc.models.geometry.geometry_entries`).
+GEOMETRY_SIZES = (160, 320)
 TRAIN_ARGS = ["--arch", "mobilenet_v2", "--weights", "none", "--epochs", "8", "--img-size", "160",
               "--batch-size", "16", "--lr", "1e-2", "--workers", "0", "--seed", "0", "--device", "cpu"]
 
@@ -78,6 +83,7 @@ def rebuild(out: Path) -> Path:
             raise SystemExit(f"training failed with exit code {code}")
         model, meta = load_model(Path(tmp) / "run" / "best.pt")
     meta = {k: v for k, v in meta.items() if k != "training"}
+    meta[META_KEY] = demo_geometry(model)
     meta["source"] = (f"camloc.demo recipe: synthetic shapes {RECIPE}, python -m train {' '.join(TRAIN_ARGS)}; "
                       "weights stored in float16")
     model.half()
@@ -85,12 +91,35 @@ def rebuild(out: Path) -> Path:
     return out
 
 
+def demo_geometry(model) -> list[dict]:
+    """The demo weights' measured map geometry at every view size of :data:`GEOMETRY_SIZES`."""
+    from camloc.models.geometry import geometry_entries
+    from camloc.pipeline.analysis import view_sizes
+
+    return geometry_entries(model, [size for base in GEOMETRY_SIZES for size in view_sizes(base)])
+
+
+def store_geometry(path: Path = DEMO_CHECKPOINT) -> None:
+    """Measure the checkpoint's map geometry with its own weights and write it into its metadata (weights unchanged)."""
+    from camloc.models import load_checkpoint, save_checkpoint
+
+    model, meta, extras = load_checkpoint(path)
+    dtype = next(iter(torch.load(path, map_location="cpu", weights_only=True)["state_dict"].values())).dtype
+    meta[META_KEY] = demo_geometry(model)
+    save_checkpoint(model.to(dtype), meta, path, **extras)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m camloc.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--rebuild", action="store_true", help="re-create the demo checkpoint from the seed")
     parser.add_argument("--out", type=Path, default=DEMO_CHECKPOINT, help="where --rebuild writes")
     parser.add_argument("--check", action="store_true", help="compare the rebuilt weights with the bundled ones")
+    parser.add_argument("--store-geometry", action="store_true",
+                        help="measure the bundled checkpoint's map geometry and write it into its metadata")
     args = parser.parse_args(argv)
+    if args.store_geometry:
+        store_geometry(DEMO_CHECKPOINT)
+        print(f"stored the map geometry of {DEMO_CHECKPOINT}")
     if args.rebuild:
         write_examples()
         rebuild(args.out)
@@ -99,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         ours, bundled = weights_digest(args.out), weights_digest(DEMO_CHECKPOINT)
         print(f"rebuilt {ours}\nbundled {bundled}\n{'identical' if ours == bundled else 'DIFFERENT'}")
         return 0 if ours == bundled else 1
-    if not args.rebuild:
+    if not args.rebuild and not args.store_geometry:
         print(f"demo checkpoint: {DEMO_CHECKPOINT} (weights sha256 {weights_digest(DEMO_CHECKPOINT)})")
     return 0
 

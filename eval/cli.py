@@ -27,6 +27,7 @@ from camloc.io.images import ImageError
 from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.pipeline import Localizer
+from camloc.pipeline.analysis import ALIGNMENTS
 from camloc.pipeline.detections import MAX_DETECTIONS
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.errors import error_line, one_line_warnings
@@ -72,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=["full", "center"], help="ignore the maps: full-image or centre boxes")
     parser.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's)")
     parser.add_argument("--tta", action="store_true", help="average maps over scales 0.75/1/1.25 and flips")
+    parser.add_argument("--align", choices=ALIGNMENTS,
+                        help="how maps are laid on the image: none (the grid stretched over it, the course's way) or "
+                             "measured (each cell where the model's measured geometry says it looks); default: the "
+                             "recipe's (seed: none)")
     parser.add_argument("--batch-size", type=int,
                         help=f"images per batch (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU)")
     parser.add_argument("--workers", type=int,
@@ -142,10 +147,11 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     (SHA-256 of the checkpoint, its JSON sidecar and the annotations) and the image folder by its real
     path; each image's file is checked when a run resumes (:func:`eval.progress.check_stamps`)."""
     keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "box_scale", "baseline",
-            "img_size", "tta", "limit", "precision", "decode", "max_dets")
+            "img_size", "tta", "align", "limit", "precision", "decode", "max_dets")
     settings = {k: str(getattr(args, k)) for k in keys}
     if not args.checkpoint.is_file():  # read here first: its digest is a setting
         raise CliError(f"--checkpoint: {args.checkpoint}: no such checkpoint file")
+    settings["align"] = args.align or make_recipe(args.recipe).default_align  # what "the recipe's" meant
     sidecar = args.checkpoint.with_suffix(".json")
     settings.update({"checkpoint_sha256": file_digest(args.checkpoint),
                      "sidecar_sha256": file_digest(sidecar) if sidecar.is_file() else None,
@@ -185,7 +191,7 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
                                               threshold=args.threshold, boxes=args.boxes, classes=args.classes,
                                               box_scale=args.box_scale, img_size=args.img_size, tta=args.tta,
                                               device=args.device, precision=args.precision,
-                                              max_dets=args.max_dets, max_memory=args.max_memory)
+                                              max_dets=args.max_dets, max_memory=args.max_memory, align=args.align)
     except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
     known = truth.category_names

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES
+from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.boxes.contours import BOX_MODES
 from camloc.cam import METHODS as MAP_METHODS
 from camloc.cam import make_method
@@ -39,21 +39,39 @@ BOX_SCALES = (1, 2, 4, 8, FULL_RESOLUTION)
 #: A recipe that takes each method's maps as they are (the course recipe: no mirror image), for the
 #: views of an analysis with no recipe in mind.
 PLAIN_MAPS = "seed"
+#: The "Align maps" toggle's key: maps laid on the image by the model's measured geometry (on) or the stretched grid.
+ALIGN_KEY = "align_maps"
+
+
+def align_toggle(where=st.sidebar) -> bool:
+    """The "Align maps" toggle (every page's maps follow it; it starts as the default recipe's alignment)."""
+    carry(ALIGN_KEY, make_recipe(DEFAULT_RECIPE).default_align == "measured")
+    return where.toggle("Align maps", key=ALIGN_KEY,
+                        help="Draw each map cell where the model's measured geometry says it looks (off: the map's "
+                             "grid stretched over the image, as the course recipe does)")
+
+
+def chosen_alignment() -> str:
+    """``measured`` or ``none``, as the "Align maps" toggle was last set (on any page)."""
+    return "measured" if remembered(ALIGN_KEY, make_recipe(DEFAULT_RECIPE).default_align == "measured") else "none"
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def _localizer(model_id: int, method: str, tta: bool, _model: CamModel, _meta: dict[str, Any]) -> Localizer:
-    return Localizer(_model, _meta, method=make_method(method, **APP_OPTIONS.get(method, {})), tta=tta, device="cpu")
+def _localizer(model_id: int, method: str, tta: bool, align: str, _model: CamModel, _meta: dict[str, Any]
+               ) -> Localizer:
+    return Localizer(_model, _meta, method=make_method(method, **APP_OPTIONS.get(method, {})), tta=tta, device="cpu",
+                     align=align)
 
 
-def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False) -> Localizer:
-    """The Localizer of ``model`` for ``method`` (with the app's options for a costly method), made once (it
-    holds the model, so no other model can take that model's id while it is cached)."""
-    return _localizer(id(model), method, tta, model, meta)
+def localizer_for(model: CamModel, meta: dict[str, Any], method: str = "cam", tta: bool = False,
+                  align: str = "none") -> Localizer:
+    """The Localizer of ``model`` for ``method`` (with the app's options for a costly method) and ``align``, made
+    once (it holds the model, so no other model can take that model's id while it is cached)."""
+    return _localizer(id(model), method, tta, align, model, meta)
 
 
 @st.cache_data(show_spinner="Running the network…", max_entries=256)
-def _analyze_view(digest: str, model_key: str, method: str, classes: tuple[int, ...] | None,
+def _analyze_view(digest: str, model_key: str, method: str, align: str, classes: tuple[int, ...] | None,
                   view: tuple[float, bool], _image_bytes: bytes, _localizer: Localizer) -> Analysis:
     """One view's forward pass (and backward, for gradient methods), cached on the image's digest."""
     st.session_state["forward_passes"] = st.session_state.get("forward_passes", 0) + 1
@@ -81,7 +99,7 @@ class Maps:
     """One image's analysis (probabilities of every class and maps of every class) for one method and set
     of views, and the key that its boxes and pictures are cached under."""
 
-    key: tuple  # image digest, model, method, TTA, views, the classes whose maps are computed (None: all)
+    key: tuple  # image digest, model, method, TTA, alignment, views, the classes whose maps are computed (None: all)
     analysis: Analysis
     localizer: Localizer
 
@@ -112,17 +130,20 @@ def analyze(image: InputImage, model_key: str, model: CamModel, meta: dict[str, 
     classes = None if not chosen.per_class else tuple(range(meta["num_classes"]))
     if chosen.per_class and chosen.costly and focus is not None:
         classes = (focus,)
-    localizer = localizer_for(model, meta, method, tta)
-    key = (image.digest, model_key, method, tta, tuple(localizer.views(recipe or PLAIN_MAPS)), classes)
+    align = chosen_alignment()
+    localizer = localizer_for(model, meta, method, tta, align)
+    key = (image.digest, model_key, method, tta, align, tuple(localizer.views(recipe or PLAIN_MAPS)), classes)
     return Maps(key, _joined_views(key, image.data, localizer), localizer)
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
 def _joined_views(key: tuple, _image_bytes: bytes, _localizer: Localizer) -> Analysis:
-    """The analysis over the views of ``key`` (``(digest, model, method, TTA, views, classes)``) from the cached
-    views, kept as one object (read-only), so that a page asking for it again pays one lookup, not one per view."""
-    digest, model_key, method, _, views, classes = key
-    analyses = [_analyze_view(digest, model_key, method, classes, view, _image_bytes, _localizer) for view in views]
+    """The analysis over the views of ``key`` (``(digest, model, method, TTA, alignment, views, classes)``) from the
+    cached views, kept as one object (read-only), so that a page asking for it again pays one lookup, not one per
+    view."""
+    digest, model_key, method, _, align, views, classes = key
+    analyses = [_analyze_view(digest, model_key, method, align, classes, view, _image_bytes, _localizer)
+                for view in views]
     return analyses[0] if len(analyses) == 1 else Analysis.average(analyses)
 
 

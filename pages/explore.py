@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from camloc.viz import COLORMAPS, colorbar, format_score
-from pages.analysis import METHODS, analyze, pick_class, pick_recipe, ranked_classes
+from pages.analysis import METHODS, align_toggle, analyze, pick_class, pick_recipe, ranked_classes
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
 from pages.model_picker import pick_model
 from pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
@@ -46,6 +46,7 @@ image = decoded.image
 carry("method", next(iter(METHODS)), options_filter(METHODS))
 method_label = side.radio("Method", list(METHODS), horizontal=True, key="method")
 method, tta = METHODS[method_label]
+align_toggle(side)
 class_slot = side.container()  # the class picker goes here; its order needs the recipe's probabilities
 recipe, options = pick_recipe()
 try:  # every class's probability and CAM, over the views the recipe (or TTA) averages: one figure per page

@@ -5,7 +5,8 @@ same code; only rank 0 writes. Every epoch writes ``OUT/last.pt`` (model + optim
 scaler state) and, when validation mAP improves, ``OUT/best.pt``, atomically; ``OUT/log.jsonl``
 gets one line per epoch. Randomness is re-seeded from ``(--seed, epoch)`` at every epoch, so a
 run killed at any moment and continued with ``--resume`` ends with the same weights as an
-uninterrupted one.
+uninterrupted one. At the end both checkpoints get the final weights' measured map geometry
+(:func:`camloc.models.geometry.geometry_entries`, what ``align="measured"`` reads).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from camloc.runtime.errors import error_line, one_line_warnings
 from camloc.runtime.profiling import StageClock, format_report, stage
 from train.fingerprint import fingerprint
 from train.loop import amp_dtype, make_loader, param_groups, train_epoch, validate, warmup_cosine
-from train.state import TrainingError, calibrate, resume, warn_unreadable, write_log
+from train.state import TrainingError, calibrate, resume, store_geometry, warn_unreadable, write_log
 
 #: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
 MAX_BATCH, MAX_WORKERS = 1024, 64
@@ -228,6 +229,9 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
         node.barrier()
     if node.main:
         warn_unreadable(history)
+        for checkpoint in (args.out / "best.pt", last):  # the final weights' geometry: align="measured" reads it
+            if checkpoint.is_file():
+                store_geometry(checkpoint, node)
         if not args.no_calibrate:
             calibrate(args.out / "best.pt", train_index, args, node)
     return {"history": history, "best": best}

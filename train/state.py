@@ -1,5 +1,5 @@
 """A training run's state on disk: ``last.pt``'s training state (resume), ``log.jsonl``, calibration of
-``best.pt`` at the end, and the one-line error type of training."""
+``best.pt`` and the map geometry of both checkpoints at the end, and the one-line error type of training."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from camloc.models import (
     load_checkpoint,
 )
 from camloc.models import atomic_torch_save as save
+from camloc.models.geometry import META_KEY, geometry_entries
+from camloc.pipeline.analysis import view_sizes
 from camloc.runtime.distributed import Dist
 from train.fingerprint import resume_refusal
 
@@ -40,6 +42,14 @@ def calibrate(checkpoint: Path, index: CocoIndex, args: argparse.Namespace, node
     meta["class_thresholds"] = class_thresholds(probs, present)
     meta["calibration"] = {"images": len(probs), "ann": args.ann.name, "img_size": meta["input_size"],
                            "quantile": QUANTILE, "min_positives": MIN_POSITIVES, "floor": FLOOR}
+    save(checkpoint_payload(model, meta, **extras), checkpoint)
+
+
+def store_geometry(checkpoint: Path, node: Dist) -> None:
+    """Write the trained weights' map geometry (:func:`camloc.models.geometry.geometry_entries`, measured at every input
+    size a Localizer runs the model at) into ``checkpoint``'s meta, so that ``align="measured"`` needs no measuring."""
+    model, meta, extras = load_checkpoint(checkpoint, node.device)
+    meta[META_KEY] = geometry_entries(model, view_sizes(meta["input_size"]))
     save(checkpoint_payload(model, meta, **extras), checkpoint)
 
 

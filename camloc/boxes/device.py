@@ -35,6 +35,7 @@ from torch import Tensor
 from camloc.boxes.contours import fraction_cut, outer_boxes, stacked_masks, trace_stacked
 from camloc.boxes.levels import histograms, otsu_levels, to_uint8
 from camloc.cam import check_finite_maps, normalize_maps
+from camloc.cam.frame import MapFrame
 from camloc.runtime.memory import chunks, memory_budget
 
 
@@ -67,6 +68,7 @@ class DeviceMaps:
     per_map: int  # masks per map (1, or one per level)
     raw: Tensor  # (k, h, w) raw maps, on the device
     budget: int  # bytes the tables may take at once
+    frame: MapFrame | None = None  # where the maps' cells sit in the image (None: the grid stretched over it)
 
 
 def stage_bytes(size: tuple[int, int], per_map: int) -> int:
@@ -83,8 +85,9 @@ def table_bytes(size: tuple[int, int]) -> int:
 
 
 def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], levels: Sequence[float] | None,
-                budget: int | None = None) -> list[DeviceMaps]:
-    """Normalise each image's raw maps ``(k, h, w)`` to its ``(H, W)`` on their device and threshold them there.
+                budget: int | None = None, frame: MapFrame | None = None) -> list[DeviceMaps]:
+    """Normalise each image's raw maps ``(k, h, w)`` to its ``(H, W)`` on their device and threshold them there;
+    ``frame``: where the maps' cells sit in every image (:func:`camloc.cam.normalize_maps`).
 
     ``levels``: fractions ``t`` of each map's max (foreground ``u8 > ⌈t·255⌉ − 1``), or ``None`` for Otsu's
     level of each map (histograms counted on the device; the levels themselves, 256 float64 steps for all
@@ -105,7 +108,7 @@ def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], le
         spans[key] = list(chunks(len(stacked[key]), stage_bytes(key[:2], per_map), budget))
 
     def quantised(key: tuple[int, ...], span: slice) -> Tensor:
-        return to_uint8(normalize_maps(stacked[key][span], key[:2]))
+        return to_uint8(normalize_maps(stacked[key][span], key[:2], frame))
 
     if levels is None:  # every map's Otsu level in one pass over all histograms
         order = list(groups)
@@ -130,7 +133,7 @@ def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], le
         for i in members:
             count = len(raw_maps[i])
             out[i] = DeviceMaps(size, packed[start * per_map:(start + count) * per_map], per_map, raw_maps[i],
-                                budget)
+                                budget, frame)
             start += count
     return out
 
@@ -157,7 +160,7 @@ def heat_sums(maps: DeviceMaps, owner: np.ndarray, xywh: np.ndarray) -> tuple[np
     for span in chunks(len(used), table_bytes(maps.size), maps.budget):
         chosen = used[span]
         rows = np.flatnonzero(np.isin(owner, chosen))
-        heat = normalize_maps(maps.raw[torch.as_tensor(chosen, device=maps.raw.device)], maps.size)
+        heat = normalize_maps(maps.raw[torch.as_tensor(chosen, device=maps.raw.device)], maps.size, maps.frame)
         tables = torch.zeros(len(chosen), maps.size[0] + 1, maps.size[1] + 1, dtype=torch.float64,
                              device=heat.device)
         tables[:, 1:, 1:] = heat.double().cumsum(-1).cumsum(-2)

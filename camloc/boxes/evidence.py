@@ -32,6 +32,7 @@ from camloc.boxes.registry import (
     host_chunks,
     register,
 )
+from camloc.cam.frame import MapFrame
 from camloc.cam.maps import check_finite_maps, normalize_maps
 from camloc.runtime.memory import memory_budget
 
@@ -70,22 +71,23 @@ class EvidenceScored(Recipe):
     #: Whether the recipe can trace its boxes on the feature grid (``box_scale``) at all.
     traces_on_grid: ClassVar[bool] = True
 
-    def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, budget: int | None = None
-             ) -> GridBoxes:
+    def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, budget: int | None = None,
+             frame: MapFrame | None = None) -> GridBoxes:
         """:func:`camloc.boxes.grid.grid_boxes` with this recipe's parameters."""
         mode = getattr(self, "mode", self.grid_mode)
         return grid_boxes(raw_maps, probs, sizes, group, int(self.box_scale), self.cut_levels(), mode,
-                          float(self.nms_iou), budget)
+                          float(self.nms_iou), budget, frame)
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
-                    sizes: Sequence[tuple[int, int]], budget: int | None = None) -> BatchBoxes:
+                    sizes: Sequence[tuple[int, int]], budget: int | None = None, frame: MapFrame | None = None
+                    ) -> BatchBoxes:
         if self.box_scale is None:
-            return super().batch_boxes(raw_maps, probs, classes, gate, sizes, budget)
+            return super().batch_boxes(raw_maps, probs, classes, gate, sizes, budget, frame)
         device = raw_maps.device
         classes = classes.to(device)
         image, row = torch.nonzero(gate.to(device)[:, classes], as_tuple=True)
         found = self.grid(raw_maps[image, row], probs.to(device)[image, classes[row]],
-                          torch.tensor(sizes, device=device)[image], image * len(classes) + row, budget)
+                          torch.tensor(sizes, device=device)[image], image * len(classes) + row, budget, frame)
         return BatchBoxes(image[found.map_index].cpu().numpy(), classes[row[found.map_index]].cpu().numpy(),
                           found.xywh.cpu().numpy(), found.score.cpu().numpy())
 
@@ -101,20 +103,20 @@ class EvidenceScored(Recipe):
         all at once)."""
         raise NotImplementedError
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None
-              ) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None,
+              frame: MapFrame | None = None) -> ScoredBoxes:
         if self.box_scale is not None:
             count, device = len(raw_maps), raw_maps.device
             found = self.grid(raw_maps, probs.to(device), torch.tensor([size], device=device).expand(count, 2),
-                              torch.arange(count, device=device))
+                              torch.arange(count, device=device), frame=frame)
             return ScoredBoxes(found.map_index.cpu().numpy(), found.xywh.cpu().numpy(), found.score.cpu().numpy())
         if raw_maps.device.type != "cpu" and self.on_device:
-            return self.device_boxes(raw_maps, probs, size)
+            return self.device_boxes(raw_maps, probs, size, frame)
         check_finite_maps(raw_maps)
         owners, rects, scores = [], [], []
         budget = memory_budget("cpu", budget)
         for span in host_chunks(len(raw_maps), size, self.host_bytes_per_pixel, budget):
-            heat = normalize_maps(raw_maps[span], size).cpu().numpy()
+            heat = normalize_maps(raw_maps[span], size, frame).cpu().numpy()
             masks = max(0, budget - heat.size * self.host_bytes_per_pixel)  # what the level masks may take
             owner, xywh = with_whole_image(*self.proposals(heat, to_uint8(heat), tuple(raw_maps.shape[-2:]), masks),
                                            len(heat), size)

@@ -8,7 +8,9 @@ Otsu's level per map), its connected components boxed (:func:`camloc.boxes.compo
 each box scored by the share of the map's evidence it holds
 (:func:`camloc.boxes.proposals.evidence_of`, from float64 summed-area tables), kept by greedy NMS within
 each (image, class) for the whole batch at once (:func:`camloc.boxes.nms.grouped_nms`), and scaled to
-the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``.
+the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``. With a map
+frame (:class:`~camloc.cam.frame.MapFrame`) the upsampled grid reads each map where its cells look in the
+image, so that this plain scaling puts every box where the network saw it.
 
 All of it is whole-batch tensor work on the maps' device: the host's Python work is the same for one
 map or ten thousand. The regions are 8-connected components (the course recipe's contours are the
@@ -29,6 +31,7 @@ from camloc.boxes.levels import thresholds, to_uint8
 from camloc.boxes.nms import grouped_nms
 from camloc.boxes.proposals import evidence_of
 from camloc.cam import check_finite_maps, normalize_maps
+from camloc.cam.frame import MapFrame
 from camloc.runtime.memory import chunks, memory_budget
 from camloc.runtime.profiling import stage
 
@@ -74,14 +77,15 @@ def grid_bytes(shape: tuple[int, int], per_map: int) -> int:
 
 def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, scale: int,
                levels: Sequence[float] | None, mode: str = "all", nms_iou: float = 0.5,
-               budget: int | None = None) -> GridBoxes:
+               budget: int | None = None, frame: MapFrame | None = None) -> GridBoxes:
     """Scored boxes of raw maps ``(N, h, w)`` (see the module docstring).
 
     ``probs (N,)``: each map's class probability (``score = p · evidence``); ``sizes (N, 2)``: its image's
     ``(H, W)``; ``group (N,)``: maps of one group share NMS (one per image and class; non-decreasing);
     ``levels``: fractions of the max (``None``: Otsu); ``mode="largest"``: only the component with the most
-    pixels per map and level. A map with no region gets the whole image. Rows are sorted by group, best score
-    first. The maps are boxed a chunk at a time within ``budget`` bytes (default: the device's
+    pixels per map and level; ``frame``: where the maps' cells sit in every image (``None``: the grid stretched
+    over it). A map with no region gets the whole image. Rows are sorted by group, best score first. The maps
+    are boxed a chunk at a time within ``budget`` bytes (default: the device's
     :func:`~camloc.runtime.memory.memory_budget`), a group never split between chunks: the same boxes as all
     at once.
     """
@@ -96,15 +100,16 @@ def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, sc
         if end > bounds[-1]:
             bounds.append(end)
     if len(bounds) == 2 or len(raw_maps) == 0:
-        return _grid_boxes(raw_maps, probs, sizes, group, scale, levels, mode, nms_iou)
-    parts = [_grid_boxes(raw_maps[a:b], probs[a:b], sizes[a:b], group[a:b], scale, levels, mode, nms_iou)
+        return _grid_boxes(raw_maps, probs, sizes, group, scale, levels, mode, nms_iou, frame)
+    parts = [_grid_boxes(raw_maps[a:b], probs[a:b], sizes[a:b], group[a:b], scale, levels, mode, nms_iou, frame)
              for a, b in itertools.pairwise(bounds)]
     return GridBoxes(torch.cat([p.map_index + a for p, a in zip(parts, bounds)]),
                      torch.cat([p.xywh for p in parts]), torch.cat([p.score for p in parts]))
 
 
 def _grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, scale: int,
-                levels: Sequence[float] | None, mode: str, nms_iou: float) -> GridBoxes:
+                levels: Sequence[float] | None, mode: str, nms_iou: float, frame: MapFrame | None = None
+                ) -> GridBoxes:
     """:func:`grid_boxes` of maps that fit in memory at once."""
     device = raw_maps.device
     empty = GridBoxes(torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 4, dtype=torch.float64,
@@ -114,7 +119,7 @@ def _grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, s
     check_finite_maps(raw_maps)
     num, height, width = raw_maps.shape
     shape = (height * scale, width * scale)
-    heat = normalize_maps(raw_maps, shape)
+    heat = normalize_maps(raw_maps, shape, frame)
     u8 = to_uint8(heat)
     cuts = thresholds(u8, levels)
     per_map = cuts.shape[1]

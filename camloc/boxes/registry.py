@@ -5,8 +5,9 @@ A recipe has two steps, both pure functions of their inputs:
 * :meth:`Recipe.select` — *class gating*: which classes of an image get boxes at all, from the
   probabilities of every class ``(B, K)``;
 * :meth:`Recipe.boxes` — the raw maps ``(k, h, w)`` of the selected classes (no ReLU, no
-  normalisation, on any device), their probabilities ``(k,)`` and the original image size
-  ``(H, W)`` → :class:`ScoredBoxes` (numpy, on the CPU).
+  normalisation, on any device), their probabilities ``(k,)``, the original image size
+  ``(H, W)`` and where the maps' cells sit in it (``frame``: a :class:`~camloc.cam.frame.MapFrame`, or
+  ``None``: the grid stretched over the image) → :class:`ScoredBoxes` (numpy, on the CPU).
 
 Recipes are small frozen dataclasses registered under a name (:data:`RECIPES`); the Localizer,
 ``python -m eval --recipe``, the app and ``bench/recipes.py`` pick them with
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from camloc.boxes.device import DeviceMaps, device_maps
 from camloc.boxes.gating import parse_class_selection, select_classes
+from camloc.cam.frame import MapFrame
 from camloc.options import known_options
 from camloc.runtime.memory import chunks, memory_budget
 
@@ -114,6 +116,9 @@ class Recipe:
     #: The ``calibrated`` gate's per-class thresholds (the model's ``class_thresholds``; the Localizer
     #: sets them); ``None``: 0.001 for every class.
     thresholds: tuple[float, ...] | None = None
+    #: How the Localizer lays this recipe's maps on the image unless told (``align``): ``none`` (the grid stretched
+    #: over the image, the course's convention) or ``measured`` (each cell where the model's geometry says it looks).
+    default_align: ClassVar[str] = "none"
 
     def __post_init__(self) -> None:
         chosen = parse_class_selection(self.classes)
@@ -129,15 +134,18 @@ class Recipe:
         """Boolean ``(B, K)``: the classes that get boxes (see :func:`select_classes`)."""
         return select_classes(probs, self.classes, supported, self.thresholds)
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None,
+              frame: MapFrame | None = None) -> ScoredBoxes:
         raise NotImplementedError
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
-                    sizes: Sequence[tuple[int, int]], budget: int | None = None) -> BatchBoxes:
+                    sizes: Sequence[tuple[int, int]], budget: int | None = None, frame: MapFrame | None = None
+                    ) -> BatchBoxes:
         """Scored boxes of a whole batch: raw maps ``(B, k, h, w)`` of the class indices ``classes (k,)``,
-        probabilities ``(B, K)`` of every class, ``gate (B, K)`` the classes to box (held ones only) and
-        each image's ``(H, W)``. Here: :meth:`boxes` image by image (a few maps at a time); a recipe that can box
-        the whole batch at once overrides it (the same boxes, its working memory within ``budget`` bytes)."""
+        probabilities ``(B, K)`` of every class, ``gate (B, K)`` the classes to box (held ones only),
+        each image's ``(H, W)`` and the maps' ``frame`` in every image. Here: :meth:`boxes` image by image (a few
+        maps at a time); a recipe that can box the whole batch at once overrides it (the same boxes, its working
+        memory within ``budget`` bytes)."""
         held = gate[:, classes].cpu()
         parts = []
         for b, size in enumerate(sizes):
@@ -145,7 +153,8 @@ class Recipe:
             if not len(rows):
                 continue
             chosen = classes.cpu()[rows]
-            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size, budget)
+            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size, budget,
+                               **framed(frame))
             parts.append(BatchBoxes(np.full(len(found), b, np.int64), chosen.numpy()[found.class_index],
                                     found.xywh, found.score))
         return BatchBoxes.concatenate(parts)
@@ -154,24 +163,25 @@ class Recipe:
     #: device, then only packed masks traced on the CPU (:mod:`camloc.boxes.device`).
     on_device: ClassVar[bool] = False
 
-    def device_boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
+    def device_boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], frame: MapFrame | None = None
+                     ) -> ScoredBoxes:
         """:meth:`boxes` with the map stage on ``raw_maps``' device (the three steps in one process)."""
-        maps = self.device_stage(raw_maps, size)
+        maps = self.device_stage(raw_maps, size, frame)
         return self.finish(maps, *self.trace(maps.packed, size[1]), probs)
 
     def cut_levels(self) -> tuple[float, ...] | None:
         """The fractions of each map's max its regions are cut at (``None``: Otsu's level of each map)."""
         raise NotImplementedError
 
-    def device_stage(self, raw_maps: Tensor, size: tuple[int, int]) -> DeviceMaps:
+    def device_stage(self, raw_maps: Tensor, size: tuple[int, int], frame: MapFrame | None = None) -> DeviceMaps:
         """Normalise and threshold on the device; packed masks to the CPU, the raw maps kept for the scores."""
-        return self.device_stage_batch([raw_maps], [size])[0]
+        return self.device_stage_batch([raw_maps], [size], frame=frame)[0]
 
     def device_stage_batch(self, raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]],
-                           budget: int | None = None) -> list[DeviceMaps]:
-        """:meth:`device_stage` of several images at once, within ``budget`` bytes
-        (:func:`camloc.boxes.device.device_maps`)."""
-        return device_maps(raw_maps, sizes, self.cut_levels(), budget)
+                           budget: int | None = None, frame: MapFrame | None = None) -> list[DeviceMaps]:
+        """:meth:`device_stage` of several images at once, within ``budget`` bytes, the maps laid on each image
+        through ``frame`` (:func:`camloc.boxes.device.device_maps`)."""
+        return device_maps(raw_maps, sizes, self.cut_levels(), budget, frame)
 
     def trace(self, packed: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """On the CPU: ``(mask index, xywh)`` of the packed masks."""
@@ -190,6 +200,12 @@ class Recipe:
     def parameters(cls) -> dict[str, Any]:
         """Parameter names and their defaults."""
         return {f.name: f.default for f in fields(cls)}
+
+
+def framed(frame: MapFrame | None) -> dict[str, MapFrame]:
+    """``frame`` as the keyword :meth:`Recipe.boxes` takes, or nothing without one (a recipe written before maps had
+    frames keeps working on unaligned maps)."""
+    return {} if frame is None else {"frame": frame}
 
 
 RECIPES: dict[str, type[Recipe]] = {}

@@ -12,6 +12,7 @@ from camloc.boxes.contours import BoxSet, normalized_maps_to_boxes, parse_box_mo
 from camloc.boxes.device import DeviceMaps, heat_sums
 from camloc.boxes.device import trace as trace_masks
 from camloc.boxes.registry import Recipe, ScoredBoxes, host_chunks, register
+from camloc.cam.frame import MapFrame
 from camloc.cam.maps import check_finite_maps, normalize_maps
 
 #: Working memory of one map boxed at full resolution on the CPU by the course recipe, bytes a pixel: the float32
@@ -20,8 +21,9 @@ SEED_BYTES_PER_PIXEL = 8
 
 
 def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str | float = "otsu",
-                        mode: str = "all", budget: int | None = None) -> BoxSet:
-    """Raw maps ``(k, h, w)`` → upsample/ReLU/normalise to ``size`` → :func:`heatmaps_to_boxes`,
+                        mode: str = "all", budget: int | None = None, frame: MapFrame | None = None) -> BoxSet:
+    """Raw maps ``(k, h, w)`` → upsample (each cell where ``frame`` puts it)/ReLU/normalise to ``size`` →
+    :func:`heatmaps_to_boxes`,
     a few classes at a time (:func:`~camloc.boxes.registry.host_chunks`: within ``budget`` bytes);
     ``class_index`` refers to positions along ``raw_maps`` (``ValueError`` for non-finite maps, or a
     threshold or mode that :func:`heatmaps_to_boxes` refuses)."""
@@ -29,7 +31,7 @@ def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str 
     threshold, mode = parse_threshold(threshold), parse_box_mode(mode)
     parts = []
     for span in host_chunks(len(raw_maps), size, SEED_BYTES_PER_PIXEL, budget):
-        heat = normalize_maps(raw_maps[span], size).cpu().numpy()
+        heat = normalize_maps(raw_maps[span], size, frame).cpu().numpy()
         found = normalized_maps_to_boxes(heat, threshold, mode)
         parts.append(BoxSet(found.class_index + span.start, found.xywh, found.heat))
         del heat
@@ -62,11 +64,11 @@ class Seed(Recipe):
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
         parse_box_mode(self.mode)
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None
-              ) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None,
+              frame: MapFrame | None = None) -> ScoredBoxes:
         if raw_maps.device.type != "cpu":
-            return self.device_boxes(raw_maps, probs, size)
-        found = boxes_from_raw_maps(raw_maps, size, self.threshold, self.mode, budget)
+            return self.device_boxes(raw_maps, probs, size, frame)
+        found = boxes_from_raw_maps(raw_maps, size, self.threshold, self.mode, budget, frame)
         score = found.heat * probs.double().cpu().numpy()[found.class_index]
         return ScoredBoxes(found.class_index, found.xywh.astype(np.float64), score)
 

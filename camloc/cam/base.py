@@ -49,6 +49,10 @@ class MapMethod:
         """``(raw maps (B, k, h, w), logits (B, K))`` of ``classes`` (see the module docstring)."""
         raise NotImplementedError
 
+    def map_layer(self, model: CamModel) -> str | None:
+        """The layer whose grid the maps are on (``None``: the feature layer), whose geometry puts them on the image."""
+        return getattr(self, "layer", None)
+
     def check(self, model: CamModel) -> None:
         """A ``ValueError`` naming a ``layer`` / ``layers`` option that ``model`` does not have."""
         for key in ("layer", "layers"):

@@ -3,6 +3,7 @@ over several layers (maps finer than the last feature grid)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camloc.cam.base import MapMethod, check_positive, forward_capturing, register, resolve_layer
+from camloc.cam.frame import MapFrame, to_frame
 from camloc.cam.gradient import GradientMethod, backward_maps
 from camloc.cam.maps import upsample_bilinear
 
@@ -86,13 +88,16 @@ class LayerCAMFused(MapMethod):
     ``layers``: module names of ``model.net`` (default: the last module at each of the ``stages`` coarsest
     feature grids of the chain to the feature layer — MobileNetV2: ``features.6``, ``features.13``,
     ``features.18``, strides 8, 16, 32; ResNet: ``layer2``, ``layer3``, ``layer4``'s last block). One backward pass per
-    class slot gives the gradients at every layer.
+    class slot gives the gradients at every layer. ``align``: each layer's map is read where the finest layer's
+    cells look (each layer its own measured geometry, :func:`camloc.models.geometry.model_geometry`) instead of
+    stretching its grid onto the finest one (the Localizer sets it with ``align="measured"``).
     """
 
     layers: tuple[str, ...] | None = None
     stages: int = 3
     gamma: float = 2.0
     chunk: int = 8
+    align: bool = False
     per_class: ClassVar[bool] = True
     costly: ClassVar[bool] = True
 
@@ -107,31 +112,54 @@ class LayerCAMFused(MapMethod):
             if not layers or not all(isinstance(name, str) and name for name in layers):
                 raise ValueError(f"layers must be module names, got {self.layers!r}")
             object.__setattr__(self, "layers", layers)
+        if not isinstance(self.align, bool):
+            raise ValueError(f"align must be True or False, got {self.align!r}")
 
-    def chosen_layers(self, model: CamModel, images: Tensor) -> list[nn.Module]:
-        """The modules whose maps are fused: ``layers``, or the stage outputs (found with a 64×64 probe)."""
+    def chosen_layers(self, model: CamModel) -> list[tuple[str, nn.Module]]:
+        """The modules whose maps are fused, by name: ``layers``, or the stage outputs (found with a 64×64 probe)."""
         if self.layers is not None:
-            return [resolve_layer(model, name) for name in self.layers]
+            return [(name, resolve_layer(model, name)) for name in self.layers]
         chain = stage_chain(model)
-        probe = images.new_zeros(1, images.shape[1], 64, 64)  # which module ends each grid does not depend on size
+        parameter = next(model.parameters())
+        probe = parameter.new_zeros(1, 3, 64, 64)  # which module ends each grid does not depend on size
         with torch.inference_mode():
             _, outputs = forward_capturing(lambda x: model(x)[0], probe, [m for _, m in chain])
         picked = last_of_each_grid([tuple(o.shape[-2:]) for o in outputs], self.stages)
-        return [chain[i][1] for i in picked]
+        return [chain[i] for i in picked]
 
-    def fuse(self, grads: list[Tensor], activations: list[Tensor]) -> Tensor:
-        """Per-layer LayerCAM, scaled, upsampled to the finest grid and fused by the maximum."""
+    def map_layer(self, model: CamModel) -> str | None:
+        """The fused layer with the finest grid (the fused maps are on its cells)."""
+        chosen = self.chosen_layers(model)
+        probe = next(model.parameters()).new_zeros(1, 3, 64, 64)
+        with torch.inference_mode():
+            _, outputs = forward_capturing(lambda x: model(x)[0], probe, [m for _, m in chosen])
+        return chosen[max(range(len(chosen)), key=lambda i: outputs[i].shape[-2] * outputs[i].shape[-1])][0]
+
+    def fuse(self, grads: list[Tensor], activations: list[Tensor], frames: list[MapFrame] | None = None) -> Tensor:
+        """Per-layer LayerCAM, scaled, brought to the finest grid and fused by the maximum: each layer's map read at
+        the finest layer's cell centres through its own ``frames`` entry, or (``None``) its grid stretched onto the
+        finest one."""
         per_layer = [F.relu((F.relu(g) * a).sum(2).transpose(0, 1)) for g, a in zip(grads, activations)]
-        grid = max((tuple(m.shape[-2:]) for m in per_layer), key=lambda hw: hw[0] * hw[1])
+        finest = max(range(len(per_layer)), key=lambda i: per_layer[i].shape[-2] * per_layer[i].shape[-1])
+        grid = tuple(per_layer[finest].shape[-2:])
         fused = None
-        for maps in per_layer:
+        for index, maps in enumerate(per_layer):
             scaled = scaled_map(maps, float(self.gamma))
-            if tuple(scaled.shape[-2:]) != grid:
-                scaled = upsample_bilinear(scaled.reshape(-1, *scaled.shape[-2:]), grid).reshape(
-                    *scaled.shape[:2], *grid)
+            flat = scaled.reshape(-1, *scaled.shape[-2:])
+            if frames is not None and index != finest:
+                scaled = to_frame(flat, frames[index], frames[finest], grid).reshape(*scaled.shape[:2], *grid)
+            elif tuple(scaled.shape[-2:]) != grid:
+                scaled = upsample_bilinear(flat, grid).reshape(*scaled.shape[:2], *grid)
             fused = scaled if fused is None else torch.maximum(fused, scaled)
         return fused
 
     def maps(self, model: CamModel, images: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return backward_maps(lambda x: model(x)[0], images, self.chosen_layers(model, images), classes, self.chunk,
-                             self.fuse)
+        chosen = self.chosen_layers(model)
+        fuse = self.fuse
+        if self.align:
+            from camloc.models.geometry import model_geometry
+
+            size = images.shape[-1]
+            frames = [model_geometry(model, name, size).frame(size) for name, _ in chosen]
+            fuse = functools.partial(self.fuse, frames=frames)
+        return backward_maps(lambda x: model(x)[0], images, [m for _, m in chosen], classes, self.chunk, fuse)

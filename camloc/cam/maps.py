@@ -1,5 +1,6 @@
-"""Map post-processing shared by every method: bilinear upsampling, ReLU + min-max normalisation,
-and the finiteness check done once on raw maps before any of that."""
+"""Map post-processing shared by every method: bilinear upsampling (the grid stretched over the image, or each
+cell where the network's geometry puts it: :mod:`camloc.cam.frame`), ReLU + min-max normalisation, and the
+finiteness check done once on raw maps before any of that."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import functools
 
 import torch
 from torch import Tensor
+
+from camloc.cam.frame import MapFrame, to_image
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,16 +49,21 @@ def check_finite_maps(maps: Tensor) -> None:
         raise ValueError("maps contain NaN or infinite values; normalise finite maps to [0, 1]")
 
 
-def normalize_maps(maps: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+def normalize_maps(maps: Tensor, size: tuple[int, int] | None = None, frame: MapFrame | None = None) -> Tensor:
     """Upsample raw maps ``(..., h, w)`` to ``size = (H, W)`` (bilinear), ReLU, then min-max per map.
 
-    ``out = (m − min m) / (max m − min m)``; a constant map (including all-zero after ReLU) becomes
-    all zeros rather than NaN.
+    ``frame``: where the maps' cells sit in the image (:class:`~camloc.cam.frame.MapFrame`; each output pixel
+    reads the map at its own position in the image); ``None``: the grid stretched over the image
+    (:func:`upsample_bilinear`, an unchanged map when ``size`` is its grid). ``out = (m − min m) / (max m − min m)``;
+    a constant map (including all-zero after ReLU) becomes all zeros rather than NaN.
     """
     shape = maps.shape
     size = tuple(size or shape[-2:])
     flat = maps.reshape(-1, *shape[-2:]).float()
-    flat = upsample_bilinear(flat, size) if size != tuple(shape[-2:]) else flat.clone()
+    if frame is not None:
+        flat = to_image(flat, frame, size)
+    else:
+        flat = upsample_bilinear(flat, size) if size != tuple(shape[-2:]) else flat.clone()
     flat.clamp_(min=0)
     low = flat.amin((-2, -1), keepdim=True)
     span = flat.amax((-2, -1), keepdim=True) - low

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from camloc.cam import normalize_maps
+from camloc.cam.frame import MapFrame
 
 #: ``score(images (n, 3, S, S)) → class probabilities (n, K)``.
 Score = Callable[[Tensor], Tensor]
@@ -109,11 +110,13 @@ class Faithfulness:
     values: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in (
         "drop", "increase", "insertion", "deletion")})
 
-    def add(self, score: Score, images: Tensor, raw_maps: Tensor, owner: Tensor, classes: Tensor) -> None:
-        """Pairs ``i``: raw map ``raw_maps[i] (h, w)`` of class ``classes[i]`` on ``images[owner[i]]``."""
+    def add(self, score: Score, images: Tensor, raw_maps: Tensor, owner: Tensor, classes: Tensor,
+            frame: MapFrame | None = None) -> None:
+        """Pairs ``i``: raw map ``raw_maps[i] (h, w)`` of class ``classes[i]`` on ``images[owner[i]]``, its cells where
+        ``frame`` puts them (``None``: the grid stretched over the image)."""
         if len(owner) == 0:
             return
-        heatmaps = normalize_maps(raw_maps, tuple(images.shape[-2:])).to(images.device)
+        heatmaps = normalize_maps(raw_maps, tuple(images.shape[-2:]), frame).to(images.device)
         drop, increase = confidence_change(score, images, heatmaps, owner, classes, self.batch_size)
         insertion, deletion = insertion_deletion(score, images, heatmaps, owner, classes, self.steps, self.batch_size)
         for key, new in (("drop", drop), ("increase", increase), ("insertion", insertion), ("deletion", deletion)):
@@ -132,7 +135,7 @@ class Faithfulness:
             return
         raw = torch.stack([analyses[b].raw_maps[row] for b, _, row in pairs])
         self.add(lambda x: probabilities(localizer.model(x)[0], localizer.meta["activation"]), inputs, raw,
-                 torch.tensor([b for b, _, _ in pairs]), torch.tensor([k for _, k, _ in pairs]))
+                 torch.tensor([b for b, _, _ in pairs]), torch.tensor([k for _, k, _ in pairs]), analyses[0].frame)
 
     def result(self) -> dict[str, Any]:
         """``average_drop`` and ``increase_in_confidence`` in percent, the two AUCs, and ``num_maps``

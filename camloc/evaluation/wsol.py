@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from camloc.cam import normalize_maps
+from camloc.cam.frame import MapFrame
 
 CAM_THRESHOLDS = np.arange(0, 1, 0.01)
 IOU_DELTAS = (30, 50, 70)
@@ -93,12 +94,14 @@ def map_hits(scoremap: np.ndarray, truth: np.ndarray, thresholds: np.ndarray = C
     return best[None, :] >= np.asarray(deltas, dtype=np.float64)[:, None] / 100
 
 
-def image_hits(raw_maps: torch.Tensor, truth_xywh: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+def image_hits(raw_maps: torch.Tensor, truth_xywh: Sequence[np.ndarray], size: tuple[int, int],
+               frame: MapFrame | None = None) -> np.ndarray:
     """:func:`map_hits` ``(k, 3, 100)`` for the raw maps ``(k, h, w)`` of an ``(H, W)`` image's
-    present classes, with each class's ground-truth ``[x, y, w, h]`` boxes in original pixels."""
+    present classes, with each class's ground-truth ``[x, y, w, h]`` boxes in original pixels; ``frame``: where
+    the maps' cells sit in the image (``None``: the grid stretched over it, as wsolevaluation resizes a map)."""
     if len(raw_maps) == 0:
         return np.zeros((0, len(IOU_DELTAS), len(CAM_THRESHOLDS)), bool)
-    maps = normalize_maps(raw_maps, (RESIZE, RESIZE)).cpu().numpy()
+    maps = normalize_maps(raw_maps, (RESIZE, RESIZE), frame).cpu().numpy()
     return np.stack([map_hits(m, resize_boxes(boxes, size)) for m, boxes in zip(maps, truth_xywh)])
 
 

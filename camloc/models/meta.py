@@ -13,6 +13,7 @@ import torchvision
 
 from camloc.models.classes import COCO_CATEGORY_IDS, is_coco_head
 from camloc.models.families import ModelError, dilation_or_none, family_of
+from camloc.models.geometry import META_KEY, GeometryError, MapGeometry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,6 +48,24 @@ def _triple(values: Any, key: str, low: float, high: float, source: str) -> list
         raise ModelError(f"{source}: {key} must be 3 numbers (R, G, B) in [{low:g}, {high:g}], "
                          f"got {str(values)[:80]}")
     return [float(v) for v in values]
+
+
+def _check_geometry(entries: Any, source: str) -> None:
+    """The measured map geometries a checkpoint stores (:data:`camloc.models.geometry.META_KEY`)."""
+    if not isinstance(entries, (list, tuple)):
+        raise ModelError(f"{source}: {META_KEY} must be a list of measured geometries, got {str(entries)[:80]}; "
+                         "remove it to measure the geometry again")
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("layer"), str):
+            raise ModelError(f"{source}: {META_KEY}: each entry's layer must be a module name, got {str(entry)[:80]}")
+        size = entry.get("input_size")
+        if not _is_int(size) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise ModelError(f"{source}: {META_KEY}: input_size must be an integer from {MIN_INPUT_SIZE} to "
+                             f"{MAX_INPUT_SIZE}, got {size!r}")
+        try:
+            MapGeometry.from_json(entry, f"{source}: {META_KEY} of {entry['layer']} at {size}")
+        except GeometryError as exc:
+            raise ModelError(str(exc)) from None
 
 
 def _check_fields(meta: dict[str, Any], source: str) -> None:
@@ -89,6 +108,7 @@ def _check_fields(meta: dict[str, Any], source: str) -> None:
         raise ModelError(f"{source}: class_thresholds must list one probability in [0, 1] per class "
                          f"({meta['num_classes']}), got {str(thresholds)[:80]}; recompute them with "
                          "python -m camloc.calibration or remove them")
+    _check_geometry(meta.get(META_KEY, []), source)
     unsupported = meta.get("unsupported_classes", [])
     if not isinstance(unsupported, (list, tuple)) or not all(isinstance(n, str) and n in names for n in unsupported):
         raise ModelError(f"{source}: unsupported_classes must list some of the class names, got "

@@ -1,5 +1,5 @@
-"""What the forward pass leaves: each image's probabilities and raw class maps, for one image or a batch, and
-how the views (scales, mirrors) of an image are averaged into one."""
+"""What the forward pass leaves: each image's probabilities and raw class maps (and where their cells sit in
+the image), for one image or a batch, and how the views (scales, mirrors) of an image are averaged into one."""
 
 from __future__ import annotations
 
@@ -13,9 +13,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camloc.boxes import Recipe, class_indices
+from camloc.cam.frame import MapFrame, to_frame
 from camloc.cam.maps import normalize_maps
 
 TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+#: How maps are laid on their image: ``none`` stretches the grid over the image (the course's convention),
+#: ``measured`` puts each cell where the model's measured geometry says it looks (:mod:`camloc.models.geometry`).
+ALIGNMENTS = ("none", "measured")
+
+
+def resolve_alignment(align: str | None, recipe: Recipe) -> str:
+    """``align`` checked (one of :data:`ALIGNMENTS`), or ``recipe``'s own default when ``None``."""
+    if align is None:
+        return recipe.default_align
+    if align not in ALIGNMENTS:
+        raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}; got {align!r}")
+    return align
+
+
+def view_size(img_size: int, scale: float) -> int:
+    """The network input side of a view at ``scale`` of an ``img_size`` input."""
+    return max(32, round(img_size * scale))
+
+
+def view_sizes(img_size: int) -> list[int]:
+    """Every input side a Localizer of ``img_size`` runs its network at (the TTA views' scales)."""
+    return sorted({view_size(img_size, scale) for scale in TTA_SCALES})
 
 
 
@@ -28,11 +53,13 @@ class Analysis:
     classes: Tensor  # (k,) the class indices whose maps are held
     raw_maps: Tensor  # (k, h, w) raw maps (no ReLU / normalisation)
     views: tuple[tuple[float, bool], ...] = ((1.0, False),)  # the (scale, flip) views averaged
+    frame: MapFrame | None = None  # where the maps' cells sit in the image (None: the grid stretched over it)
 
     def heatmaps(self, classes: Sequence[int] | None = None) -> Tensor:
-        """Normalised maps ``(k, H, W)`` in [0, 1] at the original size, for ``classes`` (default: all held)."""
+        """Normalised maps ``(k, H, W)`` in [0, 1] at the original size, for ``classes`` (default: all held),
+        each cell drawn where :attr:`frame` puts it."""
         rows = self.rows(classes) if classes is not None else slice(None)
-        return normalize_maps(self.raw_maps[rows], self.size)
+        return normalize_maps(self.raw_maps[rows], self.size, self.frame)
 
     def rows(self, classes: Sequence[int]) -> list[int]:
         """Positions in ``raw_maps`` of the given class indices (a ``ValueError`` if one is not held)."""
@@ -47,8 +74,9 @@ class Analysis:
     def average(views: Sequence[Analysis]) -> Analysis:
         """One image's analysis from its per-view analyses (``Localizer.analyze(image, views=[view])`` for
         each of ``Localizer.views()``, in that order): the same numbers as analysing all views at once."""
-        maps, probs = average_views([(a.raw_maps[None], a.probs[None]) for a in views])
-        return Analysis(views[0].size, probs[0], views[0].classes, maps[0], tuple(v for a in views for v in a.views))
+        maps, probs, frame = average_views([(a.raw_maps[None], a.probs[None]) for a in views], [a.frame for a in views])
+        return Analysis(views[0].size, probs[0], views[0].classes, maps[0], tuple(v for a in views for v in a.views),
+                        frame)
 
     @property
     def mirrored(self) -> bool:
@@ -67,10 +95,12 @@ class BatchAnalysis:
     raw_maps: Tensor  # (B, k, h, w)
     views: tuple[tuple[float, bool], ...] = ((1.0, False),)
     held: Tensor | None = None  # (B, k) bool: the classes each image's maps were computed for (None: all)
+    frame: MapFrame | None = None  # where the maps' cells sit in each image (None: the grid stretched over it)
 
     @classmethod
     def from_slots(cls, sizes: tuple[tuple[int, int], ...], probs: Tensor, slots: Tensor, counts: Sequence[int],
-                   slot_maps: Tensor, views: tuple[tuple[float, bool], ...]) -> BatchAnalysis:
+                   slot_maps: Tensor, views: tuple[tuple[float, bool], ...], frame: MapFrame | None = None
+                   ) -> BatchAnalysis:
         """Maps of per-image class slots (``slots (B, s)``, the first ``counts[b]`` valid) held as the union of
         the batch's classes: other images' classes are zero maps, marked not ``held``."""
         count = torch.as_tensor(counts, device=slots.device)
@@ -82,7 +112,7 @@ class BatchAnalysis:
         maps[image, column] = slot_maps[image, slot]
         held = torch.zeros(len(sizes), len(union), dtype=torch.bool, device=slots.device)
         held[image, column] = True
-        return cls(sizes, probs, union, maps, views, held)
+        return cls(sizes, probs, union, maps, views, held, frame)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -100,10 +130,11 @@ class BatchAnalysis:
     def image(self, index: int) -> Analysis:
         """The analysis of one image of the batch (views of the batch's tensors, no copy)."""
         if self.held is None:
-            return Analysis(self.sizes[index], self.probs[index], self.classes, self.raw_maps[index], self.views)
+            return Analysis(self.sizes[index], self.probs[index], self.classes, self.raw_maps[index], self.views,
+                            self.frame)
         rows = torch.nonzero(self.held[index]).flatten()
         return Analysis(self.sizes[index], self.probs[index], self.classes[rows], self.raw_maps[index, rows],
-                        self.views)
+                        self.views, self.frame)
 
     def images(self) -> list[Analysis]:
         return [self.image(b) for b in range(len(self))]
@@ -120,12 +151,29 @@ def sum_in_order(tensors: Sequence[Tensor]) -> Tensor:
 
 
 
-def average_views(views: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Mean of per-view ``(raw maps (B, k, h, w), probabilities (B, K))``, maps resized to the first view's grid."""
-    grid = views[0][0].shape[-2:]
-    maps = [m if m.shape[-2:] == grid else m.new_zeros(*m.shape[:2], *grid) if not m.numel() else
-            F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m, _ in views]
-    return sum_in_order(maps) / len(views), sum_in_order([p for _, p in views]) / len(views)
+def average_views(views: Sequence[tuple[Tensor, Tensor]], frames: Sequence[MapFrame | None] | None = None
+                  ) -> tuple[Tensor, Tensor, MapFrame | None]:
+    """Mean of per-view ``(raw maps (B, k, h, w), probabilities (B, K))`` and the frame of the mean maps.
+
+    ``frames``: where each view's cells sit in the image (:class:`~camloc.cam.frame.MapFrame`, a mirrored view's
+    already flipped back): each view's maps are read at the first view's cell centres
+    (:func:`~camloc.cam.frame.to_frame`), so what every view saw at one place of the image is averaged there, and
+    the mean has the first view's frame. ``None`` (or all ``None``): each view's grid is stretched onto the first
+    view's grid (bilinear, ``align_corners=False``) and the mean has no frame — the old convention, kept as it
+    was.
+    """
+    grid = tuple(views[0][0].shape[-2:])
+    frames = list(frames or [None] * len(views))
+    if len(frames) != len(views) or (any(f is None for f in frames) and any(f is not None for f in frames)):
+        raise ValueError("every view needs its frame, or none does")
+    if frames[0] is None:
+        maps = [m if m.shape[-2:] == grid else m.new_zeros(*m.shape[:2], *grid) if not m.numel() else
+                F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m, _ in views]
+    else:
+        maps = [m if frame == frames[0] and tuple(m.shape[-2:]) == grid else
+                to_frame(m.reshape(-1, *m.shape[-2:]), frame, frames[0], grid).reshape(*m.shape[:2], *grid)
+                for (m, _), frame in zip(views, frames)]
+    return sum_in_order(maps) / len(views), sum_in_order([p for _, p in views]) / len(views), frames[0]
 
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from camloc.boxes import BatchBoxes, Recipe, ScoredBoxes
+from camloc.cam.frame import MapFrame
 from camloc.evaluation import Detections
 from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS, image_hits, recognised_classes
 from camloc.pipeline.analysis import BatchAnalysis
@@ -52,6 +53,7 @@ class BatchJob:
     maps: Tensor | None = None  # (B, k, h, w) host path: raw maps of the gated classes
     gate: Tensor | None = None  # (B, K) host path: the classes to box
     packed: tuple[np.ndarray, ...] | None = None  # traced path: each image's packed masks
+    frame: MapFrame | None = None  # where the maps' cells sit in each image (None: the grid stretched over it)
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,14 @@ class BoxStage:
         start = time.perf_counter()
         boxes = traced = None
         if job.maps is not None:
-            boxes = self.recipe.batch_boxes(job.maps, job.probs, job.classes, job.gate, job.sizes)
+            boxes = self.recipe.batch_boxes(job.maps, job.probs, job.classes, job.gate, job.sizes, frame=job.frame)
         if job.packed is not None:
             traced = tuple(self.recipe.trace(packed, size[1]) for packed, size in zip(job.packed, job.sizes))
         hits, recognised = [], []
         for b, (truth, maps) in enumerate(zip(job.truth, job.truth_maps)):
             present = [k for k, _ in truth]
-            hits.append(image_hits(maps, [boxes for _, boxes in truth], job.sizes[b]) if present else no_hits())
+            hits.append(image_hits(maps, [boxes for _, boxes in truth], job.sizes[b], job.frame) if present
+                        else no_hits())
             recognised.append(recognised_classes(job.probs[b], present))
         return BatchResult(job.index, boxes, traced, tuple(hits), tuple(recognised), time.perf_counter() - start)
 
@@ -142,11 +145,13 @@ class BoxPipeline:
             truth_maps = tuple(batch.raw_maps[images, rows].cpu().split([len(image) for image in truth]))
         probs_cpu = probs.cpu()
         path = self.path(batch)
-        common = {"index": index, "sizes": batch.sizes, "probs": probs_cpu, "truth": truth, "truth_maps": truth_maps}
+        common = {"index": index, "sizes": batch.sizes, "probs": probs_cpu, "truth": truth, "truth_maps": truth_maps,
+                  "frame": batch.frame}
         if path == "device":
             with stage("box stage (device)"):
                 boxes = self.baseline_boxes(batch, gate) if self.baseline else \
-                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes, self.memory)
+                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes, self.memory,
+                                            batch.frame)
             self.waiting[index] = (image_ids, boxes)
             return BatchJob(**common)
         if path == "traced":
@@ -156,7 +161,7 @@ class BoxPipeline:
                            for b in range(len(batch))]
                 maps = self.recipe.device_stage_batch(
                     [batch.raw_maps[b, [held[k] for k in chosen]] for b, chosen in enumerate(classes)], batch.sizes,
-                    self.memory)
+                    self.memory, batch.frame)
             self.waiting[index] = (image_ids, [(chosen, image_maps, probs_cpu[b, chosen])
                                                for b, (chosen, image_maps) in enumerate(zip(classes, maps))])
             return BatchJob(**common, packed=tuple(m.packed for m in maps))

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from camloc.boxes import BatchBoxes, Recipe, ScoredBoxes
+from camloc.boxes.registry import framed
 from camloc.evaluation import Detections
 from camloc.pipeline.analysis import TTA_SCALES, Analysis
 
@@ -62,7 +63,7 @@ def recipe_boxes(analysis: Analysis, classes: Sequence[int], recipe: Recipe) -> 
         raise ValueError(f"recipe {recipe.name!r} averages the maps of six views (TTA), which this analysis lacks; "
                          "analyse with views=localizer.views(recipe)")
     rows = analysis.rows(classes)
-    return recipe.boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size)
+    return recipe.boxes(analysis.raw_maps[rows], analysis.probs[list(classes)], analysis.size, **framed(analysis.frame))
 
 
 def selected_classes(analysis: Analysis, recipe: Recipe, supported: Tensor) -> list[int]:

@@ -21,10 +21,12 @@ from torch import Tensor
 
 from camloc.boxes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, make_recipe
 from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method
+from camloc.cam.frame import MapFrame
 from camloc.evaluation import Detections
 from camloc.io.images import ImageSource, load_image
 from camloc.io.preprocess import check_pixels, normalise, pixels_of, resize_square
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, CamModel, load_model, probabilities
+from camloc.models.geometry import model_geometry
 from camloc.pipeline.analysis import (
     TTA_SCALES,
     Analysis,
@@ -32,7 +34,9 @@ from camloc.pipeline.analysis import (
     average_views,
     gated_slots,
     per_image_classes,
+    resolve_alignment,
     sum_in_order,
+    view_size,
 )
 from camloc.pipeline.detections import (
     MAX_DETECTIONS,
@@ -111,7 +115,10 @@ class Localizer:
     every box the recipe gives, zero scores included, in :meth:`detect` and :meth:`detections` alike);
     ``max_memory`` the bytes the box stage may hold at once (``"2GiB"``, or a number; default:
     :func:`~camloc.runtime.memory.memory_budget`). A batch that runs out of device memory in :meth:`detect` is run
-    again in halves (and later batches at that size).
+    again in halves (and later batches at that size). ``align``: how maps are laid on the image
+    (:data:`~camloc.pipeline.analysis.ALIGNMENTS`; default: the recipe's ``default_align``, ``none`` for ``seed``):
+    with ``measured`` each view's cells are placed where the model's geometry
+    (:func:`camloc.models.geometry.model_geometry`) says they look, before views are averaged and boxes drawn.
     """
 
     def __init__(self, model: CamModel, meta: dict[str, Any], method: str | MapMethod = DEFAULT_METHOD,
@@ -119,12 +126,15 @@ class Localizer:
                  classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
                  device: str | torch.device | None = None, gradcam_layer: str | None = None,
                  precision: str = "auto", max_dets: int = MAX_DETECTIONS, max_memory: int | str | None = None,
-                 **recipe_options: Any):
+                 align: str | None = None, **recipe_options: Any):
         self.map_method = make_method(method, **({"layer": gradcam_layer} if gradcam_layer else {}))
         self.map_method.check(model)
         self.thresholds = tuple(meta["class_thresholds"]) if meta.get("class_thresholds") else None
         self.recipe = make_recipe(recipe, **recipe_box_options(threshold, boxes), classes=classes,
                                   thresholds=self.thresholds, **recipe_options)
+        self.align = resolve_alignment(align, self.recipe)
+        if self.align != "none" and "align" in self.map_method.parameters():  # fused layers: each its own geometry
+            self.map_method = self.map_method.with_options(align=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -201,17 +211,28 @@ class Localizer:
 
     def view_size(self, scale: float) -> int:
         """The network input side of a view at ``scale``."""
-        return max(32, round(self.img_size * scale))
+        return view_size(self.img_size, scale)
 
-    def _forward_views(self, pixels: Sequence[Tensor], classes: Tensor | None,
-                       views: Sequence[tuple[float, bool]], maps: bool = True) -> tuple[Tensor | None, Tensor]:
-        """Raw maps and probabilities averaged over ``views`` (maps: ``None`` when ``maps`` is False).
+    def frame(self, size: int, width: int, flip: bool = False) -> MapFrame | None:
+        """Where the cells of a ``width``-cell-wide map of a ``size``-pixel input sit in the image (a mirrored view's
+        once flipped back); ``None`` with ``align="none"``."""
+        if self.align == "none":
+            return None
+        frame = model_geometry(self.model, self.map_method.map_layer(self.model), size, self.meta).frame(size)
+        return frame.mirrored(width) if flip else frame
+
+    def _forward_views(self, pixels: Sequence[Tensor], classes: Tensor | None, views: Sequence[tuple[float, bool]],
+                       maps: bool = True) -> tuple[Tensor | None, Tensor, MapFrame | None]:
+        """Raw maps, probabilities and the maps' frame averaged over ``views`` (maps: ``None`` when ``maps`` is
+        False).
 
         Each scale is resized once; its mirrored view is ``x.flip(-1)`` of the same tensor (maps flipped
         back). Each view is its own forward pass of the batch, so a view's numbers are the same whether it
-        is computed alone or with the others; views are averaged in the order given, at the first's grid."""
+        is computed alone or with the others; views are averaged in the order given, at the first's grid
+        (with ``align="measured"`` each view's maps read where the first view's cells look:
+        :func:`~camloc.pipeline.analysis.average_views`)."""
         resized: dict[float, Tensor] = {}
-        ordered = []
+        ordered, frames = [], []
         for scale, flip in views:
             with stage("preprocess"):
                 if scale not in resized:
@@ -219,14 +240,15 @@ class Localizer:
                 x = resized[scale].flip(-1) if flip else resized[scale]
             if maps:
                 raw, logits = self._maps(x, classes)
+                frames.append(self.frame(x.shape[-1], raw.shape[-1], flip))
                 raw = raw.flip(-1) if flip else raw
             else:
                 with stage("forward"), torch.inference_mode(), self._autocast():
                     raw, logits = None, self.model(x)[0].float()
             ordered.append((raw, probabilities(logits, self.meta["activation"])))
         if not maps:
-            return None, sum_in_order([p for _, p in ordered]) / len(ordered)
-        return average_views(ordered)
+            return None, sum_in_order([p for _, p in ordered]) / len(ordered), None
+        return average_views(ordered, frames)
 
     def analyze(self, images: Sequence[ImageSource] | ImageSource,
                 classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -276,16 +298,16 @@ class Localizer:
             for b, own in enumerate(classes):
                 gate[b, own] = True
         elif classes is None and self.map_method.per_class:
-            _, probs = self._forward_views(pixels, None, views, maps=False)
+            _, probs, _ = self._forward_views(pixels, None, views, maps=False)
             gate = self.select(probs)
         if gate is None:
             wanted = None if classes is None else torch.as_tensor(classes, dtype=torch.long, device=self.device)
-            maps, probs = self._forward_views(pixels, wanted, views)
+            maps, probs, frame = self._forward_views(pixels, wanted, views)
             held = torch.arange(num_classes, device=self.device) if wanted is None else wanted
-            return BatchAnalysis(sizes, probs, held, maps, views)
+            return BatchAnalysis(sizes, probs, held, maps, views, frame=frame)
         slots, counts = gated_slots(gate)
-        slot_maps, probs = self._forward_views(pixels, slots, views)
-        return BatchAnalysis.from_slots(sizes, probs, slots, counts, slot_maps, views)
+        slot_maps, probs, frame = self._forward_views(pixels, slots, views)
+        return BatchAnalysis.from_slots(sizes, probs, slots, counts, slot_maps, views, frame)
 
     def select(self, probs: Tensor) -> Tensor:
         """Boolean ``(B, K)``: the classes the recipe gives boxes per image (supported ones only)."""
@@ -342,7 +364,8 @@ class Localizer:
         """:meth:`detect` of decoded images that fit in device memory together."""
         batch = self.analyze_batch(pixels)
         gate = batch.gate(self.recipe, self.supported)
-        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, gate, batch.sizes, self.max_memory)
+        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, gate, batch.sizes, self.max_memory,
+                                        batch.frame)
         return batch_detections(boxes, ids, self.category_ids, self.max_dets)
 
     def predict_batch(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None

@@ -1,0 +1,81 @@
+"""A model's geometry: the one its checkpoint stores, or measured once per model, layer, input size and weights and
+kept while the model lives; what a checkpoint stores."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from camloc.models.geometry.analytic import analytic_geometry
+from camloc.models.geometry.base import MapGeometry, NarrowMapError
+from camloc.models.geometry.measured import measured_geometry
+
+if TYPE_CHECKING:
+    from camloc.models.cammodel import CamModel
+
+
+#: Measured geometries of live models: ``{model: {(layer, input size, weights version): geometry}}``.
+_MEASURED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int, int], MapGeometry]] = weakref.WeakKeyDictionary()
+#: The metadata key a checkpoint keeps its geometries under: a list of ``{"layer", "input_size", "stride", "offset",
+#: "source"}``, measured for the checkpoint's own weights.
+META_KEY = "map_geometry"
+
+
+def weights_version(model: nn.Module) -> int:
+    """A number that changes whenever any of ``model``'s parameters or buffers is written in place (an optimiser
+    step, ``load_state_dict``): measured geometries of older weights are not reused."""
+    return sum(t._version for t in (*model.parameters(), *model.buffers()))
+
+
+def stored_geometry(meta: dict[str, Any] | None, layer: str, input_size: int) -> MapGeometry | None:
+    """The geometry a checkpoint's metadata holds for ``layer`` at ``input_size`` (``None`` if it holds none)."""
+    for entry in (meta or {}).get(META_KEY, ()):
+        if entry.get("layer") == layer and entry.get("input_size") == input_size:
+            return MapGeometry.from_json(entry, f"{META_KEY} of {layer} at {input_size}")
+    return None
+
+
+def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: dict[str, Any] | None = None
+                   ) -> MapGeometry:
+    """``model``'s geometry at ``layer`` (default: the feature layer) for an ``input_size`` input: the one its
+    checkpoint's ``meta`` stores, else :func:`measured_geometry`, measured once per model, layer, input size and
+    weights and kept while the model lives."""
+    layer = layer or model.family.feature_layer
+    stored = stored_geometry(meta, layer, input_size)
+    if stored is not None:
+        return stored
+    known = _MEASURED.setdefault(model, {})
+    key = (layer, int(input_size), weights_version(model))
+    if key not in known:
+        known[key] = _measured_or_larger(model, layer, int(input_size))
+    return known[key]
+
+
+#: How many times its size an input too small to measure may be enlarged to measure the offset there.
+LARGEST_FACTOR = 8
+
+
+def _measured_or_larger(model: CamModel, layer: str, input_size: int) -> MapGeometry:
+    """:func:`measured_geometry` at ``input_size``; a map too few cells wide to measure takes the offset measured at
+    the smallest multiple of the size that can be (the weights' offset is the same number of input pixels at every
+    size: the demo model's measured 16.5 / 14.5, 16.0 / 15.8 and 16.5 / 14.9 px at 240, 320 and 400), and the
+    analytic geometry when none can."""
+    for factor in range(1, LARGEST_FACTOR + 1):
+        try:
+            found = measured_geometry(model, input_size * factor, layer)
+        except NarrowMapError:
+            continue
+        return found if factor == 1 else replace(found, source=f"measured at {input_size * factor} px")
+    return replace(analytic_geometry(model, layer, input_size), source="analytic (map too small to measure)")
+
+
+def geometry_entries(model: CamModel, sizes: Sequence[int], layer: str | None = None) -> list[dict[str, Any]]:
+    """What a checkpoint stores under :data:`META_KEY`: ``layer``'s (default: the feature layer's) measured geometry
+    at each of ``sizes`` (the input size and the TTA views' sizes)."""
+    layer = layer or model.family.feature_layer
+    return [{"layer": layer, "input_size": int(size), **model_geometry(model, layer, int(size)).to_json()}
+            for size in sorted(set(sizes))]
