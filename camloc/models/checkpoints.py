@@ -23,6 +23,8 @@ from camloc.models.meta import complete_meta
 
 CHECKPOINT_FORMAT = "camloc"
 CHECKPOINT_VERSION = 1
+#: ``meta["kind"]`` of a detector checkpoint (:mod:`camloc.detector`); a classifier's metadata has no kind.
+DETECTOR_KIND = "detector"
 
 
 def _has_compressed_entries(path: Path) -> bool:
@@ -116,6 +118,9 @@ def load_checkpoint(path: str | Path,
         meta, state = payload.get("meta"), payload.get("state_dict")
         if not isinstance(meta, dict) or not isinstance(state, dict):
             raise ModelError(f"{path}: camloc checkpoint without meta/state_dict; it is damaged")
+        if meta.get("kind") == DETECTOR_KIND:
+            raise ModelError(f"{path}: a detector checkpoint ({meta.get('arch')}), which has no class maps; load "
+                             "it with camloc.detector.Detector.from_checkpoint (python -m eval and the app take both)")
         extras = {k: v for k, v in payload.items() if k not in ("format", "version", "meta", "state_dict")}
         source = f"{path} (meta)"
     elif isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):

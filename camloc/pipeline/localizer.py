@@ -19,7 +19,7 @@ from torch import Tensor
 from camloc.boxes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, make_recipe
 from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method
 from camloc.evaluation import Detections
-from camloc.io.images import ImageSource, load_image
+from camloc.io.images import ImageSource
 from camloc.io.preprocess import normalise, pixels_of, resize_square
 from camloc.models import CamModel, load_model, probabilities
 from camloc.pipeline.analysis import (
@@ -38,6 +38,7 @@ from camloc.pipeline.detections import (
     recipe_boxes,
     recipe_detections,
 )
+from camloc.pipeline.predictor import Predictor
 from camloc.runtime.profiling import stage
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,7 +58,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 
-class Localizer:
+class Localizer(Predictor):
     """Weakly-supervised localisation with class activation maps.
 
     Options: ``method`` a map method's name (see :data:`camloc.cam.METHODS`; default
@@ -105,11 +106,6 @@ class Localizer:
         return cls(model, meta, **options)
 
     # ------------------------------------------------------------------ preprocessing
-    def pixels(self, images: Sequence[ImageSource]) -> list[Tensor]:
-        """Any image sources (:func:`camloc.io.images.load_image`: EXIF-upright RGB) → ``uint8 (3, H, W)`` each;
-        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through."""
-        return [im if isinstance(im, Tensor) else pixels_of(load_image(im)) for im in images]
-
     def to_tensor(self, images: Sequence[Image.Image | Tensor], size: int | None = None) -> Tensor:
         """RGB PIL images or ``uint8 (3, H, W)`` pixels → normalised batch ``(B, 3, S, S)`` on the device
         (bilinear, antialiased; resized on the device)."""
@@ -262,32 +258,20 @@ class Localizer:
         """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
         return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
 
-    def detect(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> Detections:
+    def detect(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None,
+               classes: Sequence[Sequence[int]] | None = None) -> Detections:
         """Detections of a batch as flat arrays (:class:`~camloc.evaluation.Detections`): one forward pass per
         view for the whole batch, then the recipe's box stage for the whole batch (on the device for the
-        grid recipes). ``image_ids`` default to the images' positions."""
+        grid recipes). ``image_ids`` default to the images' positions. ``classes``: one list of class indices
+        per image — only their maps are computed and only they can get boxes (the recipe's gate still
+        applies: with ``classes="all"`` in the recipe, each image's listed classes are exactly those boxed)."""
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
-        batch = self.analyze_batch(self.pixels(images))
+        if classes is not None and not per_image_classes(classes):
+            raise ValueError("classes of detect() must be one list of class indices per image")
+        batch = self.analyze_batch(self.pixels(images), classes)
         boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, batch.gate(self.recipe,
                                                                                                self.supported),
                                         batch.sizes)
         return batch_detections(boxes, ids, self.category_ids)
-
-    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
-        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`); ``image_id`` only
-        when ``image_ids`` are given."""
-        if image_ids is not None and len(image_ids) != len(images):
-            raise ValueError(f"{len(images)} images but {len(image_ids)} image ids")
-        per_image: list[list[dict]] = [[] for _ in images]
-        for detection in self.detect(images).to_dicts():
-            position = detection.pop("image_id")
-            head = {} if image_ids is None else {"image_id": image_ids[position]}
-            per_image[position].append({**head, **detection})
-        return per_image
-
-    def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
-        """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
-        return self.predict_batch([image], None if image_id is None else [image_id])[0]
-

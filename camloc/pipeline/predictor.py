@@ -1,0 +1,43 @@
+"""What every image-to-detections object offers (:class:`~camloc.pipeline.Localizer` from class maps,
+:class:`~camloc.detector.Detector` from a detection network): image sources in, COCO-results dicts out, on
+top of each one's batched ``detect``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from camloc.evaluation import Detections
+from camloc.io.images import ImageSource, load_image
+from camloc.io.preprocess import pixels_of
+
+
+class Predictor:
+    """Base of the predictors: ``detect(images, image_ids)`` (a subclass's) → :class:`Detections`; here the
+    image boundary and the per-image dicts."""
+
+    def pixels(self, images: Sequence[ImageSource | Tensor]) -> list[Tensor]:
+        """Any image sources (:func:`camloc.io.images.load_image`: EXIF-upright RGB) → ``uint8 (3, H, W)`` each;
+        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through."""
+        return [im if isinstance(im, Tensor) else pixels_of(load_image(im)) for im in images]
+
+    def detect(self, images: Sequence[ImageSource | Tensor], image_ids: Sequence[int] | None = None) -> Detections:
+        raise NotImplementedError
+
+    def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
+        """Detections for each image of a batch as COCO-results dicts (see ``detect``); ``image_id`` only
+        when ``image_ids`` are given."""
+        if image_ids is not None and len(image_ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(image_ids)} image ids")
+        per_image: list[list[dict]] = [[] for _ in images]
+        for detection in self.detect(images).to_dicts():
+            position = detection.pop("image_id")
+            head = {} if image_ids is None else {"image_id": image_ids[position]}
+            per_image[position].append({**head, **detection})
+        return per_image
+
+    def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
+        """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
+        return self.predict_batch([image], None if image_id is None else [image_id])[0]
