@@ -10,7 +10,6 @@ images are appended to progress files as it runs, so an interrupted run continue
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -21,10 +20,11 @@ import torch
 from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
-from camloc.io.atomic import OutputError
+from camloc.io.atomic import OutputError, file_digest
 from camloc.io.data import DataError, check_image_files
 from camloc.io.images import ImageError
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
+from camloc.models.classes import class_mismatch
 from camloc.pipeline import Localizer
 from camloc.runtime.devices import resolve_device
 from camloc.runtime.errors import error_line
@@ -126,15 +126,6 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     if not args.images.is_dir():
         raise CliError(f"--images {args.images} is not a folder")
@@ -152,15 +143,9 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     return truth, images
 
 
-def _same_name(ours: str, theirs: str) -> bool:
-    def key(name: str) -> str:
-        return " ".join(name.replace("_", " ").split()).casefold()
-    return key(ours) == key(theirs)
-
-
 def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
     """The checkpoint's Localizer; its classes must be the annotation file's categories, matched by
-    id *and* name (a model whose ids merely overlap, such as the 6-class demo model on COCO, is refused)."""
+    id *and* name (:func:`camloc.models.classes.class_mismatch`)."""
     try:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
                                               threshold=args.threshold, boxes=args.boxes, classes=args.classes,
@@ -168,18 +153,17 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
                                               device=args.device, precision=args.precision)
     except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
-    known = truth.category_names
-    if "category_ids" not in localizer.meta or not set(localizer.category_ids) <= set(known):
-        raise CliError(f"--checkpoint {args.checkpoint}: its {localizer.meta['num_classes']} classes are not COCO's "
-                       f"or {args.ann.name}'s; evaluate a model trained on these categories")
-    clash = [(cid, name, known[cid]) for cid, name in zip(localizer.category_ids, localizer.class_names)
-             if not _same_name(name, known[cid])]
-    if clash:
-        cid, name, theirs = clash[0]
-        raise CliError(f"--checkpoint {args.checkpoint}: its class {name!r} has category id {cid}, which is "
-                       f"{theirs!r} in {args.ann.name} ({len(clash)} of {len(localizer.class_names)} classes differ "
-                       "by name); evaluate a model trained on these categories")
+    check_classes(args, localizer.category_ids if "category_ids" in localizer.meta else None, localizer.class_names,
+                  truth)
     return localizer
+
+
+def check_classes(args: argparse.Namespace, category_ids: list[int] | None, class_names: list[str],
+                  truth: GroundTruth) -> None:
+    """The model's classes must be ``--ann``'s categories, by id and name; a :class:`CliError` says why not."""
+    problem = class_mismatch(category_ids, class_names, truth.category_names, args.ann.name)
+    if problem:
+        raise CliError(f"--checkpoint {args.checkpoint}: {problem}")
 
 
 def print_report(metrics: dict[str, Any]) -> None:

@@ -20,13 +20,14 @@ from camloc.evaluation.coco import (
     coco_evaluate,
 )
 from camloc.evaluation.faithfulness import Faithfulness, confidence_change, insertion_deletion
-from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
+from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth, ImageLabels
 from camloc.evaluation.report import localization_metrics
 from camloc.evaluation.voc import voc_average_precision, voc_map
 from camloc.evaluation.wsol import BoxAccuracy, image_hits, recognised_classes
 
 __all__ = ["AREA_LABELS", "AREA_RANGES", "IOU_THRESHOLDS", "MAX_DETS", "RECALL_THRESHOLDS", "STAT_NAMES",
-           "BoxAccuracy", "Detections", "EvaluationError", "Faithfulness", "GroundTruth", "box_iou_pairs",
-           "classification_ap", "coco_evaluate", "confidence_change", "image_hits", "insertion_deletion",
+           "BoxAccuracy", "Detections", "EvaluationError", "Faithfulness", "GroundTruth", "ImageLabels",
+           "box_iou_pairs", "classification_ap", "coco_evaluate", "confidence_change", "image_hits",
+           "insertion_deletion",
            "localization_metrics", "recognised_classes", "voc_average_precision",
            "voc_map"]

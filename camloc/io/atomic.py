@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -57,3 +58,12 @@ def writable_folder(path: str | Path) -> Path:
         raise OutputError(f"cannot write to {path} ({exc.strerror or exc.__class__.__name__}); "
                           "choose a writable output folder") from None
     return path
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
