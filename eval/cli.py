@@ -1,4 +1,4 @@
-"""``python -m eval``: localisation mAP of CAM boxes on a COCO split (val2017 by default).
+"""``python -m eval``: localisation mAP of CAM boxes (or of a detector's) on a COCO split (val2017 by default).
 
 Writes ``OUT/detections.json`` (COCO results, loads unchanged in pycocotools' ``loadRes``) and
 ``OUT/metrics.json`` (COCO 12 stats, VOC mAP@0.5, per-class APs, PR curves for the app,
@@ -19,6 +19,7 @@ import torch
 
 from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.cam import DEFAULT_METHOD, METHODS
+from camloc.detector import Detector, checkpoint_kind
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
 from camloc.io.atomic import OutputError, file_digest
 from camloc.io.data import DataError, check_image_files
@@ -54,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, type=Path, help="folder with the split's images")
     parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the split")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="camloc checkpoint or state_dict + .json")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="camloc checkpoint or state_dict + .json; a detector checkpoint (python -m train "
+                             "--detector) gives its own boxes")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
                         help=f"map method (camloc.cam.METHODS; default {DEFAULT_METHOD})")
@@ -143,6 +146,33 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     return truth, images
 
 
+#: Options of the class-map path that a detector has no use for (option, attribute, value when not given).
+MAP_ONLY = (("--method", "method", DEFAULT_METHOD), ("--recipe", "recipe", DEFAULT_RECIPE),
+            ("--threshold", "threshold", None), ("--boxes", "boxes", None), ("--classes", "classes", None),
+            ("--baseline", "baseline", None), ("--img-size", "img_size", None), ("--tta", "tta", False),
+            ("--box-scale", "box_scale", None), ("--faithfulness", "faithfulness", False))
+
+
+def build_predictor(args: argparse.Namespace, truth: GroundTruth) -> Localizer | Detector:
+    """A Detector for a detector checkpoint (recognised from its metadata), else the checkpoint's Localizer."""
+    try:
+        kind = checkpoint_kind(args.checkpoint)
+    except ModelError as exc:
+        raise CliError(f"--checkpoint: {exc}") from None
+    if kind != "detector":
+        return build_localizer(args, truth)
+    given = [option for option, key, unset in MAP_ONLY if getattr(args, key) != unset]
+    if given:
+        raise CliError(f"--checkpoint {args.checkpoint} is a detector, which has no class maps: {', '.join(given)} "
+                       "apply to a classifier's maps only; drop them")
+    try:
+        detector = Detector.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+    except (ModelError, RuntimeError, ValueError) as exc:
+        raise CliError(f"--checkpoint: {exc}") from None
+    check_classes(args, detector.category_ids, detector.class_names, truth)
+    return detector
+
+
 def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
     """The checkpoint's Localizer; its classes must be the annotation file's categories, matched by
     id *and* name (:func:`camloc.models.classes.class_mismatch`)."""
@@ -193,8 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         truth, images = load_split(args)
         args.device = str(node.device)
-        localizer = build_localizer(args, truth)
-        metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
+        predictor = build_predictor(args, truth)
+        metrics = run_evaluation(args, truth, images, predictor, settings_of(args), node)
     finally:
         node.close()
     if metrics is not None:

@@ -32,14 +32,16 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from camloc.detector import Detector
 from camloc.evaluation import BoxAccuracy, Detections, Faithfulness, GroundTruth, localization_metrics
 from camloc.io.atomic import atomic_output, atomic_write_json, writable_folder
 from camloc.io.reader import SplitImages, collate, decode_batch
 from camloc.pipeline import Localizer
-from camloc.pipeline.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth
+from camloc.pipeline.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth, no_hits
 from camloc.runtime.distributed import Dist, setup_distributed
 from camloc.runtime.profiling import StageClock, format_report, set_thread_lane, stage
 from camloc.runtime.workerpool import OrderedPool
@@ -135,20 +137,9 @@ class BatchWriter:
 
     def _write(self, index: int, batch: FinishedBatch | None) -> None:
         ids, stamps, unreadable = self.meta.pop(index)
-        if batch is None:
-            batch = FinishedBatch(Detections.from_arrays(*(np.zeros(0),) * 4), (), ())
-        if self.clock:
+        if self.clock and batch is not None:
             self.clock.add("host box stage + wsol hits", batch.worker_seconds, BOX_LANE)
-        with stage("write progress"):
-            keep = [i for i, image_id in enumerate(ids) if image_id not in self.finished]
-            wanted = {ids[i] for i in keep}
-            dets = batch.detections
-            if len(keep) < len(ids):  # run only to keep its batch whole
-                dets = dets.rows(np.isin(dets.image, list(wanted)))
-            progress.write_batch(self.log, [ids[i] for i in keep], [stamps[i] for i in keep],
-                                 [u for u in unreadable if u[0] not in self.finished], dets,
-                                 [batch.hits[i] for i in keep], [batch.recognised[i] for i in keep])
-            self.log.flush()
+        write_progress(self.log, self.finished, ids, stamps, unreadable, batch)
 
     def close(self, drain: bool = True) -> None:
         """Finish what is in flight (``drain``) and stop the thread; re-raise its error."""
@@ -162,6 +153,62 @@ class BatchWriter:
                 self._write(result.index, self.pipeline.finish(result))
         for index in sorted(self.meta):  # batches with nothing readable, after the last job
             self._write(index, None)
+
+
+def write_progress(log, finished: progress.Progress, ids: list[int], stamps: list[tuple[int, int]],
+                   unreadable: list[tuple[int, str]], batch: FinishedBatch | None) -> None:
+    """One progress line for a batch: its images not finished before (a batch runs whole, so some may be), their
+    detections, map hits and stamps, and its unreadable images (``batch`` None: nothing was readable)."""
+    if batch is None:
+        batch = FinishedBatch(Detections.from_arrays(*(np.zeros(0),) * 4), (), ())
+    with stage("write progress"):
+        keep = [i for i, image_id in enumerate(ids) if image_id not in finished]
+        wanted = {ids[i] for i in keep}
+        dets = batch.detections
+        if len(keep) < len(ids):  # run only to keep its batch whole
+            dets = dets.rows(np.isin(dets.image, list(wanted)))
+        progress.write_batch(log, [ids[i] for i in keep], [stamps[i] for i in keep],
+                             [u for u in unreadable if u[0] not in finished], dets,
+                             [batch.hits[i] for i in keep], [batch.recognised[i] for i in keep])
+        log.flush()
+
+
+def split_loader(args: argparse.Namespace, batches: list[list[dict]], device: torch.device) -> DataLoader:
+    """The loader of ``batches`` (each read whole, in order) of the split's images."""
+    todo = [im for batch in batches for im in batch]
+    starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
+    device_decode = args.decode == "device" or (args.decode == "auto" and device.type == "cuda")
+    return DataLoader(SplitImages(args.images, todo, device_decode), num_workers=args.workers, collate_fn=collate,
+                      batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)],
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+
+
+def evaluate_detector_shard(args: argparse.Namespace, node: Dist, detector: Detector, images: list[dict],
+                            settings: dict[str, Any], clock: StageClock | None) -> int:
+    """:func:`evaluate_shard` for a detector: each batch's detections from one forward pass (no maps, so no
+    map hits); the same progress lines, ``--resume`` and ranks."""
+    finished = prepare_progress(args, node, settings, images)
+    batches = batches_to_run(images, args.batch_size, node, finished)
+    if clock:
+        clock.lanes.update({LOADER_LANE: max(args.workers, 1)})
+    own = progress.progress_path(args.out, node.rank, node.world)
+    with own.open("a") as log, tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable),
+                                    unit="img", desc="eval", file=sys.stderr, disable=not node.main) as bar:
+        for read in split_loader(args, batches, detector.device):
+            if clock:
+                clock.add("read + decode", sum(item.seconds for item in read.items), LOADER_LANE)
+            with stage("decode on device"):
+                readable, unreadable = decode_batch(read, detector.device)
+            ids = [image_id for image_id, _ in readable]
+            stamps = {item.image_id: item.stamp for item in read.items}
+            batch = None
+            if readable:
+                with stage("forward"):
+                    found = detector.detect([pixels for _, pixels in readable], ids)
+                batch = FinishedBatch(found, tuple(no_hits() for _ in ids), tuple([] for _ in ids))
+            write_progress(log, finished, ids, [stamps[i] for i in ids], unreadable, batch)
+            bar.update(sum(item.image_id not in finished for item in read.items) * node.world)
+    return sum(im["id"] not in finished for batch in batches for im in batch)
 
 
 def finish_in_thread(device) -> bool:
@@ -178,13 +225,9 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
     finished = prepare_progress(args, node, settings, images)
     batches = batches_to_run(images, args.batch_size, node, finished)
     todo = [im for batch in batches for im in batch]
-    starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
     device = localizer.device
-    device_decode = args.decode == "device" or (args.decode == "auto" and device.type == "cuda")
     pipeline = BoxPipeline(localizer.recipe, localizer.category_ids, localizer.supported, args.baseline)
-    loader = DataLoader(SplitImages(args.images, todo, device_decode), num_workers=args.workers, collate_fn=collate,
-                        batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)],
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+    loader = split_loader(args, batches, device)
     if clock:
         clock.lanes.update({LOADER_LANE: max(args.workers, 1), BOX_LANE: max(args.box_workers, 1)})
     own = progress.progress_path(args.out, node.rank, node.world)
@@ -229,15 +272,19 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
     return sum(im["id"] not in finished for im in todo)
 
 
-def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[dict], localizer: Localizer,
+def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[dict], predictor: Localizer | Detector,
                    settings: dict[str, Any], node: Dist) -> dict[str, Any] | None:
-    """Evaluate ``images``; rank 0 returns the metrics (written to ``--out``), other ranks ``None``."""
+    """Evaluate ``images`` with a Localizer (class maps and a recipe) or a Detector; rank 0 returns the metrics
+    (written to ``--out``), other ranks ``None``."""
     start = time.perf_counter()
-    clock = StageClock(localizer.device) if args.profile else None
+    clock = StageClock(predictor.device) if args.profile else None
     with clock.active() if clock else contextlib.nullcontext():
         faith = Faithfulness() if getattr(args, "faithfulness", False) else None
-        ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings, clock,
-                             faith)
+        if isinstance(predictor, Detector):
+            ran = evaluate_detector_shard(args, node, predictor, images, settings, clock)
+        else:
+            ran = evaluate_shard(args, node, predictor, images, present_classes(truth, predictor), settings, clock,
+                                 faith)
         node.barrier()
         if not node.main:
             return None
