@@ -159,7 +159,7 @@ def verdict(results: dict[str, dict[str, dict[str, tuple[float, float, float]]]]
     if "synthetic" in results:
         row = results["synthetic"][ROWS[1]]
         met = row["AP"][0] >= 2 and row["AP50"][0] >= 1.5 and row["AP"][1] > 1 and row["AP50"][1] > 1
-        print(f"- issue target on synthetic (AP ≥ 2×, AP50 ≥ 1.5×, lower bounds above 1): {'met' if met else 'not met'}")
+        print("- issue target on synthetic (AP ≥ 2×, AP50 ≥ 1.5×, lower bounds above 1): " + ("met" if met else "not met"))
     if set(results) == {"synthetic", "real"}:
         print(f"\nself-training is {'a gain on both sets' if all(gains.values()) else 'not a gain on both sets'}")
 
