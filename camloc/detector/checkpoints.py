@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from camloc.detector.building import DETECTOR_KIND, detector_network, parse_name
-from camloc.models import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ModelError, check_state_dict, read_checkpoint
+from camloc.models import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    ModelError,
+    check_state_dict,
+    load_model,
+    read_checkpoint,
+)
 from camloc.models.meta import IMAGENET_MEAN, IMAGENET_STD, complete_meta
 
 
@@ -76,3 +83,12 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu"
                          f"({detail[:160]})") from None
     extras = {k: v for k, v in payload.items() if k not in ("format", "version", "meta", "state_dict")}
     return model.to(map_location).eval(), meta, extras
+
+
+def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` of a checkpoint of either kind: a detector's network and metadata (``kind: detector``),
+    or a classifier's :class:`~camloc.models.CamModel` (:func:`camloc.models.load_model`)."""
+    if checkpoint_kind(path) == DETECTOR_KIND:
+        model, meta, _ = load_detector(path, map_location)
+        return model, meta
+    return load_model(path, map_location)
