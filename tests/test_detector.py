@@ -115,6 +115,7 @@ def test_detect_gives_each_images_boxes_in_its_own_pixels(tmp_path):
         detector.detect(files, image_ids=[1])
 
 
+@pytest.mark.slow
 def test_a_tiny_detector_trains_resumes_and_evaluates(scenes, tmp_path, monkeypatch):
     assert train_main(tiny(scenes, tmp_path / "whole")) == 0
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
@@ -160,6 +161,7 @@ class _Sized(list):
         self.dataset = dataset
 
 
+@pytest.mark.slow
 def test_a_second_round_relabels_with_the_first_detector(scenes, tmp_path):
     out = tmp_path / "run"
     assert train_main(tiny(scenes, out, "--epochs", "1", "--rounds", "2")) == 0
@@ -171,6 +173,7 @@ def test_a_second_round_relabels_with_the_first_detector(scenes, tmp_path):
     assert (out / "round2" / "last.pt").is_file() and load_detector(out / "round2" / "best.pt")[1]["kind"] == "detector"
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_cpu_processes(scenes, tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
