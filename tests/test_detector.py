@@ -13,7 +13,9 @@ import torch
 
 from camloc.demo import DEMO_CHECKPOINT, example_images
 from camloc.detector import Detector, build_detector, checkpoint_kind, detector_payload, load_any, load_detector
+from camloc.detector.data import DetectionSamples, collate_detection
 from camloc.evaluation import GroundTruth, coco_evaluate
+from camloc.io.data import CocoIndex
 from camloc.localize import Localizer
 from camloc.models import ModelError, atomic_torch_save, load_model
 from camloc.synthetic import generate
@@ -229,3 +231,31 @@ def test_eval_refuses_map_options_for_a_detector_and_detectors_for_cam_paths(sce
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a detector, which has no class maps: --recipe, --tta" in err[0]
     assert eval_main([*common, "--box-workers", "0"]) == 0  # the same checkpoint without them
+
+
+def test_an_image_without_pseudo_boxes_is_a_negative_sample(scenes, tmp_path):
+    data = json.loads((scenes / "annotations" / "instances_train.json").read_text())
+    empty = data["images"][0]["id"]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != empty]
+    ann = tmp_path / "pseudo.json"
+    ann.write_text(json.dumps(data))
+    samples = DetectionSamples(CocoIndex(ann, scenes / "train"), train=True)
+    pixels, target = samples[0]
+    assert pixels.dtype == torch.uint8 and target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    model, _ = build_detector("fasterrcnn_mobilenet_v2_fpn", list("abcdef"), [1, 2, 3, 4, 5, 6], DEMO_CHECKPOINT, 64)
+    model.train()
+    batch, skipped = collate_detection([samples[0], samples[1]])
+    losses = model([im.float() / 255 for im in batch[0]], batch[1])
+    assert not skipped and all(torch.isfinite(v) for v in losses.values())
+    plain = DetectionSamples(CocoIndex(ann, scenes / "train"), train=False)
+    mirrored = 0
+    for i in range(1, len(samples)):  # a training sample is its image, or its mirror image with mirrored boxes
+        (p, t), (q, u) = samples[i], plain[i]
+        width = q.shape[-1]
+        if not torch.equal(p, q):
+            assert torch.equal(p, q.flip(-1))
+            u = {"boxes": torch.stack([width - u["boxes"][:, 2], u["boxes"][:, 1], width - u["boxes"][:, 0],
+                                       u["boxes"][:, 3]], 1), "labels": u["labels"]}
+            mirrored += 1
+        assert torch.equal(t["boxes"], u["boxes"]) and torch.equal(t["labels"], u["labels"])
+    assert 0 < mirrored < len(samples) - 1
