@@ -101,7 +101,7 @@ def test_checkpoints_round_trip_and_each_kind_goes_to_its_own_loader(tmp_path):
 def test_detect_gives_each_images_boxes_in_its_own_pixels(tmp_path):
     model, meta = build_detector("fasterrcnn_mobilenet_v2_fpn", list("abcdef"), [11, 12, 13, 14, 15, 16],
                                  DEMO_CHECKPOINT, 96)
-    detector = Detector(model, meta, device="cpu", score_threshold=0.0, max_detections=7)
+    detector = Detector(model, meta, device="cpu", score_threshold=0.0, max_dets=7)
     files = example_images()[:2]
     found = detector.detect(files, image_ids=[40, 41])
     assert set(found.image.tolist()) <= {40, 41} and set(found.category.tolist()) <= set(meta["category_ids"])

@@ -11,8 +11,8 @@ from camloc.detector.checkpoints import (
     load_any,
     load_detector,
 )
-from camloc.detector.inference import MAX_DETECTIONS, SCORE_THRESHOLD, Detector
+from camloc.detector.inference import SCORE_THRESHOLD, Detector
 
-__all__ = ["DEFAULT_DETECTOR", "DETECTOR_KIND", "HEADS", "MAX_DETECTIONS", "SCORE_THRESHOLD", "Detector",
+__all__ = ["DEFAULT_DETECTOR", "DETECTOR_KIND", "HEADS", "SCORE_THRESHOLD", "Detector",
            "build_detector", "checkpoint_kind", "complete_detector_meta", "detector_payload", "is_detector_meta",
            "load_any", "load_detector", "parse_name"]

@@ -20,18 +20,21 @@ from camloc.detector.building import parse_name
 from camloc.detector.checkpoints import load_detector
 from camloc.evaluation import Detections
 from camloc.io.images import ImageSource
+from camloc.pipeline.detections import MAX_DETECTIONS
 from camloc.pipeline.localizer import resolve_precision
 from camloc.pipeline.predictor import Predictor
 
-#: Detections kept per image (COCO's maxDets) and the lowest score kept (torchvision's default).
-MAX_DETECTIONS, SCORE_THRESHOLD = 100, 0.05
+#: The lowest score kept (torchvision's default).
+SCORE_THRESHOLD = 0.05
+#: What ``max_dets=0`` (every detection) asks torchvision for.
+UNCAPPED = 1 << 30
 
 
-def set_output_limits(model: nn.Module, score_threshold: float, max_detections: int) -> None:
-    """The lowest score and the number of detections a torchvision detector returns per image (Faster R-CNN
-    keeps them on its box head, RetinaNet and FCOS on themselves)."""
+def set_output_limits(model: nn.Module, score_threshold: float, max_dets: int) -> None:
+    """The lowest score and the number of detections (0: all) a torchvision detector returns per image (Faster
+    R-CNN keeps them on its box head, RetinaNet and FCOS on themselves)."""
     owner = getattr(model, "roi_heads", model)
-    owner.score_thresh, owner.detections_per_img = float(score_threshold), int(max_detections)
+    owner.score_thresh, owner.detections_per_img = float(score_threshold), int(max_dets) or UNCAPPED
 
 
 class Detector(Predictor):
@@ -39,21 +42,21 @@ class Detector(Predictor):
 
     ``device`` (default: CUDA when available), ``precision`` the network's arithmetic (``auto``: bf16 on a GPU
     that has it, float32 on a CPU; see :func:`~camloc.pipeline.localizer.resolve_precision`; boxes and scores
-    are float32), ``score_threshold`` and ``max_detections`` per image.
+    are float32), ``score_threshold`` and ``max_dets`` per image (0: every detection; as the Localizer's).
     """
 
     def __init__(self, model: nn.Module, meta: dict[str, Any], device: str | torch.device | None = None,
                  precision: str = "auto", score_threshold: float = SCORE_THRESHOLD,
-                 max_detections: int = MAX_DETECTIONS):
+                 max_dets: int = MAX_DETECTIONS):
         if not 0.0 <= float(score_threshold) <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
-        if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
-            raise ValueError(f"max_detections must be an integer ≥ 1, got {max_detections!r}")
+        if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 0:
+            raise ValueError(f"max_dets must be a whole number ≥ 0 (0: every detection), got {max_dets!r}")
         parse_name(meta["arch"])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
-        set_output_limits(self.model, score_threshold, max_detections)
+        set_output_limits(self.model, score_threshold, max_dets)
         self.meta = meta
         self.class_names: list[str] = list(meta["class_names"])
         self.category_ids: list[int] = list(meta["category_ids"])
