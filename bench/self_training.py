@@ -23,6 +23,7 @@ schedules of :data:`SCHEDULES`. COCO AP, AP50, AP75, AR100; ratios to (a) over t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -37,7 +38,7 @@ from camloc.boxes import DEFAULT_RECIPE
 from camloc.cam import DEFAULT_METHOD
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.detector import DEFAULT_DETECTOR, Detector
-from camloc.evaluation import GroundTruth
+from camloc.evaluation import GroundTruth, coco_evaluate
 from camloc.io.reader import read_split
 from camloc.localize import Localizer
 from camloc.models import load_model
@@ -92,6 +93,15 @@ def train(images: Path, ann: Path, out: Path, weights: Path, schedule: dict[str,
     return out / "last.pt"
 
 
+def quality(truth: Path, pseudo: Path) -> str:
+    """COCO AP, AP50 and AR100 of the pseudo-labels (scored boxes) against the true boxes of the same images."""
+    labels = json.loads(pseudo.read_text())
+    found = [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in labels["annotations"]]
+    stats = coco_evaluate(GroundTruth(truth), found, [im["id"] for im in labels["images"]])["stats"]
+    return (f"AP {stats[0]:.4f}, AP50 {stats[1]:.4f}, AR100 {stats[8]:.4f} ({len(found)} boxes on "
+            f"{len(labels['images'])} images)")
+
+
 def run_set(name: str, train_images: Path, train_ann: Path, val_images: Path, val_ann: Path, weights: Path,
             work: Path) -> tuple[GroundTruth, list[dict], dict[str, list[list[dict]]], dict[str, float]]:
     """Pseudo-labels, both detectors, and the three rows' detections on the measured images."""
@@ -102,6 +112,8 @@ def run_set(name: str, train_images: Path, train_ann: Path, val_images: Path, va
                   "--img-size", str(schedule["maps_size"]), "--out", str(pseudo), "--device", "cpu", "--workers", "1"])
     if code != 0:
         raise SystemExit(f"pseudo-labels failed ({code})")
+    print("  pseudo-labels against the training images' true boxes (a diagnostic: never used to make or pick them): "
+          + quality(train_ann, pseudo), flush=True)
     pseudo_last = timed("detector on pseudo-labels", seconds, train, train_images, pseudo, work / "pseudo", weights,
                         schedule)
     true_last = timed("detector on true boxes", seconds, train, train_images, train_ann, work / "true", weights,
