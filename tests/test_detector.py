@@ -119,10 +119,11 @@ def test_detect_gives_each_images_boxes_in_its_own_pixels(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_detector_trains_resumes_and_evaluates(scenes, tmp_path, monkeypatch):
-    assert train_main(tiny(scenes, tmp_path / "whole")) == 0
+    assert train_main(tiny(scenes, tmp_path / "whole", "--profile")) == 0  # profiled: the same numbers
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and r["val_ap"] is not None and "loss_objectness" in r for r in log)
+    assert {"forward", "backward", "validation"} <= {row["stage"] for row in log[0]["profile"]["stages"]}
 
     original = loop.train_epoch
 

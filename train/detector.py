@@ -1,14 +1,16 @@
 """``python -m train --detector ARCH``: a detection network trained on boxes — camloc's pseudo-labels
 (``python -m camloc.pseudo``) or true ones — with the classifier loop's habits: progress bar, ``last.pt`` /
 ``best.pt`` / ``log.jsonl`` written atomically, ``--resume`` to the same weights, torchrun (DDP), AMP on a GPU,
-validation COCO AP per epoch with camloc's evaluator. ``--rounds 2``: the trained detector re-labels the
-training images (the image-level labels of ``--ann``, :class:`camloc.pseudo.PseudoRule`) and a second
+``--profile``, validation COCO AP per epoch with camloc's evaluator. ``--rounds 2``: the trained detector re-labels
+the training images (the image-level labels of ``--ann``, :class:`camloc.pseudo.PseudoRule`) and a second
 detector, started afresh, trains on those in ``OUT/round2``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import sys
@@ -33,7 +35,17 @@ from camloc.models import ModelError
 from camloc.models import atomic_torch_save as save
 from camloc.pseudo import PseudoRule, pseudo_labels
 from camloc.runtime.distributed import Dist
-from train.loop import SYNC_EVERY, amp_dtype, check_finite, make_loader, param_groups, warmup_cosine
+from camloc.runtime.profiling import StageClock, format_report, stage
+from train.loop import (
+    SYNC_EVERY,
+    SteadyRate,
+    amp_dtype,
+    check_finite,
+    make_loader,
+    param_groups,
+    warmup_cosine,
+    warmup_steps,
+)
 from train.state import TrainingError, restore_training, warn_unreadable, write_log
 
 #: Classifier-only options refused with ``--detector`` (option, value that means "not given").
@@ -106,26 +118,37 @@ def train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, scheduler, 
     count, unreadable, start = 0, [], time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not node.main,
                file=sys.stderr)
-    for step, (batch, skipped) in enumerate(loader, start=1):
+    steady = SteadyRate(node.device, warmup_steps(len(loader)))
+    batches = iter(loader)
+    for step in itertools.count(1):
+        with stage("wait for data"):
+            item = next(batches, None)
+        if item is None:
+            break
+        batch, skipped = item
         bar.update()
         unreadable += skipped
         if batch is None:
             continue
-        images = [im.to(node.device, non_blocking=True).float().div_(255) for im in batch[0]]
-        targets = [{k: v.to(node.device, non_blocking=True) for k, v in t.items()} for t in batch[1]]
-        with torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=amp):
+        with stage("to device"):
+            images = [im.to(node.device, non_blocking=True).float().div_(255) for im in batch[0]]
+            targets = [{k: v.to(node.device, non_blocking=True) for k, v in t.items()} for t in batch[1]]
+        with stage("forward"), torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=amp):
             losses = net(images, targets)
         loss = sum(v.float() for v in losses.values())
         nonfinite |= ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        with stage("backward"):
+            scaler.scale(loss).backward()
+        with stage("optimizer step"):
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
         for name, value in {"train_loss": loss, **losses}.items():
             totals[name] = totals.get(name, torch.zeros((), dtype=torch.float64, device=node.device)) \
                 + value.detach().double() * len(images)
         count += len(images)
+        steady.step(step, len(images))
         if step % SYNC_EVERY == 0:
             check_finite(nonfinite, node, epoch, args)
             bar.set_postfix(loss=f"{totals['train_loss'].item() / count:.4f}",
@@ -147,7 +170,8 @@ def train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, scheduler, 
                             "image folder")
     elapsed = time.perf_counter() - start
     return {**{n: stats[i].item() / total for i, n in enumerate(names)}, "images_per_s": total / elapsed,
-            "skipped_images": len(unreadable), "unreadable_images": sorted({u.file_name for u in unreadable}),
+            "steady_images_per_s": steady.rate(node.world), "images": int(total), "skipped_images": len(unreadable),
+            "unreadable_images": sorted({u.file_name for u in unreadable}),
             "lr": optimizer.param_groups[-1]["lr"]}
 
 
@@ -185,27 +209,42 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     elif args.resume and node.main:
         print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
     net = DistributedDataParallel(model) if node.world > 1 else model
+    if node.main:
+        arithmetic = "bf16/fp16 autocast" if node.device.type == "cuda" else "float32"
+        print(f"train: {len(samples)} images on {node.device}{f' × {node.world} processes' if node.world > 1 else ''}"
+              f", batch {args.batch_size} per process, {args.workers} loader workers per process, detector "
+              f"{args.detector} at {args.img_size} px, {arithmetic}", file=sys.stderr, flush=True)
     for epoch in range(start_epoch, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
-        loader = make_loader(samples, args, node, epoch, True, collate=collate_detection)
-        record = {"epoch": epoch + 1, **train_epoch(net, model, loader, optimizer, scheduler, scaler, args, node,
-                                                    epoch)}
+        clock = StageClock(node.device) if args.profile else None
+        started = time.perf_counter()
+        with clock.active() if clock else contextlib.nullcontext():
+            loader = make_loader(samples, args, node, epoch, True, collate=collate_detection)
+            record = {"epoch": epoch + 1, **train_epoch(net, model, loader, optimizer, scheduler, scaler, args, node,
+                                                        epoch)}
+            if node.main:
+                if val_index is not None:
+                    with stage("validation"):
+                        record.update(validate(model, meta, val_index, args, node.device))
+                score = record.get("val_ap")
+                improved = score is not None and score > best
+                best = max(best, score) if score is not None else best
+                train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
+                               "history": [json.dumps(h) for h in [*history, record]]}
+                with stage("checkpoints"):
+                    save(detector_payload(model, meta, train_state=train_state), last)
+                    if improved or val_index is None:
+                        save(detector_payload(model, meta, epoch=epoch + 1, val_ap=score), args.out / "best.pt")
         if node.main:
-            if val_index is not None:
-                record.update(validate(model, meta, val_index, args, node.device))
-            score = record.get("val_ap")
-            improved = score is not None and score > best
-            best = max(best, score) if score is not None else best
+            record["epoch_images_per_s"] = record["images"] / (time.perf_counter() - started)
+            if clock:
+                record["profile"] = clock.report(record["images"], time.perf_counter() - started)
+                print(format_report(record["profile"]), file=sys.stderr)
             history.append(record)
-            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
-                           "history": [json.dumps(h) for h in history]}
-            save(detector_payload(model, meta, train_state=train_state), last)
-            if improved or val_index is None:
-                save(detector_payload(model, meta, epoch=epoch + 1, val_ap=score), args.out / "best.pt")
             write_log(args.out / "log.jsonl", history)
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                           if not isinstance(v, list)), flush=True)
+                           if not isinstance(v, (list, dict))), flush=True)
         node.barrier()
     if node.main:
         warn_unreadable(history)
