@@ -83,7 +83,8 @@ def load_source(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
     if sidecar.is_file():
         described["sidecar_sha256"] = file_digest(sidecar)
     localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe, classes="all",
-                                          img_size=args.img_size, device=args.device, precision=args.precision)
+                                          img_size=args.img_size, device=args.device, precision=args.precision,
+                                          max_dets=0)  # every box of the labelled classes: the filter caps them
     return localizer, {**described, "arch": localizer.meta["arch"], "method": localizer.method,
                        "recipe": args.recipe, "img_size": localizer.img_size,
                        "views": [list(v) for v in localizer.views()]}
