@@ -17,7 +17,7 @@ boxes of the training images (the supervised upper bound, for scale). Both detec
 backbone and keep it frozen (``--freeze-backbone``: the pyramid and heads train; a CPU budget), AdamW, the
 schedules of :data:`SCHEDULES`. COCO AP, AP50, AP75, AR100; ratios to (a) over the same resamples of the images.
 
-``PYTHONPATH=. python bench/self_training.py [--sets synthetic,real] [--boot 200] [--keep DIR]``
+``PYTHONPATH=. python bench/self_training.py [--sets synthetic,real] [--boot 200] [--keep DIR [--reuse]]``
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from bench.recipes import COCO, REAL_ANN, REAL_IMAGES, REAL_WEIGHTS, interval, m
 from camloc.boxes import DEFAULT_RECIPE
 from camloc.cam import DEFAULT_METHOD
 from camloc.demo import DEMO_CHECKPOINT
-from camloc.detector import DEFAULT_DETECTOR, Detector
+from camloc.detector import DEFAULT_DETECTOR, Detector, load_detector
 from camloc.evaluation import GroundTruth, coco_evaluate
 from camloc.io.reader import read_split
 from camloc.localize import Localizer
@@ -83,7 +83,22 @@ def timed(what: str, seconds: dict[str, float], call, *args) -> Any:
     return result
 
 
-def train(images: Path, ann: Path, out: Path, weights: Path, schedule: dict[str, Any]) -> Path:
+def finished_run(out: Path, ann: Path, schedule: dict[str, Any]) -> bool:
+    """Whether ``out/last.pt`` is a finished run of this schedule on ``ann`` (``--reuse``)."""
+    if not (out / "last.pt").is_file():
+        return False
+    _, meta, extras = load_detector(out / "last.pt")
+    given = meta.get("training", {})
+    wanted = {"ann": str(ann), "img_size": str(schedule["detector_size"]), "epochs": str(schedule["epochs"]),
+              "batch_size": str(schedule["batch"]), "lr": str(schedule["lr"]), "freeze_backbone": "True"}
+    return extras.get("train_state", {}).get("epoch") == schedule["epochs"] and all(
+        given.get(k) == v for k, v in wanted.items())
+
+
+def train(images: Path, ann: Path, out: Path, weights: Path, schedule: dict[str, Any], reuse: bool = False) -> Path:
+    if reuse and finished_run(out, ann, schedule):
+        print(f"  reusing {out / 'last.pt'} (a finished run of this schedule)", flush=True)
+        return out / "last.pt"
     code = train_main(["--detector", DEFAULT_DETECTOR, "--images", str(images), "--ann", str(ann), "--out", str(out),
                        "--weights", str(weights), "--freeze-backbone", "--img-size", str(schedule["detector_size"]),
                        "--epochs", str(schedule["epochs"]), "--batch-size", str(schedule["batch"]),
@@ -103,21 +118,27 @@ def quality(truth: Path, pseudo: Path) -> str:
 
 
 def run_set(name: str, train_images: Path, train_ann: Path, val_images: Path, val_ann: Path, weights: Path,
-            work: Path) -> tuple[GroundTruth, list[dict], dict[str, list[list[dict]]], dict[str, float]]:
-    """Pseudo-labels, both detectors, and the three rows' detections on the measured images."""
+            work: Path, reuse: bool = False) -> tuple[GroundTruth, list[dict], dict[str, list[list[dict]]],
+                                                      dict[str, float]]:
+    """Pseudo-labels, both detectors, and the three rows' detections on the measured images (``reuse``: the
+    pseudo-labels and finished detector runs a previous run of this schedule left in ``work``)."""
     schedule, seconds = SCHEDULES[name], {}
     pseudo = work / "pseudo.json"
-    code = timed("pseudo-labels", seconds, pseudo_main,
-                 ["--images", str(train_images), "--ann", str(train_ann), "--checkpoint", str(weights),
-                  "--img-size", str(schedule["maps_size"]), "--out", str(pseudo), "--device", "cpu", "--workers", "1"])
-    if code != 0:
-        raise SystemExit(f"pseudo-labels failed ({code})")
+    if reuse and pseudo.is_file():
+        print(f"  reusing {pseudo}", flush=True)
+    else:
+        code = timed("pseudo-labels", seconds, pseudo_main,
+                     ["--images", str(train_images), "--ann", str(train_ann), "--checkpoint", str(weights),
+                      "--img-size", str(schedule["maps_size"]), "--out", str(pseudo), "--device", "cpu",
+                      "--workers", "1"])
+        if code != 0:
+            raise SystemExit(f"pseudo-labels failed ({code})")
     print("  pseudo-labels against the training images' true boxes (a diagnostic: never used to make or pick them): "
           + quality(train_ann, pseudo), flush=True)
     pseudo_last = timed("detector on pseudo-labels", seconds, train, train_images, pseudo, work / "pseudo", weights,
-                        schedule)
+                        schedule, reuse)
     true_last = timed("detector on true boxes", seconds, train, train_images, train_ann, work / "true", weights,
-                      schedule)
+                      schedule, reuse)
     truth = GroundTruth(val_ann)
     images = sorted(truth.data["images"], key=lambda im: im["id"])
     model, meta = load_model(weights)
@@ -182,6 +203,9 @@ def main() -> None:
     parser.add_argument("--sets", default="synthetic,real", help="synthetic, real or both")
     parser.add_argument("--boot", type=int, default=200, help="bootstrap resamples")
     parser.add_argument("--keep", type=Path, help="keep the data, pseudo-labels and detectors in this folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: reuse the pseudo-labels and the finished detector runs of this schedule "
+                             "found there (the rows are measured again)")
     args = parser.parse_args()
     torch.manual_seed(0)
     results, seconds = {}, {}
@@ -195,7 +219,7 @@ def main() -> None:
                                 s["max_objects"])
             found = run_set("synthetic", data / "train", data / "annotations" / "instances_train.json",
                             measured / "val", measured / "annotations" / "instances_val.json", DEMO_CHECKPOINT,
-                            root / "synthetic")
+                            root / "synthetic", args.reuse)
             seconds["synthetic"] = found[3]
             results["synthetic"] = report(f"Synthetic: {s['val']} unseen scenes (seed 1, ≤ {s['max_objects']} "
                                           "objects), demo model", *found[:3], args.boot)
@@ -205,7 +229,7 @@ def main() -> None:
             else:
                 print("real set", flush=True)
                 found = run_set("real", COCO / "train2017", COCO / "annotations" / "instances_train2017_mini.json",
-                                REAL_IMAGES, REAL_ANN, REAL_WEIGHTS, root / "real")
+                                REAL_IMAGES, REAL_ANN, REAL_WEIGHTS, root / "real", args.reuse)
                 seconds["real"] = found[3]
                 results["real"] = report("Real: coco-mini val2017 ∖ train2017, MobileNetV2 COCO-80", *found[:3],
                                          args.boot)
