@@ -1,5 +1,7 @@
-"""``python -m train``: fine-tune a GAP classifier on COCO image-level labels (or box crops), or (``--detector``)
-train a detector on boxes — camloc's pseudo-labels or true ones (:mod:`train.detector`).
+"""``python -m train``: fine-tune a GAP classifier on COCO image-level labels, or train a detector on boxes.
+
+The classifier learns from image-level labels (or box crops); ``--detector`` trains a detector on boxes —
+camloc's pseudo-labels or true ones (:mod:`train.detector`).
 
 Runs alone or under ``torchrun --nproc_per_node=N`` (DDP: NCCL on GPUs, gloo on CPU) with the
 same code; only rank 0 writes. Every epoch writes ``OUT/last.pt`` (model + optimizer, scheduler,
