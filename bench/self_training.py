@@ -52,7 +52,7 @@ METRICS = ("AP", "AP50", "AP75", "AR100")
 SCHEDULES: dict[str, dict[str, Any]] = {
     "synthetic": {"train": 320, "val": 300, "classes": 6, "size": 160, "max_objects": 8, "maps_size": 320,
                   "detector_size": 160, "epochs": 8, "batch": 8, "lr": 1e-3},
-    "real": {"maps_size": 448, "detector_size": 384, "epochs": 10, "batch": 8, "lr": 1e-3},
+    "real": {"maps_size": 448, "detector_size": 320, "epochs": 6, "batch": 8, "lr": 1e-3},
 }
 ROWS = ("(a) default recipe", "(b) detector on pseudo-labels", "(c) detector on true boxes")
 
