@@ -21,17 +21,20 @@ from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.detector import Detector, checkpoint_kind
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
-from camloc.io.atomic import OutputError, file_digest
+from camloc.io.atomic import OutputError
 from camloc.io.data import DataError, check_image_files
+from camloc.io.digest import file_digest
 from camloc.io.images import ImageError
+from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.models.classes import class_mismatch
 from camloc.pipeline import Localizer
 from camloc.pipeline.detections import MAX_DETECTIONS
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, one_line_warnings
 from camloc.runtime.memory import DeviceMemoryError, memory_budget, parse_memory
 from camloc.runtime.workerpool import default_box_workers
+from eval import progress
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
 
@@ -243,6 +246,20 @@ def print_report(metrics: dict[str, Any]) -> None:
               f"Top-1 Loc {wsol['Top-1 Loc']:.4f} over {wsol['num_maps']} (image, class) maps")
 
 
+def already_complete(args: argparse.Namespace, settings: dict[str, Any], images: list[dict], node) -> bool:
+    """``--resume`` of a finished run: ``True`` (and one line) when ``--out`` holds the finished results of these
+    settings and image files, so nothing is recomputed; a :class:`ProgressError` when it holds another run's;
+    ``False`` when it holds no finished run."""
+    metrics = progress.finished_run(args.out)
+    if metrics is None:
+        return False
+    progress.check_finished(metrics, args.out, settings, args.images, {im["id"]: im["file_name"] for im in images})
+    if node.main:
+        print(f"already complete: {args.out} holds the finished results of these settings and image files "
+              f"({metrics.get('num_images')} images, {metrics.get('num_detections')} detections); nothing to do")
+    return True
+
+
 def plan_line(args: argparse.Namespace, images: list[dict], predictor: Localizer | Detector, node) -> str:
     """The run's first line: what runs where, with the sizes chosen for the device."""
     caps = f"at most {args.max_dets} detections per image" if args.max_dets else "every detection"
@@ -260,12 +277,16 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate (alone or as one rank of torchrun); rank 0 prints the report and returns the metrics."""
     node = distributed_node(args)
     try:
-        truth, images = load_split(args)
-        args.device = str(node.device)
-        predictor = build_predictor(args, truth)
-        if node.main:
-            print(plan_line(args, images, predictor, node), file=sys.stderr, flush=True)
-        metrics = run_evaluation(args, truth, images, predictor, settings_of(args), node)
+        with exclusive_folder(args.out, take=node.main, agree=node.from_main):
+            truth, images = load_split(args)
+            args.device = str(node.device)
+            settings = settings_of(args)
+            if args.resume and already_complete(args, settings, images, node):
+                return None
+            predictor = build_predictor(args, truth)
+            if node.main:
+                print(plan_line(args, images, predictor, node), file=sys.stderr, flush=True)
+            metrics = run_evaluation(args, truth, images, predictor, settings, node)
     finally:
         node.close()
     if metrics is not None:
@@ -279,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``python -m eval``; a problem ends it with exit status 2 and one ``error:`` line."""
     args = parse_args(argv)
     try:
-        run(args)
+        with one_line_warnings():
+            run(args)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out})",
               file=sys.stderr)

@@ -12,7 +12,9 @@ other line is one batch, written in one call::
 ``images`` are the batch's decoded images and ``stamps`` their files' size and modification time as
 read; detection columns are little-endian int64/float64 arrays in base64 (exact, and no JSON number
 per detection); ``hits`` packs each image's wsolevaluation hits ``(present classes, 3, 100)`` bit by
-bit. A torn last line (the process was killed while writing it) is dropped; any other damage, other
+bit. A last line without its newline is torn (the process was killed while writing it) and is dropped, even
+when what it holds parses; an image finished twice (in two lines or two files: only two runs writing to one
+folder, or a damaged file, can do that) is "damaged progress: image N twice"; any other damage, other
 settings, or an image file that changed since it was read is an error that names the file.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ import numpy as np
 from camloc.evaluation import Detections, EvaluationError
 from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS
 from camloc.io.atomic import atomic_output
+from camloc.io.digest import file_stamp
 
 HIT_SHAPE = (len(IOU_DELTAS), len(CAM_THRESHOLDS))
 COLUMNS = {"image_id": ("image", "<i8"), "category_id": ("category", "<i8"), "bbox": ("bbox", "<f8"),
@@ -39,6 +42,10 @@ COLUMNS = {"image_id": ("image", "<i8"), "category_id": ("category", "<i8"), "bb
 
 class ProgressError(Exception):
     """A progress file that cannot be resumed; the message says which and what to do."""
+
+
+class ImageTwiceError(ValueError):
+    """Progress that finishes one image twice (two runs wrote to one folder, or a damaged file)."""
 
 
 def progress_path(out: Path, rank: int = 0, world: int = 1) -> Path:
@@ -67,6 +74,11 @@ class Progress:
     detections: list[Detections] = field(default_factory=list)
 
     def update(self, other: Progress) -> None:
+        """Add ``other``'s images; a ``ValueError`` naming an image that both hold (no image is finished twice)."""
+        mine = self.hits.keys() | self.unreadable.keys()
+        twice = sorted((other.hits.keys() | other.unreadable.keys()) & mine)
+        if twice:
+            raise ImageTwiceError(f"image {twice[0]} twice")
         self.hits.update(other.hits)
         self.stamps.update(other.stamps)
         self.unreadable.update(other.unreadable)
@@ -115,10 +127,11 @@ def write_batch(handle: IO[str], images: Sequence[int], stamps: Sequence[tuple[i
 
 
 def read(path: Path, settings: dict[str, Any], image_ids: set[int]) -> Progress:
-    """The batches of one progress file, checked line by line (see the module docstring)."""
+    """The batches of one progress file, checked line by line (see the module docstring). A last line without
+    its newline is torn (the process was killed while writing it), whatever it holds, and is not counted."""
     damaged, hint = f"--resume: the progress file {path} is damaged", "; delete it or run without --resume"
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode().split("\n")[:-1]  # the piece after the last newline is torn
         header = json.loads(lines[0])
     except (OSError, ValueError, IndexError) as exc:
         raise ProgressError(f"{damaged} ({exc.__class__.__name__}){hint}") from None
@@ -131,17 +144,31 @@ def read(path: Path, settings: dict[str, Any], image_ids: set[int]) -> Progress:
                             "use a new --out or run without --resume")
     progress = Progress()
     for number, line in enumerate(lines[1:], start=2):
+        where = f"{path}, line {number}"
         try:
             record = json.loads(line)
         except ValueError:
-            if number == len(lines):
-                break
             raise ProgressError(f"{damaged} (line {number} is not JSON){hint}") from None
         try:
-            progress.update(_batch(record, image_ids))
+            batch = _batch(record, image_ids)
+        except ImageTwiceError as exc:
+            raise _twice(exc, where) from None
         except (EvaluationError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise ProgressError(f"{damaged} (line {number}: {exc}){hint}") from None
+        _merge(progress, batch, where)
     return progress
+
+
+def _twice(exc: ImageTwiceError, where: str) -> ProgressError:
+    return ProgressError(f"damaged progress: {exc} ({where}); run without --resume to start over")
+
+
+def _merge(progress: Progress, other: Progress, where: str) -> None:
+    """``progress.update(other)``; an image finished twice is a :class:`ProgressError` naming it and ``where``."""
+    try:
+        progress.update(other)
+    except ImageTwiceError as exc:
+        raise _twice(exc, where) from None
 
 
 def _ids(values: Any, image_ids: set[int]) -> list[int]:
@@ -173,6 +200,9 @@ def _batch(record: Any, image_ids: set[int]) -> Progress:
     if not (isinstance(recognised, list) and isinstance(packed, list)
             and len(recognised) == len(packed) == len(images)):
         raise ValueError("wsol must give the hits and recognition flags of each image")
+    twice = [i for i, n in Counter(images + [u[0] for u in unreadable]).items() if n > 1]
+    if twice:
+        raise ImageTwiceError(f"image {twice[0]} twice")
     progress = Progress(stamps={i: (s[0], s[1]) for i, s in zip(images, stamps)},
                         unreadable={i: reason for i, reason in unreadable}, detections=[found])
     for image_id, flags, text in zip(images, recognised, packed):
@@ -190,19 +220,55 @@ def read_all(out: Path, settings: dict[str, Any], image_ids: set[int]) -> Progre
     """The batches of every progress file in ``out`` (a resumed run may change its world size)."""
     progress = Progress()
     for path in progress_files(out):
-        progress.update(read(path, settings, image_ids))
+        _merge(progress, read(path, settings, image_ids), f"{path} and another progress file")
     return progress
 
 
-def check_stamps(progress: Progress, folder: Path, names: dict[int, str]) -> None:
+def check_stamps(progress: Progress, folder: Path, names: dict[int, str], run: str = "the interrupted run") -> None:
     """A :class:`ProgressError` if a finished image's file is not the one that was read (size or mtime)."""
     for image_id, stamp in progress.stamps.items():
         path = folder / names[image_id]
-        try:
-            stat = os.stat(path)
-            now = (stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            now = (-1, -1)
-        if now != tuple(stamp):
-            raise ProgressError(f"--resume: {path} changed since the interrupted run read it (size, modification "
+        if file_stamp(path) != tuple(stamp):
+            raise ProgressError(f"--resume: {path} changed since {run} read it (size, modification "
                                 "time); its results would mix two inputs: run without --resume")
+
+
+def stamp_rows(stamps: dict[int, tuple[int, int]]) -> list[list[int]]:
+    """``[[image id, size, mtime_ns], ...]``: the files a finished run read, kept in its metrics.json."""
+    return [[image_id, *stamp] for image_id, stamp in sorted(stamps.items())]
+
+
+def finished_run(out: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``out`` (``metrics.json`` and ``detections.json``, no progress file),
+    or ``None``."""
+    path = out / "metrics.json"
+    if progress_files(out) or not path.is_file() or not (out / "detections.json").is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ProgressError(f"--resume: {path} is damaged ({exc.__class__.__name__}); run without --resume") from None
+    return metrics
+
+
+def check_finished(metrics: dict[str, Any], out: Path, settings: dict[str, Any], folder: Path,
+                   names: dict[int, str]) -> None:
+    """A :class:`ProgressError` unless the finished run in ``out`` (its ``metrics``) had these ``settings`` and
+    read the files that are in ``folder`` now: what ``--resume`` of an unfinished run checks."""
+    saved, rows = metrics.get("settings"), metrics.get("image_stamps")
+    if not isinstance(saved, dict) or not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) == 3 and all(type(v) is int for v in r) for r in rows):
+        raise ProgressError(f"--resume: {out / 'metrics.json'} does not record the settings and image files of its "
+                            "run (an older camloc, or edited), so they cannot be checked: run without --resume")
+    if saved != settings:
+        changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
+        raise ProgressError(f"{out} holds a finished run with other settings ({', '.join(changed)} differ); "
+                            "use a new --out or run without --resume")
+    unreadable = metrics.get("unreadable_images") or []
+    read = set(names) - {u.get("image_id") for u in unreadable if isinstance(u, dict)}
+    if {image_id for image_id, _, _ in rows} != read:
+        raise ProgressError(f"--resume: {out / 'metrics.json'} does not record the files of exactly the images of "
+                            "--ann it read, so they cannot be checked: run without --resume")
+    check_stamps(Progress(stamps={i: (size, mtime) for i, size, mtime in rows}), folder, names, "the finished run")

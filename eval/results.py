@@ -45,12 +45,13 @@ class RunResults:
         self.rows: dict[int, str] = {}  # per image: its detections' JSON objects, joined
         self.done: set[int] = set()
         self.unreadable: dict[int, str] = {}
+        self.stamps: dict[int, tuple[int, int]] = {}  # per decoded image: its file's (size, mtime_ns) as read
         self.num_detections = 0
 
     def add(self, image_ids: Sequence[int], detections: Detections, hits: Sequence[tuple[np.ndarray, list[bool]]],
-            unreadable: Sequence[tuple[int, str]] = ()) -> None:
-        """A finished part: its decoded images, their detections, each image's ``(map hits, recognised)``, and the
-        images it could not read with the reasons."""
+            unreadable: Sequence[tuple[int, str]] = (), stamps: Sequence[tuple[int, int]] = ()) -> None:
+        """A finished part: its decoded images, their detections, each image's ``(map hits, recognised)``, the
+        images it could not read with the reasons, and the decoded images' file stamps (kept for ``--resume``)."""
         if len(image_ids) != len(hits):
             raise ValueError(f"{len(image_ids)} images but hits of {len(hits)}")
         detections = in_image_order(detections, self.order)
@@ -63,6 +64,7 @@ class RunResults:
             self.rows[int(detections.image[lo])] = ", ".join(rows[lo:hi])
         self.done.update(image_ids)
         self.unreadable.update(dict(unreadable))
+        self.stamps.update(zip(image_ids, stamps))
         self.num_detections += len(detections)
 
     def missing(self, finished: dict[int, tuple[np.ndarray, list[bool]]], detections: Detections) -> None:

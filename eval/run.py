@@ -279,6 +279,7 @@ def finish_run(args: argparse.Namespace, images: list[dict], settings: dict[str,
     if faith is not None:
         metrics["faithfulness"] = faith.result()
     metrics["settings"] = settings
+    metrics["image_stamps"] = progress.stamp_rows({**finished.stamps, **results.stamps})
     metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(ran * node.world / elapsed, 3) if ran and elapsed > 0 else None
     with atomic_output(args.out / "detections.json") as handle:

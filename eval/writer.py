@@ -92,7 +92,7 @@ class BatchWriter:
                                  [h for h, _ in hits], [r for _, r in hits])
             self.log.flush()
         with stage("metrics: match the batch"):
-            self.results.add(wanted, dets, hits, unreadable)
+            self.results.add(wanted, dets, hits, unreadable, [stamps[i] for i in keep])
 
     def close(self) -> None:
         """Finish what is in flight and stop the thread; re-raise its error."""

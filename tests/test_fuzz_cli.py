@@ -243,12 +243,32 @@ def test_eval_corrupt_progress_file(data, tmp_path, capsys, name):
     assert_refused(eval_main, eval_argv(data, out, "--batch-size", "2", "--resume"), capsys, out, "--resume")
 
 
-def test_eval_resume_drops_a_torn_last_line(data, tmp_path, capsys):
+@pytest.mark.parametrize("torn", ["half", "all-but-the-newline"])
+def test_eval_resume_drops_a_torn_last_line(data, tmp_path, capsys, torn):
+    """A last line without its newline was cut by a kill, even when all its JSON arrived: it is not counted
+    (counted, then cut off before appending, it used to leave its images without a result)."""
     out, header, record = interrupted_progress(data, tmp_path, capsys)
-    (out / ".progress.jsonl").write_text(f"{header}\n{record}\n" + record[: len(record) // 2])
+    tail = record[: len(record) // 2] if torn == "half" else record
+    (out / ".progress.jsonl").write_text(f"{header}\n" + tail)
     code, err = run(eval_main, eval_argv(data, out, "--batch-size", "2", "--resume"), capsys)
     assert code == 0, [line for line in err.splitlines() if "error" in line]
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
+
+
+TWICE = {"two-lines": lambda header, det: [header, det, det],
+         "finished-and-unreadable": lambda header, det: [header, changed(det, unreadable=[
+             [json.loads(det)["images"][0], "unreadable"]])]}
+
+
+@pytest.mark.parametrize("name", sorted(TWICE))
+def test_eval_progress_with_an_image_twice_is_refused(data, tmp_path, capsys, name):
+    """Only two runs writing to one folder (or damage) put an image in the progress twice; counting both
+    doubled its detections silently."""
+    out, header, record = interrupted_progress(data, tmp_path, capsys)
+    (out / ".progress.jsonl").write_text("\n".join(TWICE[name](header, record)) + "\n")
+    image = json.loads(record)["images"][0]
+    assert_refused(eval_main, eval_argv(data, out, "--batch-size", "2", "--resume"), capsys, out,
+                   f"damaged progress: image {image} twice")
 
 
 CORRUPT = {"truncated": lambda data: data[: len(data) // 3], "text": lambda data: b"not an image",
@@ -343,6 +363,10 @@ RESUME_CHECKPOINTS = {
     "best-nan": lambda p: _edit_state(p, lambda c: c["train_state"].update(best=float("nan"))),
     "nan-weights": lambda p: _edit_state(p, lambda c: c["state_dict"]["classifier.1.bias"].fill_(float("nan"))),
     "other-arch": lambda p: _edit_state(p, lambda c: c.update(state_dict={"fc.weight": torch.zeros(6, 512)})),
+    "no-fingerprint": lambda p: _edit_state(p, lambda c: c["train_state"].pop("fingerprint")),
+    "fingerprint-garbage": lambda p: _edit_state(p, lambda c: c["train_state"].update(fingerprint=[1])),
+    "fingerprint-of-other-settings": lambda p: _edit_state(p, lambda c: c["train_state"]["fingerprint"].update(
+        lr="0.5")),
 }
 
 
@@ -350,7 +374,7 @@ RESUME_CHECKPOINTS = {
 def test_train_corrupt_resume_checkpoint(data, tmp_path, capsys, name):
     last = last_checkpoint(data, tmp_path, capsys)
     RESUME_CHECKPOINTS[name](last)
-    code, err = run(train_main, train_argv(data, last.parent, "--resume", "--epochs", "2"), capsys)
+    code, err = run(train_main, train_argv(data, last.parent, "--resume"), capsys)
     assert "Traceback" not in err and "error: unexpected" not in err and code == 2, err[-2000:]
     assert next(line for line in err.splitlines() if "error:" in line).count("last.pt") == 1
     assert not (last.parent / "best.pt").exists()
@@ -382,3 +406,10 @@ def test_train_validation_skips_unreadable_images(data, tmp_path, capsys):
     assert code == 0 and "Traceback" not in err, err[-2000:]
     record = json.loads((tmp_path / "out" / "log.jsonl").read_text())
     assert record["val_unreadable_images"] == [data["ann"]["images"][0]["file_name"]]
+
+
+def test_eval_warns_once_of_an_annotation_id_0(data, tmp_path, capsys):
+    ann = write_ann(tmp_path, data, lambda a: a["annotations"][0].update(id=0))
+    code, err = run(eval_main, eval_argv(data, tmp_path / "out", ann=ann), capsys)
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert code == 0 and len(warnings) == 1 and "has id 0" in warnings[0], err[-2000:]

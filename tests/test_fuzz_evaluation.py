@@ -328,3 +328,18 @@ def test_classification_ap_refuses_non_numbers(scores):
     with pytest.raises(EvaluationError) as error:
         classification_ap(scores, np.ones((1, 2)))
     assert_one_line(error.value)
+
+
+def test_annotation_id_0_warns_and_keeps_pycocotools_numbers():
+    """pycocotools reads a match with annotation id 0 as no match (a perfect detection of that object is a false
+    positive): camloc keeps its numbers, and now says so once."""
+    from camloc.evaluation.inputs import AnnotationIdWarning
+
+    gt = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [x, 10, 30, 30], "area": 900,
+                           "iscrowd": 0} for i, x in ((0, 10), (5, 50))]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [x, 10, 30, 30], "score": s} for x, s in ((10, 0.9), (50, 0.8))]
+    with pytest.warns(AnnotationIdWarning, match="annotation #0 has id 0") as caught:
+        stats = coco_evaluate(gt, dets)["stats"]
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert stats == pycocotools_stats(gt, dets) and stats[0] < 0.5  # perfect boxes, yet half the AP

@@ -84,3 +84,16 @@ def test_the_walk_rule_sees_a_climb(tmp_path):
     climbing.write_text("def boxes():\n    from camloc.boxes.multilevel import MultiLevel\n")
     assert climbs({"camloc.boxes.grid": climbing}) == [
         "camloc.boxes.grid (floor 3) imports camloc.boxes.multilevel (floor 1)"]
+
+
+def test_the_package_list_holds_every_package():
+    """An installed camloc holds every package of the tree (the list once named three of them)."""
+    from setuptools import find_packages
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(ROOT, include=config["packages"]["find"]["include"]))
+    wanted = {module_name(p.parent) if p.name == "__init__.py" else "" for p in library_modules()} - {""}
+    wanted = {name for name in wanted if not name.startswith("pages")}
+    assert wanted <= found and {"camloc.boxes", "camloc.io", "camloc.models", "camloc.pipeline"} <= found

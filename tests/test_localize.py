@@ -152,11 +152,15 @@ def test_bad_options_are_value_errors(tiny):
 
 
 def test_chunked_box_extraction_equals_all_maps_at_once():
+    """Maps boxed a few at a time within a memory budget (one at a time when only one fits) give the boxes of all
+    maps at once."""
+    from camloc.boxes.seed import SEED_BYTES_PER_PIXEL
+
     raw = torch.randn(11, 6, 7)
     size = (45, 61)
     once = heatmaps_to_boxes(normalize_maps(raw, size).numpy())
     for chunk in (1, 3, 4, 11):
-        chunked = boxes_from_raw_maps(raw, size, chunk=chunk)
+        chunked = boxes_from_raw_maps(raw, size, budget=chunk * size[0] * size[1] * SEED_BYTES_PER_PIXEL)
         assert chunked.class_index.tolist() == once.class_index.tolist()
         assert chunked.xywh.tolist() == once.xywh.tolist()
         np.testing.assert_allclose(chunked.heat, once.heat, rtol=1e-6)
@@ -215,3 +219,30 @@ def test_per_image_classes_are_held_as_the_batch_union_and_gate_only_their_own(t
         localizer.analyze(images, own[:2])
     with pytest.raises(ValueError, match="class indices"):
         localizer.analyze(images, [[1], [80], [2]])
+
+
+def test_no_detection_is_scored_zero(tiny):
+    """A class whose map holds no positive evidence (its head row ≤ 0 on ReLU features) used to get the whole image
+    with score 0 from ``seed``: every path now leaves it out (the other classes keep theirs) — unless every
+    detection is asked for (``max_dets=0``: the recipe's own output, the course recipe's bit for bit)."""
+    import copy
+
+    model, meta = copy.deepcopy(tiny)
+    with torch.no_grad():
+        model.head.weight[3] = -model.head.weight[3].abs()
+    localizer = Localizer(model, meta, img_size=64, recipe="seed", device="cpu", max_dets=1000)
+    image = gradient_image(60, 80)
+    analysis = localizer.analyze(image)[0]
+    assert (analysis.raw_maps[3] <= 0).all()
+    found = localizer.recipe.boxes(analysis.raw_maps[[3, 4]], analysis.probs[[3, 4]], analysis.size)
+    assert found.score[found.class_index == 0].tolist() == [0.0]  # the recipe's stand-in box
+    category = localizer.category_ids[3]
+    paths = {"predict": localizer.predict(image), "detections": localizer.detections(analysis),
+             "detect": localizer.detect([image]).to_dicts(),
+             "baseline": localizer.baseline_detections(analysis, "full")}
+    for name, dets in paths.items():
+        assert len(dets) >= 5 and all(d["score"] > 0 for d in dets), name
+        assert (category in {d["category_id"] for d in dets}) == (name == "baseline" and analysis.probs[3] > 0), name
+    raw = Localizer(model, meta, img_size=64, recipe="seed", device="cpu", max_dets=0)
+    for dets in (raw.predict(image), raw.detections(analysis), raw.detect([image]).to_dicts()):
+        assert [d["score"] for d in dets if d["category_id"] == category] == [0.0]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import Detections, GroundTruth, ImageLabels
-from camloc.io.atomic import file_digest
+from camloc.io.digest import file_digest
 from camloc.pseudo import PseudoRule
 from camloc.pseudo.cli import main as pseudo_main
 from camloc.synthetic import generate

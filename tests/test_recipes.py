@@ -204,3 +204,18 @@ def test_non_finite_raw_maps_are_refused_by_every_recipe(bad):
         if recipe.on_device:
             with pytest.raises(ValueError, match="NaN or infinite"):
                 recipe.device_boxes(raw, torch.tensor([0.5, 0.5]), (28, 28))
+
+
+@pytest.mark.parametrize("name", ["evidence", "multilevel", "instances"])
+def test_host_boxes_within_any_budget_are_the_boxes_of_all_maps_at_once(name):
+    """The CPU box stage of a large image runs a map at a time and traces its level masks in groups (within the
+    budget): the same boxes and scores as with room for everything."""
+    recipe = make_recipe(name, box_scale="full")
+    raw = torch.randn(6, 7, 9, generator=torch.Generator().manual_seed(3))
+    probs = torch.rand(6, generator=torch.Generator().manual_seed(4)) * 0.9 + 0.1
+    size = (83, 127)
+    roomy = recipe.boxes(raw, probs, size, budget=1 << 30)
+    for budget in (1, size[0] * size[1] * recipe.host_bytes_per_pixel + 3 * 2 * (size[0] + 1) * size[1]):
+        tight = recipe.boxes(raw, probs, size, budget=budget)
+        assert tight.class_index.tolist() == roomy.class_index.tolist() and len(roomy) > 6
+        assert np.array_equal(tight.xywh, roomy.xywh) and np.array_equal(tight.score, roomy.score)

@@ -130,7 +130,7 @@ def test_bad_input_and_nan_loss(tmp_path, monkeypatch, capsys):
     assert main(tiny_args(out, "--epochs", "1")) == 0
     good = final_weights(out / "last.pt")
     monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", lambda self, x, y: (x * float("nan")).mean())
-    assert main(tiny_args(out, "--epochs", "2", "--resume")) == 2
+    assert main(tiny_args(out, "--epochs", "2", "--resume-anyway")) == 2
     assert "the loss became NaN or infinite in epoch 2" in capsys.readouterr().err
     kept = final_weights(out / "last.pt")
     assert all(torch.equal(good[k], kept[k]) for k in good)

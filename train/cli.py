@@ -38,6 +38,7 @@ from camloc.io.data import (
     eval_transform,
     train_transform,
 )
+from camloc.io.lock import exclusive_folder
 from camloc.models import (
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
@@ -50,9 +51,10 @@ from camloc.models import atomic_torch_save as save
 from camloc.pseudo import PseudoLabelError
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.distributed import Dist, setup_distributed
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, one_line_warnings
 from camloc.runtime.profiling import StageClock, format_report, stage
 from train.detector import refused_options, run_detector
+from train.fingerprint import fingerprint
 from train.loop import amp_dtype, make_loader, param_groups, train_epoch, validate, warmup_cosine
 from train.state import TrainingError, calibrate, resume, warn_unreadable, write_log
 
@@ -99,7 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "stage that bounds training, printed and kept in log.jsonl")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (refused if any setting that changes the result differs)")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="--resume even where settings differ (e.g. more --epochs, another --lr): the run continues "
+                        "with this command's settings")
     p.add_argument("--limit", type=int, help="use only the first N training images (smoke tests)")
     p.add_argument("--val-limit", type=int, default=0,
                    help="also measure localisation AP50 of CAM boxes on the first N validation images")
@@ -107,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the per-class gating thresholds computed on the training images at the end")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
+    args.resume = args.resume or args.resume_anyway
     problems = [message for bad, message in [
         (args.epochs < 1, "--epochs must be ≥ 1"),
         (args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH,
@@ -186,6 +193,7 @@ def initial_model(args: argparse.Namespace, index: CocoIndex) -> tuple[CamModel,
 def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     train_index, val_index = load_indexes(args)
+    settings = fingerprint(args, train_index, val_index, node.world, node.device)
     model, meta = initial_model(args, train_index)
     train_set, val_set = build_datasets(args, train_index, val_index)
     model.to(node.device)
@@ -201,7 +209,8 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     start_epoch, best, history = 0, -1.0, []
     last = args.out / "last.pt"
     if args.resume and last.is_file():
-        start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler)
+        start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler, settings,
+                                            args.resume_anyway)
     elif args.resume and node.main:
         print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
     net = DistributedDataParallel(model) if node.world > 1 else model
@@ -227,7 +236,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
                 best = max(best, score) if score is not None else best
                 train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
-                               "history": [json.dumps(h) for h in [*history, record]]}
+                               "history": [json.dumps(h) for h in [*history, record]], "fingerprint": settings}
                 with stage("checkpoints"):
                     save(checkpoint_payload(model, meta, train_state=train_state), last)
                     if improved or val_set is None:
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         node = setup_distributed(args.device)
         if node.main:
             writable_folder(args.out)
-        (run_detector if args.detector else run)(args, node)
+        with exclusive_folder(args.out, take=node.main, agree=node.from_main), one_line_warnings():
+            (run_detector if args.detector else run)(args, node)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"\ninterrupted; continue with the same command plus --resume ({args.out / 'last.pt'})",

@@ -36,6 +36,7 @@ from camloc.models import atomic_torch_save as save
 from camloc.pseudo import PseudoRule, pseudo_labels
 from camloc.runtime.distributed import Dist
 from camloc.runtime.profiling import StageClock, format_report, stage
+from train.fingerprint import fingerprint
 from train.loop import (
     SYNC_EVERY,
     SteadyRate,
@@ -175,8 +176,10 @@ def train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, scheduler, 
             "lr": optimizer.param_groups[-1]["lr"]}
 
 
-def resume(last: Path, model: nn.Module, meta: dict[str, Any], optimizer, scheduler, scaler):
-    """Continue from ``last``: a detector of the same architecture and classes, its training state intact."""
+def resume(last: Path, model: nn.Module, meta: dict[str, Any], optimizer, scheduler, scaler,
+           settings: dict[str, str], anyway: bool = False):
+    """Continue from ``last``: a detector of the same architecture and classes, its training state intact and of
+    the same ``settings`` (:mod:`train.fingerprint`; unless ``anyway``)."""
     try:
         saved, saved_meta, extras = load_detector(last)
     except ModelError as exc:
@@ -185,7 +188,7 @@ def resume(last: Path, model: nn.Module, meta: dict[str, Any], optimizer, schedu
         raise TrainingError(f"--resume: {last} holds a {saved_meta['arch']} with {saved_meta['num_classes']} "
                             f"classes, not this run's {meta['arch']} with {meta['num_classes']}; use another --out")
     return restore_training(last, extras.get("train_state"), lambda: model.load_state_dict(saved.state_dict()),
-                            optimizer, scheduler, scaler)
+                            optimizer, scheduler, scaler, settings, anyway)
 
 
 def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
@@ -193,6 +196,7 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     index, val_index = load_indexes(args)
     model, meta = initial_detector(args, index)
+    settings = fingerprint(args, index, val_index, node.world, node.device)
     samples = DetectionSamples(index, train=True, limit=args.limit)
     model.to(node.device)
     groups = param_groups(model, args, backbone=model.backbone.body)
@@ -205,7 +209,8 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     start_epoch, best, history = 0, -1.0, []
     last = args.out / "last.pt"
     if args.resume and last.is_file():
-        start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler)
+        start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler, settings,
+                                            args.resume_anyway)
     elif args.resume and node.main:
         print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
     net = DistributedDataParallel(model) if node.world > 1 else model
@@ -231,7 +236,7 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
                 best = max(best, score) if score is not None else best
                 train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
-                               "history": [json.dumps(h) for h in [*history, record]]}
+                               "history": [json.dumps(h) for h in [*history, record]], "fingerprint": settings}
                 with stage("checkpoints"):
                     save(detector_payload(model, meta, train_state=train_state), last)
                     if improved or val_index is None:

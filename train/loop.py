@@ -117,7 +117,8 @@ def validate(model: CamModel, meta: dict[str, Any], val_set, val_index: CocoInde
         unreadable.update(u.file_name for u in skipped)
         if images is None:
             continue
-        with torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=node.device.type == "cuda"):
+        with torch.no_grad(), torch.autocast(node.device.type, dtype=amp_dtype(node.device),
+                                             enabled=node.device.type == "cuda"):
             logits, _ = model(images)
         scores.append(probabilities(logits.float(), meta["activation"]))
         targets.append(target if target.ndim == 2 else nn.functional.one_hot(target, meta["num_classes"]))

@@ -26,6 +26,7 @@ from camloc.models import (
 )
 from camloc.models import atomic_torch_save as save
 from camloc.runtime.distributed import Dist
+from train.fingerprint import resume_refusal
 
 
 class TrainingError(Exception):
@@ -64,10 +65,12 @@ def _finite(obj: Any) -> bool:
     return not isinstance(obj, float) or math.isfinite(obj)
 
 
-def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, scheduler,
-           scaler) -> tuple[int, float, list[dict[str, Any]]]:
+def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, scheduler, scaler,
+           settings: dict[str, str], anyway: bool = False) -> tuple[int, float, list[dict[str, Any]]]:
     """Restore weights, optimizer, scheduler and scaler from ``last``; returns ``(epochs done, best
-    validation mAP, history)``. A damaged file, or one from another run, is a :class:`TrainingError`."""
+    validation mAP, history)``. A damaged file, one from another run, or one trained with other ``settings``
+    (:mod:`train.fingerprint`; unless ``anyway``: then the run continues with this run's learning rates and
+    weight decay) is a :class:`TrainingError`."""
     try:
         saved, saved_meta, extras = load_checkpoint(last)
     except ModelError as exc:
@@ -76,13 +79,19 @@ def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, schedul
         raise TrainingError(f"--resume: {last} holds a {saved_meta['arch']} with {saved_meta['num_classes']} "
                             f"classes, not this run's {meta['arch']} with {meta['num_classes']}; use another --out")
     return restore_training(last, extras.get("train_state"), lambda: model.net.load_state_dict(saved.net.state_dict()),
-                            optimizer, scheduler, scaler)
+                            optimizer, scheduler, scaler, settings, anyway)
 
 
-def restore_training(last: Path, state: Any, load_weights: Callable[[], Any], optimizer, scheduler,
-                     scaler) -> tuple[int, float, list[dict[str, Any]]]:
-    """``last.pt``'s training state (epochs done, best score, history, optimizer, scheduler, scaler) checked and
-    restored, and the saved weights put back by ``load_weights``; anything malformed is a :class:`TrainingError`."""
+def restore_training(last: Path, state: Any, load_weights: Callable[[], Any], optimizer, scheduler, scaler,
+                     settings: dict[str, str], anyway: bool = False) -> tuple[int, float, list[dict[str, Any]]]:
+    """``last.pt``'s training state (epochs done, best score, history, optimizer, scheduler, scaler) checked against
+    this run's ``settings`` (:mod:`train.fingerprint`; unless ``anyway``) and restored, the saved weights put back by
+    ``load_weights``; anything malformed is a :class:`TrainingError`."""
+    if isinstance(state, dict):
+        refusal = resume_refusal(state.get("fingerprint"), settings, last, anyway)
+        if refusal:
+            raise TrainingError(refusal)
+    fresh = [(group["initial_lr"], group["weight_decay"]) for group in optimizer.param_groups]
     try:
         epoch, best = state["epoch"], state["best"]
         history = [json.loads(line) for line in state["history"]]
@@ -96,11 +105,24 @@ def restore_training(last: Path, state: Any, load_weights: Callable[[], Any], op
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if anyway:
+            keep_hyperparameters(optimizer, scheduler, fresh)
     except (TypeError, KeyError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
         detail = " ".join(str(exc).split())[:120]
         raise TrainingError(f"--resume: {last} has a damaged training state ({exc.__class__.__name__}: {detail}); "
                             "delete it to start over, or use another --out") from None
     return epoch, float(best), history
+
+
+def keep_hyperparameters(optimizer, scheduler, fresh: list[tuple[float, float]]) -> None:
+    """After loading a saved optimizer and scheduler: this run's base learning rate and weight decay of each
+    parameter group (``fresh``), the learning rate of the next step from this run's schedule
+    (``--resume-anyway``: the new settings take effect instead of being silently replaced by the saved ones)."""
+    if len(fresh) != len(optimizer.param_groups):
+        raise ValueError(f"{len(optimizer.param_groups)} saved parameter groups, {len(fresh)} in this run")
+    scheduler.base_lrs = [lr for lr, _ in fresh]
+    for group, (lr, decay), factor in zip(optimizer.param_groups, fresh, scheduler.lr_lambdas):
+        group.update(initial_lr=lr, weight_decay=decay, lr=lr * factor(scheduler.last_epoch))
 
 
 def write_log(path: Path, history: list[dict[str, Any]]) -> None:

@@ -72,9 +72,22 @@ def threshold_levels(threshold: str | float) -> tuple[float, ...] | None:
     return None if threshold == "otsu" else (float(threshold),)
 
 
+#: Pixels :func:`to_uint8` scales at once (its float32 scratch: 4 MiB, instead of a copy of the maps).
+U8_BLOCK = 1 << 20
+
+
 def to_uint8(maps: np.ndarray) -> np.ndarray:
-    """``uint8(255 · m)`` with truncation, as the classic ``np.uint8(255 * cam)``."""
-    return (np.asarray(maps, dtype=np.float32) * np.float32(255)).astype(np.uint8)
+    """``uint8(255 · m)`` with truncation, as the classic ``np.uint8(255 * cam)`` — the same float32 product
+    and truncation of each value, computed :data:`U8_BLOCK` pixels at a time so that a full-resolution map
+    needs no float32 copy of itself."""
+    flat = np.asarray(maps, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.shape, np.uint8)
+    scratch = np.empty(min(U8_BLOCK, flat.size), np.float32)
+    for start in range(0, flat.size, U8_BLOCK):
+        part = flat[start:start + U8_BLOCK]
+        np.multiply(part, np.float32(255), out=scratch[:len(part)])
+        out[start:start + len(part)] = scratch[:len(part)]  # float32 → uint8 truncates, as astype
+    return out.reshape(np.shape(maps))
 
 
 def foreground(u8: np.ndarray, threshold: str | float = "otsu", out: np.ndarray | None = None) -> np.ndarray:

@@ -23,8 +23,17 @@ from camloc.boxes.device import DeviceMaps, heat_sums
 from camloc.boxes.device import trace as trace_masks
 from camloc.boxes.grid import GridBoxes, grid_boxes
 from camloc.boxes.proposals import box_evidence, evidence, integral_images, per_class_nms
-from camloc.boxes.registry import BOX_CHUNK, FULL_RESOLUTION, MAX_BOX_SCALE, BatchBoxes, Recipe, ScoredBoxes, register
+from camloc.boxes.registry import (
+    FULL_RESOLUTION,
+    MAX_BOX_SCALE,
+    BatchBoxes,
+    Recipe,
+    ScoredBoxes,
+    host_chunks,
+    register,
+)
 from camloc.cam.maps import check_finite_maps, normalize_maps
+from camloc.runtime.memory import memory_budget
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,9 @@ class EvidenceScored(Recipe):
     """Shared by the evidence-scored recipes: proposals of each map (:meth:`proposals`), then
 
     ``score = p(class) · √(share · soft IoU)`` (:func:`camloc.boxes.proposals.box_evidence`), then
-    greedy per-class NMS at ``nms_iou``. A map with no proposal gets the whole image. Maps are
-    normalised and traced :data:`BOX_CHUNK` classes at a time. Classes with ``p < 0.001`` get
+    greedy per-class NMS at ``nms_iou``. A map with no proposal gets the whole image. On the CPU, maps are
+    normalised and traced :data:`~camloc.boxes.registry.BOX_CHUNK` classes at a time, fewer for a large image
+    (:func:`~camloc.boxes.registry.host_chunks`: within the box stage's memory budget). Classes with ``p < 0.001`` get
     no boxes (their boxes would score below 0.001: the tail of every precision-recall curve);
     on 369 coco-mini train images that keeps every class present in the image, and it skips
     about 60 % of the 80 maps.
@@ -79,12 +89,20 @@ class EvidenceScored(Recipe):
         return BatchBoxes(image[found.map_index].cpu().numpy(), classes[row[found.map_index]].cpu().numpy(),
                           found.xywh.cpu().numpy(), found.score.cpu().numpy())
 
-    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    #: Working memory of one map normalised and boxed at full resolution on the CPU, bytes a pixel: the float32
+    #: map and its float64 summed-area table (12), its uint8 copy (1) while the proposals are traced; the level
+    #: masks have what is left of the budget (:func:`camloc.boxes.proposals.level_boxes`).
+    host_bytes_per_pixel: ClassVar[int] = 13
+
+    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int], mask_bytes: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """``(map index (n,), xywh (n, 4))`` for normalised maps ``heat (k, H, W)`` (``u8`` = uint8(255·heat));
-        ``grid`` is the raw maps' ``(h, w)``."""
+        ``grid`` is the raw maps' ``(h, w)``; ``mask_bytes``: what the masks traced at once may take (``None``:
+        all at once)."""
         raise NotImplementedError
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None
+              ) -> ScoredBoxes:
         if self.box_scale is not None:
             count, device = len(raw_maps), raw_maps.device
             found = self.grid(raw_maps, probs.to(device), torch.tensor([size], device=device).expand(count, 2),
@@ -94,13 +112,16 @@ class EvidenceScored(Recipe):
             return self.device_boxes(raw_maps, probs, size)
         check_finite_maps(raw_maps)
         owners, rects, scores = [], [], []
-        for start in range(0, len(raw_maps), BOX_CHUNK):
-            heat = normalize_maps(raw_maps[start:start + BOX_CHUNK], size).cpu().numpy()
-            owner, xywh = with_whole_image(*self.proposals(heat, to_uint8(heat), tuple(raw_maps.shape[-2:])),
+        budget = memory_budget("cpu", budget)
+        for span in host_chunks(len(raw_maps), size, self.host_bytes_per_pixel, budget):
+            heat = normalize_maps(raw_maps[span], size).cpu().numpy()
+            masks = max(0, budget - heat.size * self.host_bytes_per_pixel)  # what the level masks may take
+            owner, xywh = with_whole_image(*self.proposals(heat, to_uint8(heat), tuple(raw_maps.shape[-2:]), masks),
                                            len(heat), size)
-            owners.append(owner + start)
+            owners.append(owner + span.start)
             rects.append(xywh)
             scores.append(box_evidence(integral_images(heat), owner, xywh))
+            del heat
         if not owners:
             return ScoredBoxes.empty()
         return self.keep_best(np.concatenate(owners), np.concatenate(rects), np.concatenate(scores), probs)
@@ -136,7 +157,8 @@ class Evidence(EvidenceScored):
 
     on_device: ClassVar[bool] = True
 
-    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int], mask_bytes: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         found = heatmaps_to_boxes(heat, self.threshold, self.mode)
         return found.class_index, found.xywh
 

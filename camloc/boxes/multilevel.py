@@ -37,8 +37,9 @@ class MultiLevel(EvidenceScored):
 
     on_device: ClassVar[bool] = True
 
-    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        owner, _, xywh = level_boxes(u8, self.levels)
+    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int], mask_bytes: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        owner, _, xywh = level_boxes(u8, self.levels, mask_bytes)
         return owner, xywh
 
     def cut_levels(self) -> tuple[float, ...] | None:
@@ -71,9 +72,15 @@ class Instances(MultiLevel):
         if self.box_scale is not None:
             raise ValueError("instances traces its watershed at the image's resolution: box_scale must be 'full'")
 
-    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    #: As :class:`MultiLevel`, plus each map's instance cut (1) and, while it is drawn, the watershed's labels
+    #: carried back to full resolution (int32) and the borders between them (2).
+    host_bytes_per_pixel: ClassVar[int] = 20
+
+    def proposals(self, heat: np.ndarray, u8: np.ndarray, grid: tuple[int, int], mask_bytes: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         cut = np.stack([instance_cut(m, min(self.levels), float(self.min_peak), grid) for m in heat])
-        owner, _, xywh = level_boxes(u8 * cut, self.levels)
+        np.multiply(u8, cut, out=cut)
+        owner, _, xywh = level_boxes(cut, self.levels, mask_bytes)
         return owner, xywh
 
 

@@ -35,19 +35,29 @@ from camloc.boxes.contours import fraction_cut, stacked_masks, trace_stacked
 INSTANCE_SIDE = 160
 
 
-def level_boxes(u8: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def level_boxes(u8: np.ndarray, levels: Sequence[float], max_bytes: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Outer-contour boxes of ``u8[k] ≥ ⌈t·255⌉`` for every map ``k`` of ``u8 (K, H, W)`` and level ``t``.
 
     Returns ``(map index (n,), level index (n,), xywh (n, 4))``, int64, ordered by map, then level,
-    then OpenCV's contour order. A level above a map's maximum gives no box.
+    then OpenCV's contour order. A level above a map's maximum gives no box. The (map, level) masks are
+    stacked and traced by one ``findContours`` call — or, within ``max_bytes`` (the masks and OpenCV's copy of
+    them: 2 bytes a pixel), by one call per group of consecutive masks: the same boxes in the same order.
     """
     num, height, width = u8.shape
     cut = [fraction_cut(t) for t in levels]
-    stack = stacked_masks(num * len(cut), height, width).reshape(num, len(cut), height + 1, width)
-    for k in range(num):
-        for j, level in enumerate(cut):
-            cv2.threshold(u8[k], level, 1, cv2.THRESH_BINARY, dst=stack[k, j, :height])
-    tile, rects, _ = trace_stacked(stack.reshape(-1, height + 1, width))
+    tiles = num * len(cut)
+    per_group = tiles if max_bytes is None else max(1, int(max_bytes) // (2 * (height + 1) * width))
+    found = [np.zeros(0, np.int64)], [np.zeros((0, 4), np.int64)]
+    for first in range(0, tiles, per_group):
+        group = range(first, min(first + per_group, tiles))
+        stack = stacked_masks(len(group), height, width)
+        for i, tile in enumerate(group):
+            cv2.threshold(u8[tile // len(cut)], cut[tile % len(cut)], 1, cv2.THRESH_BINARY, dst=stack[i, :height])
+        tile, rects, _ = trace_stacked(stack)
+        found[0].append(tile + first)
+        found[1].append(rects)
+    tile, rects = np.concatenate(found[0]), np.concatenate(found[1])
     return tile // len(cut), tile % len(cut), rects
 
 
@@ -94,10 +104,13 @@ def instance_cut(heat: np.ndarray, floor: float, min_peak: float, grid: tuple[in
 
 
 def integral_images(maps: np.ndarray) -> np.ndarray:
-    """Summed-area tables ``(K, H+1, W+1)`` (float64) of maps ``(K, H, W)``: ``I[y, x] = Σ m[:y, :x]``."""
+    """Summed-area tables ``(K, H+1, W+1)`` (float64) of maps ``(K, H, W)``: ``I[y, x] = Σ m[:y, :x]`` (each
+    written in place by OpenCV: no second copy of the tables)."""
     maps = np.asarray(maps, dtype=np.float32)
-    return np.stack([cv2.integral(m, sdepth=cv2.CV_64F) for m in maps]) if len(maps) else \
-        np.zeros((0, maps.shape[1] + 1, maps.shape[2] + 1))
+    tables = np.empty((maps.shape[0], maps.shape[1] + 1, maps.shape[2] + 1), np.float64)
+    for m, table in zip(maps, tables):
+        cv2.integral(m, sum=table, sdepth=cv2.CV_64F)
+    return tables
 
 
 def box_sums(tables: np.ndarray, owner: np.ndarray, xywh: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from torch import Tensor
 from camloc.boxes.device import DeviceMaps, device_maps
 from camloc.boxes.gating import parse_class_selection, select_classes
 from camloc.options import known_options
+from camloc.runtime.memory import chunks, memory_budget
 
 #: The ``box_scale`` option that traces boxes at the image's own resolution (stored as ``None``).
 FULL_RESOLUTION = "full"
@@ -39,6 +40,15 @@ MAX_BOX_SCALE = 64
 #: Classes normalised and boxed together: 4 full-resolution maps stay in the CPU cache, which
 #: measured ~1.4× faster than all 80 at once for 640×480 images (min 73 ms vs 119 ms here).
 BOX_CHUNK = 4
+
+
+def host_chunks(count: int, size: tuple[int, int], bytes_per_pixel: int, budget: int | None = None) -> list[slice]:
+    """Consecutive slices of ``count`` maps normalised and boxed together on the CPU at the image's ``size``
+    (``bytes_per_pixel``: a recipe's working memory per map and pixel): :data:`BOX_CHUNK` at a time, fewer where
+    they would not fit ``budget`` bytes (default: :func:`~camloc.runtime.memory.memory_budget` of the CPU), one
+    at a time at least — so one image's box stage is bounded whatever its size and number of classes."""
+    per_map = size[0] * size[1] * bytes_per_pixel
+    return list(chunks(count, per_map, min(memory_budget("cpu", budget), BOX_CHUNK * per_map)))
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,7 @@ class Recipe:
             if not len(rows):
                 continue
             chosen = classes.cpu()[rows]
-            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size)
+            found = self.boxes(raw_maps[b, rows.to(raw_maps.device)], probs[b, chosen.to(probs.device)], size, budget)
             parts.append(BatchBoxes(np.full(len(found), b, np.int64), chosen.numpy()[found.class_index],
                                     found.xywh, found.score))
         return BatchBoxes.concatenate(parts)

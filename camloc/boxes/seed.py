@@ -11,22 +11,28 @@ from torch import Tensor
 from camloc.boxes.contours import BoxSet, normalized_maps_to_boxes, parse_box_mode, parse_threshold, threshold_levels
 from camloc.boxes.device import DeviceMaps, heat_sums
 from camloc.boxes.device import trace as trace_masks
-from camloc.boxes.registry import BOX_CHUNK, Recipe, ScoredBoxes, register
+from camloc.boxes.registry import Recipe, ScoredBoxes, host_chunks, register
 from camloc.cam.maps import check_finite_maps, normalize_maps
+
+#: Working memory of one map boxed at full resolution on the CPU by the course recipe, bytes a pixel: the float32
+#: map (4), its uint8 copy (1), the foreground mask and OpenCV's copy of it (2), and a byte of slack.
+SEED_BYTES_PER_PIXEL = 8
 
 
 def boxes_from_raw_maps(raw_maps: Tensor, size: tuple[int, int], threshold: str | float = "otsu",
-                        mode: str = "all", chunk: int = BOX_CHUNK) -> BoxSet:
+                        mode: str = "all", budget: int | None = None) -> BoxSet:
     """Raw maps ``(k, h, w)`` → upsample/ReLU/normalise to ``size`` → :func:`heatmaps_to_boxes`,
-    a few classes at a time; ``class_index`` refers to positions along ``raw_maps`` (``ValueError``
-    for non-finite maps, or a threshold or mode that :func:`heatmaps_to_boxes` refuses)."""
+    a few classes at a time (:func:`~camloc.boxes.registry.host_chunks`: within ``budget`` bytes);
+    ``class_index`` refers to positions along ``raw_maps`` (``ValueError`` for non-finite maps, or a
+    threshold or mode that :func:`heatmaps_to_boxes` refuses)."""
     check_finite_maps(raw_maps)
     threshold, mode = parse_threshold(threshold), parse_box_mode(mode)
     parts = []
-    for start in range(0, len(raw_maps), chunk):
-        heat = normalize_maps(raw_maps[start:start + chunk], size).cpu().numpy()
+    for span in host_chunks(len(raw_maps), size, SEED_BYTES_PER_PIXEL, budget):
+        heat = normalize_maps(raw_maps[span], size).cpu().numpy()
         found = normalized_maps_to_boxes(heat, threshold, mode)
-        parts.append(BoxSet(found.class_index + start, found.xywh, found.heat))
+        parts.append(BoxSet(found.class_index + span.start, found.xywh, found.heat))
+        del heat
     if not parts:
         return BoxSet(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0))
     return BoxSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_index", "xywh", "heat")))
@@ -56,10 +62,11 @@ class Seed(Recipe):
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
         parse_box_mode(self.mode)
 
-    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int]) -> ScoredBoxes:
+    def boxes(self, raw_maps: Tensor, probs: Tensor, size: tuple[int, int], budget: int | None = None
+              ) -> ScoredBoxes:
         if raw_maps.device.type != "cpu":
             return self.device_boxes(raw_maps, probs, size)
-        found = boxes_from_raw_maps(raw_maps, size, self.threshold, self.mode)
+        found = boxes_from_raw_maps(raw_maps, size, self.threshold, self.mode, budget)
         score = found.heat * probs.double().cpu().numpy()[found.class_index]
         return ScoredBoxes(found.class_index, found.xywh.astype(np.float64), score)
 

@@ -15,6 +15,7 @@ from camloc.models import (
     CHECKPOINT_VERSION,
     ModelError,
     check_state_dict,
+    check_version,
     load_model,
     read_checkpoint,
 )
@@ -71,6 +72,7 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu"
     if not is_detector_meta(payload.get("meta")):
         raise ModelError(f"{path}: a classifier checkpoint, not a detector; use camloc.localize.Localizer for it, "
                          "or train a detector with python -m train --detector")
+    check_version(payload.get("version"), path)
     meta = complete_detector_meta(payload["meta"], f"{path} (meta)")
     state = payload.get("state_dict")
     check_state_dict(state, path)

@@ -22,7 +22,7 @@ from camloc.evaluation import Detections
 from camloc.io.images import ImageSource
 from camloc.pipeline.detections import MAX_DETECTIONS
 from camloc.pipeline.localizer import resolve_precision
-from camloc.pipeline.predictor import Predictor
+from camloc.pipeline.predictor import Predictor, as_batch
 
 #: The lowest score kept (torchvision's default).
 SCORE_THRESHOLD = 0.05
@@ -67,9 +67,12 @@ class Detector(Predictor):
         model, meta, _ = load_detector(path)
         return cls(model, meta, **options)
 
-    def detect(self, images: Sequence[ImageSource | Tensor], image_ids: Sequence[int] | None = None) -> Detections:
+    def detect(self, images: Sequence[ImageSource | Tensor] | ImageSource, image_ids: Sequence[int] | None = None
+               ) -> Detections:
         """Detections of a batch as flat arrays (one forward pass for the whole batch); ``bbox`` ``[x, y, w, h]``
-        in each image's own pixels, ``category_id`` the dataset's. ``image_ids`` default to the positions."""
+        in each image's own pixels, ``category_id`` the dataset's. ``image_ids`` default to the positions; one
+        image alone is a batch of one (:func:`~camloc.pipeline.predictor.as_batch`)."""
+        images = as_batch(images)
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,10 @@ def _unique(ids: np.ndarray, what: str) -> None:
                               "ids must be unique")
 
 
+class AnnotationIdWarning(UserWarning):
+    """An annotation file whose ids change COCO AP (an annotation with id 0)."""
+
+
 class ImageLabels:
     """A COCO instances file read for its *image-level* labels only: its images, its categories and the
     ``(image_id, category_id, iscrowd)`` of each annotation, checked as :class:`GroundTruth` checks them. No
@@ -183,6 +188,12 @@ class ImageLabels:
         where = f"{label}: annotation"
         self.ann_id = int_array(_field(anns, "id", where), f"{where} id")
         _unique(self.ann_id, f"{where} id")
+        if (self.ann_id == 0).any():
+            index = int(np.flatnonzero(self.ann_id == 0)[0])
+            warnings.warn(f"{label}: annotation #{index} has id 0, which pycocotools "
+                          "(and camloc, to give its numbers) takes for 'no match': a detection matching that object "
+                          "counts as a false positive and the object as missed; number annotations from 1",
+                          AnnotationIdWarning, stacklevel=2)
         self.ann_image = int_array(_field(anns, "image_id", where), f"{where} image_id")
         self.ann_category = int_array(_field(anns, "category_id", where), f"{where} category_id")
         crowd = [a.get("iscrowd", 0) for a in anns]

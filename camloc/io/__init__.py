@@ -4,5 +4,7 @@
 * :mod:`~camloc.io.reader` — a split's files for a long run: ``uint8`` pixels or JPEG bytes decoded on the device;
 * :mod:`~camloc.io.preprocess` — decoded pixels → the network's input, on the device;
 * :mod:`~camloc.io.data` — COCO annotations as image-level labels and training samples;
-* :mod:`~camloc.io.atomic` — files written whole or not at all.
+* :mod:`~camloc.io.atomic` — files written whole or not at all;
+* :mod:`~camloc.io.lock` — one writer per output folder;
+* :mod:`~camloc.io.digest` — fingerprints of input files (content, or size and modification time) for resumes.
 """

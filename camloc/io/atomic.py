@@ -1,15 +1,25 @@
-"""Atomic file output: a reader never sees a half-written file."""
+"""Atomic file output: a reader never sees a half-written file, and a writer killed half-way leaves nothing that
+lasts.
+
+A file is written as ``.NAME.camloc-tmp-PID-XXXX.tmp`` beside its target and renamed over it when complete. A
+process killed before the rename (SIGKILL, power loss) cannot remove its temporary file; the next run that takes
+the folder (:func:`camloc.io.lock.exclusive_folder`) removes every one whose writer's process is gone
+(:func:`remove_stale_temporaries`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+#: What marks a temporary file of :func:`atomic_output` (followed by the writer's pid).
+TEMP_TAG = "camloc-tmp-"
 
 
 @contextlib.contextmanager
@@ -20,7 +30,7 @@ def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_TAG}{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
@@ -31,6 +41,29 @@ def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_output` in ``folder`` whose writing process no longer runs
+    (killed before it could rename or remove them); returns what was removed. Files of running processes stay."""
+    removed = []
+    for path in Path(folder).glob(f".*.{TEMP_TAG}*.tmp"):
+        match = re.search(rf"\.{TEMP_TAG}(\d+)-[^.]*\.tmp$", path.name)
+        if match and not _alive(int(match.group(1))):
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove: left as it is
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = None) -> None:
@@ -59,11 +92,3 @@ def writable_folder(path: str | Path) -> Path:
                           "choose a writable output folder") from None
     return path
 
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -26,6 +26,11 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 #: Largest image accepted, in pixels (width × height): 64 MP covers any camera; a 20000×20000
 #: PNG (400 MP, 1.2 GB decoded) is refused before its pixels are decoded.
 MAX_IMAGE_PIXELS = 64_000_000
+#: Working memory one image at :data:`MAX_IMAGE_PIXELS` runs in on the CPU (``Localizer.predict``: decoding,
+#: preprocessing, every view's forward pass, the box stage of every gated class at full resolution — maps a few at
+#: a time within the box stage's budget, :func:`camloc.runtime.memory.memory_budget`); measured by
+#: ``tests/test_memory.py``.
+IMAGE_WORKING_MEMORY = 2 << 30
 
 ImageSource = Union[str, Path, bytes, "np.ndarray", Image.Image]
 

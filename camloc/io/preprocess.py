@@ -14,11 +14,30 @@ pickled — and everything after that runs on the device:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
+
+from camloc.io.images import MAX_IMAGE_PIXELS, ImageError
+
+
+def check_pixels(pixels: Any, name: str = "image") -> Tensor:
+    """``pixels`` if it is a decoded image as every path into the network takes it — a dense ``uint8`` tensor
+    ``(3, H, W)`` (RGB, channels first) of 1 to :data:`~camloc.io.images.MAX_IMAGE_PIXELS` pixels — else one
+    :class:`~camloc.io.images.ImageError` (a ``ValueError``) naming ``name``, the expected shape and dtype and
+    what it got."""
+    shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else None
+    if (shape is not None and pixels.layout == torch.strided and pixels.dtype == torch.uint8 and len(shape) == 3
+            and shape[0] == 3 and 0 < shape[1] * shape[2] <= MAX_IMAGE_PIXELS):
+        return pixels
+    got = (f"{str(pixels.dtype).removeprefix('torch.')} {str(pixels.layout).removeprefix('torch.')} of shape "
+           f"{shape}" if shape is not None else type(pixels).__name__)
+    hint = "; a batch is a list of images" if shape is not None and len(shape) == 4 else ""
+    raise ImageError(f"{name}: a tensor image must be uint8 (3, H, W) — RGB, channels first, dense, 1 to "
+                     f"{MAX_IMAGE_PIXELS:,} pixels; got {got}{hint}")
 
 
 def pixels_of(image: Image.Image) -> Tensor:
@@ -36,7 +55,8 @@ def resize_square(images: Sequence[Tensor], size: int, device: torch.device | st
     for index, image in enumerate(images):
         groups.setdefault(tuple(image.shape), []).append(index)
     for members in groups.values():
-        stacked = torch.stack([images[i].to(device, non_blocking=True) for i in members])
+        moved = [images[i].to(device, non_blocking=True) for i in members]
+        stacked = moved[0][None] if len(moved) == 1 else torch.stack(moved)  # one image alone: a view, no copy
         out[torch.tensor(members, device=device)] = TF.resize(stacked, [size, size], antialias=True)
     return out
 

@@ -21,7 +21,6 @@ compares to refuse results computed from other files.
 from __future__ import annotations
 
 import io
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -35,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from camloc.io.digest import file_stamp
 from camloc.io.images import MAX_IMAGE_PIXELS, ImageError, load_image
 from camloc.io.preprocess import pixels_of
 
@@ -105,11 +105,7 @@ class SplitImages(Dataset):
         start = time.perf_counter()
         info = self.images[index]
         path = self.folder / info["file_name"]
-        try:
-            stat = os.stat(path)
-            stamp = (stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            stamp = (-1, -1)
+        stamp = file_stamp(path)
         try:
             if self.device_decode and stamp[0] >= 0:
                 data = path.read_bytes()

@@ -18,6 +18,7 @@ from camloc.models.checkpoints import (
     DETECTOR_KIND,
     atomic_torch_save,
     check_state_dict,
+    check_version,
     checkpoint_payload,
     load_checkpoint,
     load_model,
@@ -38,7 +39,7 @@ from camloc.models.meta import (
 __all__ = ["ACTIVATIONS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "DEFAULT_INPUT_SIZE", "DETECTOR_KIND", "FAMILIES",
            "IMAGENET_MEAN", "IMAGENET_STD", "MAX_INPUT_SIZE", "MIN_INPUT_SIZE", "CamModel", "Family",
            "GroupedImageNetHead",
-           "ModelError", "atomic_torch_save", "build_model", "build_torchvision", "check_state_dict",
+           "ModelError", "atomic_torch_save", "build_model", "build_torchvision", "check_state_dict", "check_version",
            "checkpoint_payload", "complete_meta", "derive_coco_head", "dilation_kwargs", "family_of",
            "imagenet_state_dict", "load_checkpoint", "load_model", "probabilities", "read_checkpoint",
            "save_checkpoint"]

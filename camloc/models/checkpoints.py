@@ -7,6 +7,7 @@ plain torchvision ``state_dict`` loads with a JSON sidecar of the same stem.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import warnings
 import zipfile
@@ -27,9 +28,37 @@ CHECKPOINT_VERSION = 1
 DETECTOR_KIND = "detector"
 
 
-def _has_compressed_entries(path: Path) -> bool:
+#: Largest magnitude accepted in a learned weight or bias, and in a BatchNorm running mean. The largest in any
+#: checkpoint camloc ships or uses is 56.4 (the shared MobileNet-V2, BatchNorm folded into its convolutions),
+#: torchvision's initialisations stay below 2.3, so real weights sit over 100× below it. Above it a weight
+#: times an activation of 7 overflows fp16 (65 504) in the backbone's half-precision arithmetic; and a flip of
+#: the top exponent bit of a float32 weight anywhere in [3e-35, 2), where nearly all weights are, multiplies
+#: it by 2¹²⁸ — far above. (A flip of a lower bit is caught by the archive's CRC-32 instead.)
+MAX_WEIGHT = 1e4
+#: Largest BatchNorm running variance accepted: a standard deviation of :data:`MAX_WEIGHT`.
+MAX_RUNNING_VAR = MAX_WEIGHT**2
+
+
+def _check_archive(path: Path) -> None:
+    """A :class:`ModelError` for an archive with compressed entries (``torch.save`` writes none; a compressed
+    checkpoint can expand without bound) or an entry whose bytes do not match its CRC-32 (naming the entry: a
+    flipped bit, a bad copy). Each entry is read once; an archive written without CRCs (every CRC 0:
+    ``torch.utils.serialization.config.save.compute_crc32 = False``) has nothing to check."""
     with zipfile.ZipFile(path) as archive:
-        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+        entries = archive.infolist()
+        if any(info.compress_type != zipfile.ZIP_STORED for info in entries):
+            raise ModelError(f"{path}: refused, its archive has compressed entries (torch.save writes none; a "
+                             "compressed checkpoint can expand without bound); re-save it with torch.save")
+        if not any(info.CRC for info in entries if info.file_size):
+            return
+        for info in entries:
+            try:
+                with archive.open(info) as entry:
+                    while entry.read(1 << 22):
+                        pass
+            except zipfile.BadZipFile:
+                raise ModelError(f"{path}: its entry {info.filename} is damaged (the CRC-32 saved with it does not "
+                                 "match its bytes: a flipped bit or a bad copy); use an intact copy") from None
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -42,9 +71,8 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         if not path.is_file():
             raise ModelError(f"{path}: no such checkpoint file")
-        if zipfile.is_zipfile(path) and _has_compressed_entries(path):
-            raise ModelError(f"{path}: refused, its archive has compressed entries (torch.save writes none; a "
-                             "compressed checkpoint can expand without bound); re-save it with torch.save")
+        if zipfile.is_zipfile(path):
+            _check_archive(path)
         with warnings.catch_warnings():  # torch's notes on odd pickles; the outcome is reported below
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -73,8 +101,9 @@ def _read_sidecar(path: Path) -> Any:
 
 
 def check_state_dict(state: Any, path: str | Path) -> None:
-    """A ``state_dict`` camloc will load: string keys, dense real tensors, every float finite, and
-    BatchNorm running variances ≥ 0; anything else is a :class:`ModelError` naming the tensor."""
+    """A ``state_dict`` camloc will load: string keys, dense real tensors, every float finite and within
+    ±:data:`MAX_WEIGHT` (running variances within [0, :data:`MAX_RUNNING_VAR`]); anything else is a
+    :class:`ModelError` naming the tensor."""
     if not isinstance(state, dict) or not state:
         raise ModelError(f"{path}: the weights are not a state_dict (a dict of tensors)")
     for key, tensor in state.items():
@@ -85,11 +114,18 @@ def check_state_dict(state: Any, path: str | Path) -> None:
         if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
             raise ModelError(f"{path}: tensor {key} of shape {tuple(tensor.shape)} is a view larger than its data; "
                              "the checkpoint is damaged or crafted")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        peak = float(tensor.abs().amax())
+        if not math.isfinite(peak):
             raise ModelError(f"{path}: tensor {key} holds NaN or inf values (a diverged or damaged checkpoint); "
                              "use an earlier checkpoint")
         if key.endswith("running_var") and bool((tensor < 0).any()):
             raise ModelError(f"{path}: tensor {key} has negative variances; the checkpoint is damaged")
+        bound = MAX_RUNNING_VAR if key.endswith("running_var") else MAX_WEIGHT
+        if peak > bound:
+            raise ModelError(f"{path}: tensor {key} holds {peak:.3g}, beyond the ±{bound:.0e} any trained weight "
+                             "stays within (a flipped bit or a diverged run); use an intact or earlier checkpoint")
 
 
 def _check_head(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> None:
@@ -107,6 +143,17 @@ def _check_head(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> N
                          f"{'ImageNet outputs' if groups else 'classes'}; checkpoint and metadata do not match")
 
 
+def check_version(version: Any, path: Path) -> None:
+    """A camloc checkpoint's ``version``: an integer from 1 to :data:`CHECKPOINT_VERSION` (what this release
+    reads), or a :class:`ModelError` saying which."""
+    if type(version) is not int or version < 1:
+        raise ModelError(f"{path}: its checkpoint version is {str(version)[:40]!r}, not a positive integer; the "
+                         "checkpoint is damaged")
+    if version > CHECKPOINT_VERSION:
+        raise ModelError(f"{path}: written by a newer camloc (checkpoint version {version}; this release reads up to "
+                         f"{CHECKPOINT_VERSION}); update camloc to load it")
+
+
 def load_checkpoint(path: str | Path,
                     map_location: str | torch.device = "cpu") -> tuple[CamModel, dict[str, Any], dict[str, Any]]:
     """:func:`load_model`, plus the checkpoint's other entries (``train_state``, ``epoch``, ...;
@@ -121,6 +168,7 @@ def load_checkpoint(path: str | Path,
         if meta.get("kind") == DETECTOR_KIND:
             raise ModelError(f"{path}: a detector checkpoint ({meta.get('arch')}), which has no class maps; load "
                              "it with camloc.detector.Detector.from_checkpoint (python -m eval and the app take both)")
+        check_version(payload.get("version"), path)
         extras = {k: v for k, v in payload.items() if k not in ("format", "version", "meta", "state_dict")}
         source = f"{path} (meta)"
     elif isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):

@@ -8,11 +8,13 @@ an interactive caller runs the network once per image and re-derives boxes as se
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -21,8 +23,8 @@ from camloc.boxes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, mak
 from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method
 from camloc.evaluation import Detections
 from camloc.io.images import ImageSource
-from camloc.io.preprocess import normalise, pixels_of, resize_square
-from camloc.models import CamModel, load_model, probabilities
+from camloc.io.preprocess import check_pixels, normalise, pixels_of, resize_square
+from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, CamModel, load_model, probabilities
 from camloc.pipeline.analysis import (
     TTA_SCALES,
     Analysis,
@@ -40,7 +42,7 @@ from camloc.pipeline.detections import (
     recipe_boxes,
     recipe_detections,
 )
-from camloc.pipeline.predictor import Predictor
+from camloc.pipeline.predictor import Predictor, as_batch
 from camloc.runtime.memory import Halving, parse_memory
 from camloc.runtime.profiling import stage
 
@@ -61,6 +63,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 
+def checked_img_size(img_size: Any, default: int) -> int:
+    """The network input size: ``None`` → ``default`` (the checkpoint's); else an integer (not a bool, float or
+    string) from :data:`~camloc.models.MIN_INPUT_SIZE` to :data:`~camloc.models.MAX_INPUT_SIZE`, as the CLIs'
+    ``--img-size`` (a ``TypeError`` or ``ValueError`` otherwise)."""
+    if img_size is None:
+        return int(default)
+    expected = (f"img_size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (None: the checkpoint's "
+                f"{default})")
+    if isinstance(img_size, (bool, np.bool_)) or not isinstance(img_size, numbers.Integral):
+        raise TypeError(f"{expected}, got {img_size!r}")
+    if not MIN_INPUT_SIZE <= img_size <= MAX_INPUT_SIZE:
+        raise ValueError(f"{expected}, got {img_size!r}")
+    return int(img_size)
+
+
 class Localizer(Predictor):
     """Weakly-supervised localisation with class activation maps.
 
@@ -74,7 +91,8 @@ class Localizer(Predictor):
     a method with a ``layer`` option (default: the feature layer); ``precision`` the backbone's
     arithmetic for CAM, the default method (see :func:`resolve_precision`; its maps, probabilities and
     boxes are always computed in float32; the other methods run in float32 throughout); ``max_dets`` the
-    detections :meth:`detect` keeps per image, the best scored (default 100, COCO's convention; 0: all);
+    detections :meth:`detect` keeps per image, the best scored, none scored 0 (default 100, COCO's convention; 0:
+    every box the recipe gives, zero scores included, in :meth:`detect` and :meth:`detections` alike);
     ``max_memory`` the bytes the box stage may hold at once (``"2GiB"``, or a number; default:
     :func:`~camloc.runtime.memory.memory_budget`). A batch that runs out of device memory in :meth:`detect` is run
     again in halves (and later batches at that size).
@@ -98,9 +116,11 @@ class Localizer(Predictor):
             self.model.to(memory_format=torch.channels_last)
         self.meta = meta
         self.method = self.map_method.name
-        self.img_size = int(img_size or meta["input_size"])
+        self.img_size = checked_img_size(img_size, meta["input_size"])
         self.tta = tta
         self.class_names: list[str] = list(meta["class_names"])
+        if isinstance(self.recipe.classes, tuple):  # explicit class indices: checked now, not at the first image
+            class_indices(self.recipe.classes, len(self.class_names))
         self.category_ids: list[int] = list(meta.get("category_ids", range(meta["num_classes"])))
         unsupported = set(meta.get("unsupported_classes", ()))
         self.supported = torch.tensor([n not in unsupported for n in self.class_names], device=self.device)
@@ -188,8 +208,9 @@ class Localizer(Predictor):
     def analyze(self, images: Sequence[ImageSource] | ImageSource,
                 classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                 views: Sequence[tuple[float, bool]] | None = None) -> list[Analysis]:
-        """One forward pass (per TTA view) over a batch; maps of ``classes`` (default: all classes; a list of
-        class lists: each image's own).
+        """One forward pass (per TTA view) over a batch (a list or tuple, empty: ``[]``; one image alone is a batch
+        of one, :func:`as_batch`); maps of ``classes`` (default: all classes; a list of class lists: each image's
+        own).
 
         A ``per_class`` method (the gradient methods: one batched backward pass per class) computes,
         without ``classes``, the maps of the classes the recipe gates in for each image, from the
@@ -198,9 +219,9 @@ class Localizer(Predictor):
         of :meth:`views` (an interactive caller caches each view and joins them with
         :meth:`Analysis.average`, which gives exactly the TTA analysis).
         """
-        batch = images if isinstance(images, (list, tuple)) else [images]
+        batch = as_batch(images)
         classes = self.checked_classes(classes, len(batch))  # refused before any image is decoded
-        return self.analyze_batch(self.pixels(batch), classes, views).images()
+        return self.analyze_batch(self.pixels(batch), classes, views).images() if batch else []
 
     def checked_classes(self, classes: Any, count: int) -> list[int] | list[list[int]] | None:
         """``classes`` of :meth:`analyze` checked once (:func:`~camloc.boxes.class_indices`): ``None``, one list
@@ -214,11 +235,14 @@ class Localizer(Predictor):
 
     def analyze_batch(self, pixels: Sequence[Tensor], classes: Sequence[int] | Sequence[Sequence[int]] | None = None,
                       views: Sequence[tuple[float, bool]] | None = None) -> BatchAnalysis:
-        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device), kept as one batch.
+        """:meth:`analyze` of decoded ``uint8 (3, H, W)`` images (on any device; at least one), kept as one batch.
 
         Maps of per-image classes (given, or gated for a ``per_class`` method) are computed in per-image class
         slots (as many backward passes as the image with the most classes) and held as the union of the
         batch's classes with a per-image ``held`` mask."""
+        if not len(pixels):
+            raise ValueError("analyze_batch needs at least one image (analyze and detect take empty lists)")
+        pixels = [check_pixels(p, f"image {i}") for i, p in enumerate(pixels)]
         views = tuple(views or self.views())
         num_classes = len(self.class_names)
         classes = self.checked_classes(classes, len(pixels))
@@ -265,22 +289,29 @@ class Localizer(Predictor):
         by the recipe. ``classes`` (class indices) bypasses the recipe's class gating; ``recipe``,
         ``threshold``, ``mode`` and ``options`` override the Localizer's recipe for this call."""
         chosen = self.recipe_for(recipe, threshold, mode, **options)
-        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes)
+        return recipe_detections(analysis, chosen, self.supported, self.category_ids, image_id, classes,
+                                 raw=not self.max_dets)
 
     def baseline_detections(self, analysis: Analysis, kind: str, image_id: int | None = None) -> list[dict[str, Any]]:
         """Boxes that ignore the maps (see :func:`baseline_detections`), for the recipe's classes."""
-        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id)
+        return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id,
+                                   raw=not self.max_dets)
 
-    def detect(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None,
+    def detect(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None,
                classes: Sequence[Sequence[int]] | None = None) -> Detections:
         """Detections of a batch as flat arrays (:class:`~camloc.evaluation.Detections`): one forward pass per
         view for the whole batch, then the recipe's box stage for the whole batch (on the device for the
-        grid recipes). ``image_ids`` default to the images' positions. ``classes``: one list of class indices
-        per image — only their maps are computed and only they can get boxes (the recipe's gate still
-        applies: with ``classes="all"`` in the recipe, each image's listed classes are exactly those boxed)."""
+        grid recipes). ``image_ids`` default to the images' positions. A batch is a list or tuple (empty: no
+        detections); one image alone is a batch of one (:func:`~camloc.pipeline.predictor.as_batch`).
+        ``classes``: one list of class indices per image — only their maps are computed and only they can get
+        boxes (the recipe's gate still applies: with ``classes="all"`` in the recipe, each image's listed classes
+        are exactly those boxed)."""
+        images = as_batch(images)
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
+        if not images:
+            return Detections([])
         if classes is not None and not per_image_classes(classes):
             raise ValueError("classes of detect() must be one list of class indices per image")
         pixels = self.pixels(images)

@@ -18,8 +18,9 @@ from camloc.boxes import DEFAULT_RECIPE, RECIPES
 from camloc.cam import DEFAULT_METHOD, METHODS
 from camloc.detector import Detector, checkpoint_kind
 from camloc.evaluation import EvaluationError, ImageLabels
-from camloc.io.atomic import OutputError, atomic_write_json, file_digest
+from camloc.io.atomic import OutputError, atomic_write_json
 from camloc.io.data import DataError, check_image_files
+from camloc.io.digest import file_digest
 from camloc.io.images import ImageError
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.models.classes import class_mismatch

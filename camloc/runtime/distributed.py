@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,14 @@ class Dist:
         """Wait for every rank (nothing to wait for when alone)."""
         if self.world > 1:
             dist.barrier()
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a picklable object; alone: ``value``)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():

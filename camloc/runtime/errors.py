@@ -9,6 +9,8 @@ where it came from, whatever cleanup ran after it.
 from __future__ import annotations
 
 import contextlib
+import sys
+import warnings
 from collections.abc import Iterator
 
 _STAGE = "_camloc_stage"
@@ -60,3 +62,21 @@ def error_line(exc: BaseException, expected: tuple[type[BaseException], ...]) ->
     where = f"{where}; " if where else ""
     return (f"error: unexpected {exc.__class__.__name__}: {message[:300]} ({where}rerun with --debug for the "
             "traceback)")
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, camloc's own warnings (a warning class defined in camloc: notes about the user's input,
+    e.g. an annotation id that changes COCO AP) are shown as the command-line tools' one ``warning: <message>``
+    line on stderr; other libraries' warnings are shown as Python shows them."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if not category.__module__.startswith("camloc"):
+                shown(message, category, filename, lineno, file, line)
+                return
+            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+        warnings.showwarning = show
+        yield
