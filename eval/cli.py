@@ -1,4 +1,4 @@
-"""``python -m eval``: localisation mAP of CAM boxes on a COCO split (val2017 by default).
+"""``python -m eval``: localisation mAP of CAM boxes (or of a detector's) on a COCO split (val2017 by default).
 
 Writes ``OUT/detections.json`` (COCO results, loads unchanged in pycocotools' ``loadRes``) and
 ``OUT/metrics.json`` (COCO 12 stats, VOC mAP@0.5, per-class APs, PR curves for the app,
@@ -19,6 +19,7 @@ import torch
 
 from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.cam import DEFAULT_METHOD, METHODS
+from camloc.detector import Detector, checkpoint_kind
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
 from camloc.io.atomic import OutputError
 from camloc.io.data import DataError, check_image_files
@@ -26,6 +27,7 @@ from camloc.io.digest import file_digest
 from camloc.io.images import ImageError
 from camloc.io.lock import exclusive_folder
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
+from camloc.models.classes import class_mismatch
 from camloc.pipeline import Localizer
 from camloc.pipeline.analysis import ALIGNMENTS
 from camloc.pipeline.detections import MAX_DETECTIONS
@@ -61,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, type=Path, help="folder with the split's images")
     parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the split")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="camloc checkpoint or state_dict + .json")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="camloc checkpoint or state_dict + .json; a detector checkpoint (python -m train "
+                             "--detector) gives its own boxes")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
                         help=f"map method (camloc.cam.METHODS; default {DEFAULT_METHOD})")
@@ -177,15 +181,37 @@ def load_split(args: argparse.Namespace) -> tuple[GroundTruth, list[dict]]:
     return truth, images
 
 
-def _same_name(ours: str, theirs: str) -> bool:
-    def key(name: str) -> str:
-        return " ".join(name.replace("_", " ").split()).casefold()
-    return key(ours) == key(theirs)
+#: Options of the class-map path that a detector has no use for (option, attribute, value when not given).
+MAP_ONLY = (("--method", "method", DEFAULT_METHOD), ("--recipe", "recipe", DEFAULT_RECIPE),
+            ("--threshold", "threshold", None), ("--boxes", "boxes", None), ("--classes", "classes", None),
+            ("--baseline", "baseline", None), ("--img-size", "img_size", None), ("--tta", "tta", False),
+            ("--box-scale", "box_scale", None), ("--faithfulness", "faithfulness", False))
+
+
+def build_predictor(args: argparse.Namespace, truth: GroundTruth) -> Localizer | Detector:
+    """A Detector for a detector checkpoint (recognised from its metadata), else the checkpoint's Localizer."""
+    try:
+        kind = checkpoint_kind(args.checkpoint)
+    except ModelError as exc:
+        raise CliError(f"--checkpoint: {exc}") from None
+    if kind != "detector":
+        return build_localizer(args, truth)
+    given = [option for option, key, unset in MAP_ONLY if getattr(args, key) != unset]
+    if given:
+        raise CliError(f"--checkpoint {args.checkpoint} is a detector, which has no class maps: {', '.join(given)} "
+                       "apply to a classifier's maps only; drop them")
+    try:
+        detector = Detector.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                            max_dets=args.max_dets)
+    except (ModelError, RuntimeError, ValueError) as exc:
+        raise CliError(f"--checkpoint: {exc}") from None
+    check_classes(args, detector.category_ids, detector.class_names, truth)
+    return detector
 
 
 def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
     """The checkpoint's Localizer; its classes must be the annotation file's categories, matched by
-    id *and* name (a model whose ids merely overlap, such as the 6-class demo model on COCO, is refused)."""
+    id *and* name (:func:`camloc.models.classes.class_mismatch`)."""
     try:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
                                               threshold=args.threshold, boxes=args.boxes, classes=args.classes,
@@ -194,18 +220,17 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
                                               max_dets=args.max_dets, max_memory=args.max_memory, align=args.align)
     except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
-    known = truth.category_names
-    if "category_ids" not in localizer.meta or not set(localizer.category_ids) <= set(known):
-        raise CliError(f"--checkpoint {args.checkpoint}: its {localizer.meta['num_classes']} classes are not COCO's "
-                       f"or {args.ann.name}'s; evaluate a model trained on these categories")
-    clash = [(cid, name, known[cid]) for cid, name in zip(localizer.category_ids, localizer.class_names)
-             if not _same_name(name, known[cid])]
-    if clash:
-        cid, name, theirs = clash[0]
-        raise CliError(f"--checkpoint {args.checkpoint}: its class {name!r} has category id {cid}, which is "
-                       f"{theirs!r} in {args.ann.name} ({len(clash)} of {len(localizer.class_names)} classes differ "
-                       "by name); evaluate a model trained on these categories")
+    check_classes(args, localizer.category_ids if "category_ids" in localizer.meta else None, localizer.class_names,
+                  truth)
     return localizer
+
+
+def check_classes(args: argparse.Namespace, category_ids: list[int] | None, class_names: list[str],
+                  truth: GroundTruth) -> None:
+    """The model's classes must be ``--ann``'s categories, by id and name; a :class:`CliError` says why not."""
+    problem = class_mismatch(category_ids, class_names, truth.category_names, args.ann.name)
+    if problem:
+        raise CliError(f"--checkpoint {args.checkpoint}: {problem}")
 
 
 def print_report(metrics: dict[str, Any]) -> None:
@@ -243,14 +268,17 @@ def already_complete(args: argparse.Namespace, settings: dict[str, Any], images:
     return True
 
 
-def plan_line(args: argparse.Namespace, images: list[dict], localizer: Localizer, node) -> str:
+def plan_line(args: argparse.Namespace, images: list[dict], predictor: Localizer | Detector, node) -> str:
     """The run's first line: what runs where, with the sizes chosen for the device."""
-    memory = memory_budget(localizer.device, args.max_memory)
     caps = f"at most {args.max_dets} detections per image" if args.max_dets else "every detection"
-    return (f"eval: {len(images)} images on {localizer.device}"
-            f"{f' × {node.world} processes' if node.world > 1 else ''}, batch {args.batch_size}, "
-            f"{args.workers} loader workers, {args.box_workers} box workers, recipe {localizer.recipe.name} on "
-            f"{localizer.method} maps, {caps}, box stage memory {memory / 2**30:.1f} GiB")
+    where = (f"eval: {len(images)} images on {predictor.device}"
+             f"{f' × {node.world} processes' if node.world > 1 else ''}, batch {args.batch_size}, "
+             f"{args.workers} loader workers")
+    if isinstance(predictor, Detector):
+        return f"{where}, detector {predictor.meta['arch']}, {caps}"
+    memory = memory_budget(predictor.device, args.max_memory)
+    return (f"{where}, {args.box_workers} box workers, recipe {predictor.recipe.name} on {predictor.method} maps, "
+            f"{caps}, box stage memory {memory / 2**30:.1f} GiB")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -263,10 +291,10 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             settings = settings_of(args)
             if args.resume and already_complete(args, settings, images, node):
                 return None
-            localizer = build_localizer(args, truth)
+            predictor = build_predictor(args, truth)
             if node.main:
-                print(plan_line(args, images, localizer, node), file=sys.stderr, flush=True)
-            metrics = run_evaluation(args, truth, images, localizer, settings, node)
+                print(plan_line(args, images, predictor, node), file=sys.stderr, flush=True)
+            metrics = run_evaluation(args, truth, images, predictor, settings, node)
     finally:
         node.close()
     if metrics is not None:

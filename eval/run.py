@@ -27,17 +27,20 @@ import contextlib
 import itertools
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from camloc.detector import Detector
 from camloc.evaluation import Faithfulness, GroundTruth
 from camloc.io.atomic import atomic_output, atomic_write_json, writable_folder
 from camloc.io.reader import SplitImages, collate, decode_batch
 from camloc.pipeline import Localizer
-from camloc.pipeline.boxstage import BoxPipeline, BoxStage, Truth
+from camloc.pipeline.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth, no_hits
 from camloc.runtime.distributed import Dist, setup_distributed
 from camloc.runtime.errors import in_stage
 from camloc.runtime.memory import Halving
@@ -96,6 +99,67 @@ def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, A
     return progress.Progress()
 
 
+def split_loader(args: argparse.Namespace, batches: list[list[dict]], device: torch.device) -> DataLoader:
+    """The loader of ``batches`` of the split's images (each read whole, in order; JPEGs decoded on the device
+    with ``--decode device``, or ``auto`` on a GPU)."""
+    todo = [im for batch in batches for im in batch]
+    starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
+    device_decode = args.decode == "device" or (args.decode == "auto" and device.type == "cuda")
+    return DataLoader(SplitImages(args.images, todo, device_decode), num_workers=args.workers, collate_fn=collate,
+                      batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)],
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+
+
+def decoded_batches(loader: DataLoader, device: torch.device, clock: StageClock | None) -> Iterator[tuple]:
+    """``(read batch, [(image id, pixels on the device)], {"stamps", "unreadable"})`` of each batch of ``loader``:
+    the loader's time charged to its lane, a loader worker's failure named as its stage."""
+    batch_iter = iter(loader)
+    while True:
+        with stage("wait for data"), in_stage(LOADER_STAGE):
+            read = next(batch_iter, None)
+        if read is None:
+            return
+        if clock:
+            clock.add("read + decode", sum(item.seconds for item in read.items), LOADER_LANE)
+        with stage("decode on device"):
+            readable, unreadable = decode_batch(read, device)
+        yield read, readable, {"stamps": {item.image_id: item.stamp for item in read.items}, "unreadable": unreadable}
+
+
+def evaluate_detector_shard(args: argparse.Namespace, node: Dist, detector: Detector, images: list[dict],
+                            settings: dict[str, Any], clock: StageClock | None,
+                            results: RunResults) -> tuple[int, progress.Progress]:
+    """:func:`evaluate_shard` for a detector: each part's detections from one forward pass (no maps, so no map
+    hits and no box workers); the same progress lines, ``--resume``, ranks and halving on running out of memory."""
+    finished = prepare_progress(args, node, settings, images)
+    batches = batches_to_run(images, args.batch_size, node, finished)
+    if clock:
+        clock.lanes.update({LOADER_LANE: max(args.workers, 1)})
+    own = progress.progress_path(args.out, node.rank, node.world)
+    names = {im["id"]: im["file_name"] for im in images}
+    halving = Halving(args.batch_size, detector.device)
+    parts = itertools.count()
+
+    def run_part(part: list, meta_of: dict) -> None:
+        ids = [image_id for image_id, _ in part]
+        with stage("forward"):
+            found = detector.detect([p for _, p in part], ids)
+        done = FinishedBatch(found, tuple(no_hits() for _ in ids), tuple([] for _ in ids))
+        writer.write(next(parts), done, (ids, [meta_of["stamps"][i] for i in ids], meta_of.pop("unreadable", [])))
+
+    with own.open("a") as log, tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable),
+                                    unit="img", desc="eval", file=sys.stderr, disable=not node.main) as bar:
+        writer = BatchWriter(None, None, log, finished, results, clock, threaded=False)
+        for read, readable, meta in decoded_batches(split_loader(args, batches, detector.device), detector.device,
+                                                    clock):
+            halving.run(readable, lambda part, meta=meta: run_part(part, meta),
+                        lambda item: f"image {item[0]} ({names[item[0]]})")
+            if "unreadable" in meta:  # nothing readable: the batch is its unreadable images alone
+                writer.submit(next(parts), None, ([], [], meta.pop("unreadable")))
+            bar.update(sum(item.image_id not in finished for item in read.items) * node.world)
+    return sum(im["id"] not in finished for batch in batches for im in batch), finished
+
+
 def finish_in_thread(device) -> bool:
     """Whether batches are finished by a second thread: on a GPU, where the main thread's launches of the next
     batch then overlap the host's work on the last one (on a CPU both would compete for the same cores)."""
@@ -114,14 +178,10 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
     finished = prepare_progress(args, node, settings, images)
     batches = batches_to_run(images, args.batch_size, node, finished)
     todo = [im for batch in batches for im in batch]
-    starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
     device = localizer.device
-    device_decode = args.decode == "device" or (args.decode == "auto" and device.type == "cuda")
     pipeline = BoxPipeline(localizer.recipe, localizer.category_ids, localizer.supported, args.baseline,
                            max_dets=args.max_dets, memory=localizer.max_memory)
-    loader = DataLoader(SplitImages(args.images, todo, device_decode), num_workers=args.workers, collate_fn=collate,
-                        batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)],
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+    loader = split_loader(args, batches, device)
     if clock:
         clock.lanes.update({LOADER_LANE: max(args.workers, 1), BOX_LANE: max(args.box_workers, 1)})
     own = progress.progress_path(args.out, node.rank, node.world)
@@ -147,18 +207,8 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
             tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable), unit="img", desc="eval",
                  file=sys.stderr, disable=not node.main) as bar:
         writer = BatchWriter(pipeline, pool, log, finished, results, clock, threaded=finish_in_thread(device))
-        batch_iter = iter(loader)
         try:
-            while True:
-                with stage("wait for data"), in_stage(LOADER_STAGE):
-                    read = next(batch_iter, None)
-                if read is None:
-                    break
-                if clock:
-                    clock.add("read + decode", sum(item.seconds for item in read.items), LOADER_LANE)
-                with stage("decode on device"):
-                    readable, unreadable = decode_batch(read, device)
-                meta = {"stamps": {item.image_id: item.stamp for item in read.items}, "unreadable": unreadable}
+            for read, readable, meta in decoded_batches(loader, device, clock):
                 halving.run(readable, lambda part, meta=meta: run_part(part, meta),
                             lambda item: f"image {item[0]} ({names[item[0]]})")
                 if "unreadable" in meta:  # nothing readable: the batch is its unreadable images alone
@@ -174,16 +224,20 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
     return sum(im["id"] not in finished for im in todo), finished
 
 
-def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[dict], localizer: Localizer,
+def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[dict], predictor: Localizer | Detector,
                    settings: dict[str, Any], node: Dist) -> dict[str, Any] | None:
-    """Evaluate ``images``; rank 0 returns the metrics (written to ``--out``), other ranks ``None``."""
+    """Evaluate ``images`` with a Localizer (class maps and a recipe) or a Detector; rank 0 returns the metrics
+    (written to ``--out``), other ranks ``None``."""
     start = time.perf_counter()
-    clock = StageClock(localizer.device) if args.profile else None
+    clock = StageClock(predictor.device) if args.profile else None
     with clock.active() if clock else contextlib.nullcontext():
         faith = Faithfulness() if getattr(args, "faithfulness", False) else None
         results = RunResults(truth, images)
-        ran, before = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings,
-                                     clock, results, faith)
+        if isinstance(predictor, Detector):
+            ran, before = evaluate_detector_shard(args, node, predictor, images, settings, clock, results)
+        else:
+            ran, before = evaluate_shard(args, node, predictor, images, present_classes(truth, predictor), settings,
+                                         clock, results, faith)
         node.barrier()
         if not node.main:
             return None

@@ -30,8 +30,8 @@ class BatchWriter:
     """Finishes batches in order (joins worker results, keeps only unfinished images, writes one progress line per
     batch, adds it to ``results``) — in the calling thread, or in a second thread that the main thread feeds."""
 
-    def __init__(self, pipeline: BoxPipeline, pool: OrderedPool, log: IO[str], finished: progress.Progress,
-                 results: RunResults, clock: StageClock | None, threaded: bool):
+    def __init__(self, pipeline: BoxPipeline | None, pool: OrderedPool | None, log: IO[str],
+                 finished: progress.Progress, results: RunResults, clock: StageClock | None, threaded: bool):
         self.pipeline, self.pool, self.log, self.finished, self.clock = pipeline, pool, log, finished, clock
         self.results = results
         self.meta: dict[int, tuple] = {}
@@ -48,6 +48,14 @@ class BatchWriter:
             self._take(index, job)
             return
         self._put((index, job))
+
+    def write(self, index: int, batch: FinishedBatch, meta: tuple) -> None:
+        """Write part ``index``, finished in the calling thread (a detector's: no box workers), with its
+        ``(ids, stamps, unreadable)``; only for a writer without a thread."""
+        if self.queue is not None:
+            raise RuntimeError("BatchWriter.write is for a writer without a finishing thread")
+        self.meta[index] = meta
+        self._write(index, batch)
 
     def _serve(self) -> None:
         if self.clock:

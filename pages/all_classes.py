@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from camloc.detector import is_detector_meta
 from camloc.viz import cam_grid, color_hex, colorbar, distinct_colors, format_score, multiclass_overlay
+from pages import detector_view
 from pages.analysis import Maps, analyze, chosen_recipe, ranked_classes
 from pages.inputs import choose_images, decode, demo_hint, pick_image
 from pages.model_picker import pick_model
@@ -52,6 +54,9 @@ images = choose_images()
 if picked is None or not images:
     st.stop()
 model_key, model, meta = picked
+if is_detector_meta(meta):
+    st.info(detector_view.NO_MAP)
+    st.stop()
 item = pick_image(images)
 decoded = decode(item)
 if decoded is None:

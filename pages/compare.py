@@ -9,7 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from camloc.boxes import RECIPES
+from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
+from pages import detector_view
 from pages.analysis import METHODS, Maps, analyze, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
@@ -74,6 +76,9 @@ gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     st.stop()
 model_key, model, meta = picked
+if is_detector_meta(meta):  # a detector's boxes, no maps
+    detector_view.show("compare", model_key, model, meta, images, gt_data)
+    st.stop()
 names = meta["class_names"]
 item = pick_image(images)
 decoded = decode(item)

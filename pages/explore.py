@@ -8,7 +8,9 @@ import json
 import pandas as pd
 import streamlit as st
 
+from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
+from pages import detector_view
 from pages.analysis import METHODS, align_toggle, analyze, pick_class, pick_recipe, ranked_classes
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
 from pages.model_picker import pick_model
@@ -36,6 +38,9 @@ if picked is None or not images:
         st.info("Upload an image (or restore the bundled examples) to start.")
     st.stop()
 model_key, model, meta = picked
+if is_detector_meta(meta):  # a detector's boxes, no maps
+    detector_view.show("explore", model_key, model, meta, images, gt_data)
+    st.stop()
 names = meta["class_names"]
 item = pick_image(images)
 decoded = decode(item)

@@ -12,7 +12,8 @@ from typing import Any
 import streamlit as st
 
 from camloc.demo import DEMO_CHECKPOINT
-from camloc.models import CamModel, ModelError, load_model, pretrained
+from camloc.detector import checkpoint_kind, load_any
+from camloc.models import DETECTOR_KIND, CamModel, ModelError, pretrained
 from pages.state import carry, options_filter
 
 TORCHVISION_MODELS = {"torchvision ResNet-50 (ImageNet → COCO)": "resnet50",
@@ -49,7 +50,8 @@ def model_choices(folder: Path) -> list[ModelChoice]:
     choices = [ModelChoice(DEMO_LABEL, DEMO_KEY, DEMO_CHECKPOINT.is_file())]
     if folder.is_dir():
         for path in sorted(p for p in folder.rglob("*") if p.suffix in (".pt", ".pth") and p.is_file()):
-            choices.append(ModelChoice(f"{path.relative_to(folder)}", f"file:{path.resolve()}", True))
+            choices.append(ModelChoice(f"{path.relative_to(folder)}{detector_mark(str(path), path.stat().st_mtime)}",
+                                       f"file:{path.resolve()}", True))
     for label, arch in TORCHVISION_MODELS.items():
         weights = pretrained.imagenet_weights(arch)
         if weights.is_cached():
@@ -61,6 +63,16 @@ def model_choices(folder: Path) -> list[ModelChoice]:
         else:
             choices.append(ModelChoice(label, f"torchvision:{arch}", False, weights=weights))
     return choices
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def detector_mark(path: str, mtime: float) -> str:
+    """`` (detector)`` after a detector checkpoint's label (a file that cannot be read: nothing; choosing it says
+    why)."""
+    try:
+        return " (detector)" if checkpoint_kind(path) == DETECTOR_KIND else ""
+    except ModelError:
+        return ""
 
 
 def offline_caption(choices: list[ModelChoice]) -> str | None:
@@ -78,7 +90,7 @@ def load_choice(key: str, mtime: float) -> tuple[CamModel, dict[str, Any]]:
     """Load a model by key (``file:PATH`` or ``torchvision:ARCH``); ``mtime`` invalidates on change."""
     kind, _, value = key.partition(":")
     if kind == "file":
-        return load_model(value)
+        return load_any(value)  # a classifier, or a detector (meta kind: detector; pages/detector_view.py)
     return pretrained.load_imagenet_coco(pretrained.imagenet_weights(value))
 
 

@@ -89,10 +89,15 @@ def boxes_picture(key: tuple, k: int, alpha: float, colormap: str, boxes: tuple[
                   _maps: Maps) -> Image.Image:
     """The heat picture with the ground-truth boxes (white, ``GT1``…) and ``boxes`` (``(x, y, w, h,
     score)``, best first, tagged by rank), every box tagged (cached per setting)."""
+    return draw_labelled(heat_picture(key, k, alpha, colormap, _image, _maps), tagged_boxes(boxes, truth),
+                         text_scale=text_scale)
+
+
+def tagged_boxes(boxes: Sequence[Sequence[float]], truth: Sequence[Sequence[float]]) -> list[LabelledBox]:
+    """The ground truth (white, ``GT1``…) and ``boxes`` (``(x, y, w, h, score)``, best first, tagged by rank)."""
     tagged = [LabelledBox(tuple(b), GROUND_TRUTH_COLOR, f"GT{i}", f"GT{i}") for i, b in enumerate(truth, 1)]
-    tagged += [LabelledBox(tuple(b[:4]), detection_color(), f"{rank} {format_score(b[4])}", str(rank))
-               for rank, b in enumerate(boxes, 1)]
-    return draw_labelled(heat_picture(key, k, alpha, colormap, _image, _maps), tagged, text_scale=text_scale)
+    return tagged + [LabelledBox(tuple(b[:4]), detection_color(), f"{rank} {format_score(b[4])}", str(rank))
+                     for rank, b in enumerate(boxes, 1)]
 
 
 def scene(maps: Maps, k: int, image: Image.Image, detections: Sequence[dict[str, Any]], display: BoxDisplay,

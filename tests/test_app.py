@@ -22,10 +22,11 @@ from streamlit.testing.v1 import AppTest
 from camloc import viz
 from camloc.boxes import DEFAULT_RECIPE, RECIPES
 from camloc.cam import METHODS as MAP_METHODS
-from camloc.demo import EXAMPLES
+from camloc.demo import DEMO_CHECKPOINT, EXAMPLES
+from camloc.detector import Detector, build_detector, detector_payload
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
-from camloc.models import build_torchvision, pretrained, save_checkpoint
+from camloc.models import atomic_torch_save, build_torchvision, load_model, pretrained, save_checkpoint
 from camloc.models.classes import COCO_NAMES
 from camloc.pipeline.analysis import TTA_SCALES
 from camloc.synthetic import generate
@@ -828,3 +829,55 @@ def test_a_broken_checkpoint_is_a_message_not_a_traceback(monkeypatch, tmp_path)
     at.sidebar.selectbox(key="model_label").set_value(at.sidebar.selectbox(key="model_label").options[0]).run()
     no_exception(at)
     assert not at.error  # the app keeps working
+
+
+# ------------------------------------------------------------------------------------------ detectors
+
+@pytest.fixture
+def detector_checkpoints(tmp_path):
+    """A folder with a detector of the demo model's classes (its backbone) whose class-1 score is forced high, so
+    that it surely draws boxes; and the demo classifier beside it."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    _, demo_meta = load_model(DEMO_CHECKPOINT)
+    model, meta = build_detector("fasterrcnn_mobilenet_v2_fpn", demo_meta["class_names"], demo_meta["category_ids"],
+                                 DEMO_CHECKPOINT, 96)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 20.0
+    atomic_torch_save(detector_payload(model, meta), folder / "det.pt")
+    shutil.copy(DEMO_CHECKPOINT, folder / "demo.pt")
+    return folder
+
+
+def test_a_detector_shows_its_boxes_on_explore_and_compare(monkeypatch, detector_checkpoints):
+    at = page("app.py", monkeypatch, detector_checkpoints).run()
+    labels = at.sidebar.selectbox(key="model_label").options
+    assert "det.pt (detector)" in labels and "demo.pt" in labels  # listed, and marked
+    at.sidebar.selectbox(key="model_label").set_value("det.pt (detector)").run()
+    no_exception(at)
+    assert "A detector has no class map" in texts(at.info)
+    name = at.sidebar.selectbox(key="example").value
+    detector = Detector.from_checkpoint(detector_checkpoints / "det.pt", device="cpu")
+    expected = [d for d in detector.predict(EXAMPLES / name) if d["category_id"] == detector.category_ids[0]]
+    assert at.sidebar.selectbox(key="class_name").value == detector.class_names[0]  # the class scored highest
+    table = at.dataframe[0].value
+    assert len(expected) >= 1 and len(table) == len(expected)
+    assert np.allclose(table["score"], sorted((d["score"] for d in expected), reverse=True))
+    image_id = next(im["id"] for im in EXAMPLE_ANNOTATIONS["images"] if im["file_name"] == name)
+    truth = [a for a in EXAMPLE_ANNOTATIONS["annotations"]
+             if a["category_id"] == detector.category_ids[0] and a["image_id"] == image_id]
+    assert ("IoU with GT" in table.columns) == bool(truth)
+    assert any(f"of “{detector.class_names[0]}”, detector fasterrcnn_mobilenet_v2_fpn" in c
+               for c in image_captions(at))
+    for target in ("pages/compare.py", "pages/all_classes.py"):  # the model stays chosen on every page
+        at.switch_page(target).run()
+        no_exception(at)
+        assert at.sidebar.selectbox(key="model_label").value == "det.pt (detector)"
+        assert "A detector has no class map" in texts(at.info)
+        if target == "pages/compare.py":
+            row = at.dataframe[0].value
+            assert row["model"][0] == "fasterrcnn_mobilenet_v2_fpn" and row["boxes"][0] == len(expected)
+    at.switch_page("pages/explore.py").run()
+    at.sidebar.selectbox(key="model_label").set_value("demo.pt").run()  # back to maps
+    no_exception(at)
+    assert "A detector has no class map" not in texts(at.info) and " of “" in heat_caption(at)

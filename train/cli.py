@@ -1,4 +1,7 @@
-"""``python -m train``: fine-tune a GAP classifier on COCO image-level labels (or box crops).
+"""``python -m train``: fine-tune a GAP classifier on COCO image-level labels, or train a detector on boxes.
+
+The classifier learns from image-level labels (or box crops); ``--detector`` trains a detector on boxes —
+camloc's pseudo-labels or true ones (:mod:`train.detector`).
 
 Runs alone or under ``torchrun --nproc_per_node=N`` (DDP: NCCL on GPUs, gloo on CPU) with the
 same code; only rank 0 writes. Every epoch writes ``OUT/last.pt`` (model + optimizer, scheduler,
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from camloc.detector import DEFAULT_DETECTOR, parse_name
 from camloc.evaluation import EvaluationError
 from camloc.io.atomic import OutputError, writable_folder
 from camloc.io.data import (
@@ -45,10 +49,12 @@ from camloc.models import (
     checkpoint_payload,
 )
 from camloc.models import atomic_torch_save as save
+from camloc.pseudo import PseudoLabelError
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.distributed import Dist, setup_distributed
 from camloc.runtime.errors import error_line, one_line_warnings
 from camloc.runtime.profiling import StageClock, format_report, stage
+from train.detector import refused_options, run_detector
 from train.fingerprint import fingerprint
 from train.loop import amp_dtype, make_loader, param_groups, train_epoch, validate, warmup_cosine
 from train.state import TrainingError, calibrate, resume, store_geometry, warn_unreadable, write_log
@@ -64,8 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-images", type=Path, help="validation image folder (e.g. val2017)")
     p.add_argument("--val-ann", type=Path, help="validation instances JSON")
     p.add_argument("--out", required=True, type=Path, help="output folder for last.pt, best.pt, log.jsonl")
-    p.add_argument("--arch", default="resnet50", help="torchvision classifier (resnet50, mobilenet_v2, ...)")
-    p.add_argument("--weights", default="imagenet", help="imagenet | PATH (checkpoint / state_dict+json) | none")
+    p.add_argument("--arch", help="torchvision classifier (default resnet50; mobilenet_v2, ...)")
+    p.add_argument("--detector", metavar="ARCH",
+                   help=f"train a detector instead (e.g. {DEFAULT_DETECTOR}, fcos_resnet50_fpn) on --ann's boxes "
+                        "(python -m camloc.pseudo's pseudo-labels, or true boxes)")
+    p.add_argument("--rounds", type=int, default=1, choices=[1, 2],
+                   help="--detector: 2 = the trained detector re-labels the training images and a second one "
+                        "trains on those (OUT/round2)")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet | PATH (checkpoint / state_dict+json; a detector takes a classifier's backbone "
+                        "of its own arch) | none")
     p.add_argument("--mode", default="multilabel", choices=["multilabel", "crops"])
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int,
@@ -76,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--img-size", type=int, default=448)
-    p.add_argument("--freeze-backbone", action="store_true", help="train the linear head only")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train the linear head only (a detector: the pyramid and heads, not its backbone)")
     p.add_argument("--dilate", action="store_true",
                    help="dilate the last stage (output stride 16: finer maps; resnet*, mobilenet_v3*)")
     p.add_argument("--workers", type=int,
@@ -120,6 +135,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (not 0 <= args.seed < 2**32, "--seed must be from 0 to 2**32 - 1"),
         ((args.val_images is None) != (args.val_ann is None), "--val-images and --val-ann go together"),
     ] if bad]
+    if args.detector:
+        problems += [f"{option} is a classifier option; a detector's backbone is in its name"
+                     for option in refused_options(args)]
+        try:
+            parse_name(args.detector)
+        except ModelError as exc:
+            problems.append(f"--detector: {exc}")
+    elif args.rounds != 1:
+        problems.append("--rounds goes with --detector")
+    args.arch = args.arch or (None if args.detector else "resnet50")
     if problems:
         p.error("; ".join(problems))
     try:
@@ -245,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if node.main:
             writable_folder(args.out)
         with exclusive_folder(args.out, take=node.main, agree=node.from_main), one_line_warnings():
-            run(args, node)
+            (run_detector if args.detector else run)(args, node)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"\ninterrupted; continue with the same command plus --resume ({args.out / 'last.pt'})",
@@ -254,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(error_line(exc, (TrainingError, DataError, ModelError, EvaluationError, OutputError, OSError)),
+        print(error_line(exc, (TrainingError, DataError, ModelError, EvaluationError, OutputError, OSError,
+                               PseudoLabelError)),
               file=sys.stderr)
         return 2
     finally:

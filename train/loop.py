@@ -7,7 +7,7 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -41,9 +41,14 @@ SYNC_EVERY = 50
 PREFETCH = 4
 
 
-def param_groups(model: CamModel, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Head at ``--lr``, backbone at ``--lr × --backbone-lr-scale``; no weight decay on biases/norms."""
-    head_ids = {id(p) for p in model.head.parameters()}
+def param_groups(model: nn.Module, args: argparse.Namespace, backbone: nn.Module | None = None
+                 ) -> list[dict[str, Any]]:
+    """Head at ``--lr``, backbone at ``--lr × --backbone-lr-scale``; no weight decay on biases/norms. The head is
+    a classifier's ``model.head``, or everything outside ``backbone`` when it is given (a detector's)."""
+    if backbone is None:
+        head_ids = {id(p) for p in model.head.parameters()}
+    else:
+        head_ids = {id(p) for p in model.parameters()} - {id(p) for p in backbone.parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:
@@ -62,14 +67,15 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-def make_loader(dataset, args: argparse.Namespace, node: Dist, epoch: int, train: bool) -> DataLoader:
+def make_loader(dataset, args: argparse.Namespace, node: Dist, epoch: int, train: bool,
+                collate: Callable = collate_skipping) -> DataLoader:
     generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
     sampler = DistributedSampler(dataset, node.world, node.rank, shuffle=train, seed=args.seed) \
         if node.world > 1 and train else None
     if sampler is not None:
         sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=args.workers, collate_fn=collate_skipping, generator=generator,
+                      num_workers=args.workers, collate_fn=collate, generator=generator,
                       pin_memory=node.device.type == "cuda", drop_last=False,
                       prefetch_factor=PREFETCH if args.workers else None)
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,15 @@ def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, schedul
     if saved_meta["arch"] != meta["arch"] or saved_meta["class_names"] != meta["class_names"]:
         raise TrainingError(f"--resume: {last} holds a {saved_meta['arch']} with {saved_meta['num_classes']} "
                             f"classes, not this run's {meta['arch']} with {meta['num_classes']}; use another --out")
-    state = extras.get("train_state")
+    return restore_training(last, extras.get("train_state"), lambda: model.net.load_state_dict(saved.net.state_dict()),
+                            optimizer, scheduler, scaler, settings, anyway)
+
+
+def restore_training(last: Path, state: Any, load_weights: Callable[[], Any], optimizer, scheduler, scaler,
+                     settings: dict[str, str], anyway: bool = False) -> tuple[int, float, list[dict[str, Any]]]:
+    """``last.pt``'s training state (epochs done, best score, history, optimizer, scheduler, scaler) checked against
+    this run's ``settings`` (:mod:`train.fingerprint`; unless ``anyway``) and restored, the saved weights put back by
+    ``load_weights``; anything malformed is a :class:`TrainingError`."""
     if isinstance(state, dict):
         refusal = resume_refusal(state.get("fingerprint"), settings, last, anyway)
         if refusal:
@@ -102,7 +111,7 @@ def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, schedul
             raise ValueError(f"epoch {epoch!r}, best {best!r} or the history is invalid")
         if not _finite([state["optimizer"], state["scheduler"], state["scaler"]]):
             raise ValueError("the optimizer state holds NaN or inf")
-        model.net.load_state_dict(saved.net.state_dict())
+        load_weights()
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

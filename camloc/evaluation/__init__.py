@@ -25,14 +25,14 @@ from camloc.evaluation.coco_match import (
 )
 from camloc.evaluation.faithfulness import Faithfulness, confidence_change, insertion_deletion
 from camloc.evaluation.flip import FlipConsistency, flip_consistency
-from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth
+from camloc.evaluation.inputs import Detections, EvaluationError, GroundTruth, ImageLabels
 from camloc.evaluation.report import localization_metrics
 from camloc.evaluation.voc import voc_average_precision, voc_map
 from camloc.evaluation.wsol import BoxAccuracy, image_hits, recognised_classes
 
 __all__ = ["AREA_LABELS", "AREA_RANGES", "IOU_THRESHOLDS", "MAX_DETS", "RECALL_THRESHOLDS", "STAT_NAMES",
            "BoxAccuracy", "CocoMatches", "Detections", "EvaluationError", "Faithfulness", "FlipConsistency",
-           "GroundTruth", "box_iou_pairs", "classification_ap", "coco_evaluate", "confidence_change",
+           "GroundTruth", "ImageLabels", "box_iou_pairs", "classification_ap", "coco_evaluate", "confidence_change",
            "flip_consistency", "image_hits",
            "insertion_deletion", "localization_metrics", "match_coco", "recognised_classes", "voc_average_precision",
            "voc_map"]

@@ -155,8 +155,11 @@ class AnnotationIdWarning(UserWarning):
     """An annotation file whose ids change COCO AP (an annotation with id 0)."""
 
 
-class GroundTruth:
-    """A COCO instances file as flat arrays (annotations in file order), checked once."""
+class ImageLabels:
+    """A COCO instances file read for its *image-level* labels only: its images, its categories and the
+    ``(image_id, category_id, iscrowd)`` of each annotation, checked as :class:`GroundTruth` checks them. No
+    annotation's ``bbox``, ``area`` or ``segmentation`` is read (weak supervision: what learns from labels
+    alone — pseudo-labels — cannot see a box). :class:`GroundTruth` is this plus the boxes."""
 
     def __init__(self, source: str | Path | dict):
         label = _label(source, "annotations")
@@ -193,12 +196,36 @@ class GroundTruth:
                           AnnotationIdWarning, stacklevel=2)
         self.ann_image = int_array(_field(anns, "image_id", where), f"{where} image_id")
         self.ann_category = int_array(_field(anns, "category_id", where), f"{where} category_id")
-        self.ann_bbox = box_array(_field(anns, "bbox", where), f"{where} bbox", ground_truth=True)
         crowd = [a.get("iscrowd", 0) for a in anns]
         if not all(type(c) in (int, bool) and c in (0, 1) for c in crowd):
             index = _first(crowd, lambda c: not (type(c) in (int, bool) and c in (0, 1)))
             raise EvaluationError(f"{where} #{index} has iscrowd {crowd[index]!r}; it must be 0 or 1")
         self.ann_crowd = np.array(crowd, dtype=bool)
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        """The image entries, by id."""
+        return sorted(self.data["images"], key=lambda im: im["id"])
+
+    def labels(self) -> dict[int, list[int]]:
+        """Per image id (every image listed), the sorted category ids it has a non-crowd annotation of."""
+        out: dict[int, list[int]] = {int(i): [] for i in self.image_ids.tolist()}
+        pairs = np.unique(np.stack([self.ann_image, self.ann_category], 1)[~self.ann_crowd], axis=0)
+        for image_id, category in pairs.tolist():  # sorted by image, then category
+            if image_id in out:
+                out[image_id].append(category)
+        return out
+
+
+class GroundTruth(ImageLabels):
+    """A COCO instances file as flat arrays (annotations in file order), checked once: :class:`ImageLabels` and
+    the boxes."""
+
+    def __init__(self, source: str | Path | dict):
+        super().__init__(source)
+        label = _label(source, "annotations")
+        anns, where = self.data["annotations"], f"{label}: annotation"
+        self.ann_bbox = box_array(_field(anns, "bbox", where), f"{where} bbox", ground_truth=True)
         has_area = np.array(["area" in a for a in anns], dtype=bool)
         area = float_array([a["area"] for a in anns if "area" in a], f"{where} area (of those with one)")
         if (area < 0).any():

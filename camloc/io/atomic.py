@@ -91,3 +91,4 @@ def writable_folder(path: str | Path) -> Path:
         raise OutputError(f"cannot write to {path} ({exc.strerror or exc.__class__.__name__}); "
                           "choose a writable output folder") from None
     return path
+

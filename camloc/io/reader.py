@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from camloc.io.digest import file_stamp
@@ -180,3 +180,16 @@ def _decode_jpeg(data: Tensor | list[Tensor], device: torch.device) -> Tensor | 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def read_split(folder: str | Path, images: Sequence[dict[str, Any]], batch_size: int, device: torch.device | str,
+               workers: int = 0) -> Iterator[tuple[list[tuple[int, Tensor]], list[tuple[int, str]]]]:
+    """The listed images of ``folder`` a batch at a time, decoded (:class:`SplitImages` in ``workers`` loader
+    processes, :func:`decode_batch` on ``device``): ``([(image id, uint8 (3, H, W) pixels on the device)],
+    [(image id, reason it cannot be read)])`` per batch, in order."""
+    device = torch.device(device)
+    loader = DataLoader(SplitImages(folder, images, device.type == "cuda"), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    for batch in loader:
+        yield decode_batch(batch, device)

@@ -15,8 +15,10 @@ from camloc.models.cammodel import CamModel, GroupedImageNetHead, derive_coco_he
 from camloc.models.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    DETECTOR_KIND,
     atomic_torch_save,
     check_state_dict,
+    check_version,
     checkpoint_payload,
     load_checkpoint,
     load_model,
@@ -34,9 +36,10 @@ from camloc.models.meta import (
     complete_meta,
 )
 
-__all__ = ["ACTIVATIONS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "DEFAULT_INPUT_SIZE", "FAMILIES", "IMAGENET_MEAN",
-           "IMAGENET_STD", "MAX_INPUT_SIZE", "MIN_INPUT_SIZE", "CamModel", "Family", "GroupedImageNetHead",
-           "ModelError", "atomic_torch_save", "build_model", "build_torchvision", "check_state_dict",
+__all__ = ["ACTIVATIONS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "DEFAULT_INPUT_SIZE", "DETECTOR_KIND", "FAMILIES",
+           "IMAGENET_MEAN", "IMAGENET_STD", "MAX_INPUT_SIZE", "MIN_INPUT_SIZE", "CamModel", "Family",
+           "GroupedImageNetHead",
+           "ModelError", "atomic_torch_save", "build_model", "build_torchvision", "check_state_dict", "check_version",
            "checkpoint_payload", "complete_meta", "derive_coco_head", "dilation_kwargs", "family_of",
            "imagenet_state_dict", "load_checkpoint", "load_model", "probabilities", "read_checkpoint",
            "save_checkpoint"]

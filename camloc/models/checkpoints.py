@@ -24,6 +24,8 @@ from camloc.models.meta import complete_meta
 
 CHECKPOINT_FORMAT = "camloc"
 CHECKPOINT_VERSION = 1
+#: ``meta["kind"]`` of a detector checkpoint (:mod:`camloc.detector`); a classifier's metadata has no kind.
+DETECTOR_KIND = "detector"
 
 
 #: Largest magnitude accepted in a learned weight or bias, and in a BatchNorm running mean. The largest in any
@@ -141,7 +143,7 @@ def _check_head(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> N
                          f"{'ImageNet outputs' if groups else 'classes'}; checkpoint and metadata do not match")
 
 
-def _check_version(version: Any, path: Path) -> None:
+def check_version(version: Any, path: Path) -> None:
     """A camloc checkpoint's ``version``: an integer from 1 to :data:`CHECKPOINT_VERSION` (what this release
     reads), or a :class:`ModelError` saying which."""
     if type(version) is not int or version < 1:
@@ -163,7 +165,10 @@ def load_checkpoint(path: str | Path,
         meta, state = payload.get("meta"), payload.get("state_dict")
         if not isinstance(meta, dict) or not isinstance(state, dict):
             raise ModelError(f"{path}: camloc checkpoint without meta/state_dict; it is damaged")
-        _check_version(payload.get("version"), path)
+        if meta.get("kind") == DETECTOR_KIND:
+            raise ModelError(f"{path}: a detector checkpoint ({meta.get('arch')}), which has no class maps; load "
+                             "it with camloc.detector.Detector.from_checkpoint (python -m eval and the app take both)")
+        check_version(payload.get("version"), path)
         extras = {k: v for k, v in payload.items() if k not in ("format", "version", "meta", "state_dict")}
         source = f"{path} (meta)"
     elif isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):

@@ -65,3 +65,28 @@ def id_to_name(category_id: int) -> str:
 def is_coco_head(class_names: list[str] | tuple[str, ...]) -> bool:
     """True when ``class_names`` are exactly COCO's 80 names in the official order."""
     return tuple(class_names) == COCO_NAMES
+
+
+def same_class_name(ours: str, theirs: str) -> bool:
+    """Whether two class names are the same up to case, underscores and spacing (``"traffic_light"`` and
+    ``"Traffic light"``)."""
+    def key(name: str) -> str:
+        return " ".join(name.replace("_", " ").split()).casefold()
+    return key(ours) == key(theirs)
+
+
+def class_mismatch(category_ids: list[int] | None, class_names: list[str], known: dict[int, str],
+                   ann_name: str) -> str | None:
+    """Why a model's classes (dataset ``category_ids`` and ``class_names``) are not among an annotation file's
+    categories (``known``: id → name), matched by id *and* name — a model whose ids merely overlap (the 6-class
+    demo model on COCO) does not fit; ``None`` when they fit."""
+    if category_ids is None or not set(category_ids) <= set(known):
+        return (f"its {len(class_names)} classes are not COCO's or {ann_name}'s; use a model trained on these "
+                "categories")
+    clash = [(cid, name, known[cid]) for cid, name in zip(category_ids, class_names) if not same_class_name(name,
+                                                                                                       known[cid])]
+    if clash:
+        cid, name, theirs = clash[0]
+        return (f"its class {name!r} has category id {cid}, which is {theirs!r} in {ann_name} ({len(clash)} of "
+                f"{len(class_names)} classes differ by name); use a model trained on these categories")
+    return None

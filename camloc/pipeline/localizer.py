@@ -23,7 +23,7 @@ from camloc.boxes import DEFAULT_RECIPE, Recipe, ScoredBoxes, class_indices, mak
 from camloc.cam import DEFAULT_METHOD, MapMethod, class_activation_maps, make_method
 from camloc.cam.frame import MapFrame
 from camloc.evaluation import Detections
-from camloc.io.images import ImageSource, load_image
+from camloc.io.images import ImageSource
 from camloc.io.preprocess import check_pixels, normalise, pixels_of, resize_square
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, CamModel, load_model, probabilities
 from camloc.models.geometry import model_geometry
@@ -46,6 +46,7 @@ from camloc.pipeline.detections import (
     recipe_boxes,
     recipe_detections,
 )
+from camloc.pipeline.predictor import Predictor, as_batch
 from camloc.runtime.memory import Halving, parse_memory
 from camloc.runtime.profiling import stage
 
@@ -66,23 +67,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 
-#: What one image may be where a batch is expected (a batch is a list or tuple of them).
-SINGLE_IMAGES = (str, Path, bytes, Image.Image, np.ndarray, Tensor)
-
-
-def as_batch(images: Any) -> list:
-    """A batch argument of :meth:`Localizer.analyze` / :meth:`~Localizer.detect` / :meth:`~Localizer.predict_batch`
-    as a list: a list or tuple is the batch (empty: no images); one image — a path, bytes, a PIL image, an array
-    or a ``uint8 (3, H, W)`` tensor — is a batch of one (never a sequence of rows or characters); anything else is
-    a ``TypeError``."""
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    if isinstance(images, SINGLE_IMAGES):
-        return [images]
-    raise TypeError(f"pass a list of images (or one image: a path, bytes, a PIL image, an array or a uint8 (3, H, W) "
-                    f"tensor); got {type(images).__name__}")
-
-
 def checked_img_size(img_size: Any, default: int) -> int:
     """The network input size: ``None`` → ``default`` (the checkpoint's); else an integer (not a bool, float or
     string) from :data:`~camloc.models.MIN_INPUT_SIZE` to :data:`~camloc.models.MAX_INPUT_SIZE`, as the CLIs'
@@ -98,7 +82,7 @@ def checked_img_size(img_size: Any, default: int) -> int:
     return int(img_size)
 
 
-class Localizer:
+class Localizer(Predictor):
     """Weakly-supervised localisation with class activation maps.
 
     Options: ``method`` a map method's name (see :data:`camloc.cam.METHODS`; default
@@ -165,13 +149,6 @@ class Localizer:
         return cls(model, meta, **options)
 
     # ------------------------------------------------------------------ preprocessing
-    def pixels(self, images: Sequence[ImageSource]) -> list[Tensor]:
-        """Any image sources (:func:`camloc.io.images.load_image`: EXIF-upright RGB) → ``uint8 (3, H, W)`` each;
-        ``uint8 (3, H, W)`` tensors (already decoded, on any device) pass through, any other tensor is an
-        :class:`~camloc.io.images.ImageError` (:func:`~camloc.io.preprocess.check_pixels`)."""
-        return [check_pixels(im, f"image {i}") if isinstance(im, Tensor) else pixels_of(load_image(im))
-                for i, im in enumerate(images)]
-
     def to_tensor(self, images: Sequence[Image.Image | Tensor], size: int | None = None) -> Tensor:
         """RGB PIL images or ``uint8 (3, H, W)`` pixels → normalised batch ``(B, 3, S, S)`` on the device
         (bilinear, antialiased; resized on the device)."""
@@ -342,47 +319,35 @@ class Localizer:
         return baseline_detections(analysis, kind, self.recipe, self.supported, self.category_ids, image_id,
                                    raw=not self.max_dets)
 
-    def detect(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
-               ) -> Detections:
+    def detect(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None,
+               classes: Sequence[Sequence[int]] | None = None) -> Detections:
         """Detections of a batch as flat arrays (:class:`~camloc.evaluation.Detections`): one forward pass per
         view for the whole batch, then the recipe's box stage for the whole batch (on the device for the
         grid recipes). ``image_ids`` default to the images' positions. A batch is a list or tuple (empty: no
-        detections); one image alone is a batch of one (:func:`as_batch`)."""
+        detections); one image alone is a batch of one (:func:`~camloc.pipeline.predictor.as_batch`).
+        ``classes``: one list of class indices per image — only their maps are computed and only they can get
+        boxes (the recipe's gate still applies: with ``classes="all"`` in the recipe, each image's listed classes
+        are exactly those boxed)."""
         images = as_batch(images)
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
         if not images:
             return Detections([])
+        if classes is not None and not per_image_classes(classes):
+            raise ValueError("classes of detect() must be one list of class indices per image")
         pixels = self.pixels(images)
-        parts = self._halving.run(list(range(len(pixels))), lambda part: self._detect([pixels[i] for i in part],
-                                                                                      [ids[i] for i in part]),
+        parts = self._halving.run(list(range(len(pixels))),
+                                  lambda part: self._detect([pixels[i] for i in part], [ids[i] for i in part],
+                                                            None if classes is None else [classes[i] for i in part]),
                                   lambda i: f"image {ids[i]}")
         return Detections.concatenate(parts)
 
-    def _detect(self, pixels: Sequence[Tensor], ids: Sequence[int]) -> Detections:
+    def _detect(self, pixels: Sequence[Tensor], ids: Sequence[int],
+                classes: Sequence[Sequence[int]] | None = None) -> Detections:
         """:meth:`detect` of decoded images that fit in device memory together."""
-        batch = self.analyze_batch(pixels)
+        batch = self.analyze_batch(pixels, classes)
         gate = batch.gate(self.recipe, self.supported)
         boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, gate, batch.sizes, self.max_memory,
                                         batch.frame)
         return batch_detections(boxes, ids, self.category_ids, self.max_dets)
-
-    def predict_batch(self, images: Sequence[ImageSource] | ImageSource, image_ids: Sequence[int] | None = None
-                      ) -> list[list[dict]]:
-        """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`: a list or tuple, or one
-        image alone as a batch of one); ``image_id`` only when ``image_ids`` are given."""
-        images = as_batch(images)
-        if image_ids is not None and len(image_ids) != len(images):
-            raise ValueError(f"{len(images)} images but {len(image_ids)} image ids")
-        per_image: list[list[dict]] = [[] for _ in images]
-        for detection in self.detect(images).to_dicts():
-            position = detection.pop("image_id")
-            head = {} if image_ids is None else {"image_id": image_ids[position]}
-            per_image[position].append({**head, **detection})
-        return per_image
-
-    def predict(self, image: ImageSource, image_id: int | None = None) -> list[dict[str, Any]]:
-        """Detections of one image (path, bytes, PIL image or array) as COCO-results dicts."""
-        return self.predict_batch([image], None if image_id is None else [image_id])[0]
-

@@ -1,0 +1,243 @@
+"""Self-training, side by side: the default recipe's CAM boxes vs a detector trained on their pseudo-labels vs the
+same detector trained on the true boxes, with 95 % paired bootstrap intervals — and the rule of
+docs/decisions.md ("Self-training a detector") applied to the result.
+
+Sets (nothing is tuned or selected on the measured images; every detector is its run's ``last.pt``):
+
+* **synthetic**: pseudo-labels on 320 scenes of ``camloc.synthetic`` seed 0 (6 classes, 160 px, up to 8 objects:
+  several instances per class) from the bundled demo model's maps at 320 px; measured on 300 scenes of seed 1
+  (up to 8 objects: ``bench/recipes.py``'s synthetic set);
+* **real**: pseudo-labels on the 369 images of coco-mini train2017 from the shared MobileNetV2 COCO-80 at 448 px;
+  measured on the 92 val2017 images that are not in train2017.
+
+Rows: (a) the default map method × recipe (``camloc.cam.DEFAULT_METHOD`` × ``camloc.boxes.DEFAULT_RECIPE``, its
+own gate) on the measured images; (b) ``fasterrcnn_mobilenet_v2_fpn`` trained on (a)'s pseudo-labels of the
+training images (``python -m camloc.pseudo``, its default filter); (c) the same detector and schedule on the true
+boxes of the training images (the supervised upper bound, for scale). Both detectors start from the classifier's
+backbone and keep it frozen (``--freeze-backbone``: the pyramid and heads train; a CPU budget), AdamW, the
+schedules of :data:`SCHEDULES`. COCO AP, AP50, AP75, AR100; ratios to (a) over the same resamples of the images.
+
+``PYTHONPATH=. python bench/self_training.py [--sets synthetic,real] [--boot 200] [--keep DIR [--reuse]]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.recipes import COCO, REAL_ANN, REAL_IMAGES, REAL_WEIGHTS, interval, metrics, with_interval
+from camloc.boxes import DEFAULT_RECIPE
+from camloc.cam import DEFAULT_METHOD
+from camloc.demo import DEMO_CHECKPOINT
+from camloc.detector import DEFAULT_DETECTOR, Detector, load_detector
+from camloc.evaluation import GroundTruth, coco_evaluate
+from camloc.io.reader import read_split
+from camloc.localize import Localizer
+from camloc.models import load_model
+from camloc.pseudo.cli import main as pseudo_main
+from camloc.synthetic import generate
+from train.cli import main as train_main
+
+METRICS = ("AP", "AP50", "AP75", "AR100")
+#: Per set: the training split, the measured split, the classifier, its maps' input size, and the detectors'
+#: schedule (fixed before measuring: docs/decisions.md).
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "synthetic": {"train": 320, "val": 300, "classes": 6, "size": 160, "max_objects": 8, "maps_size": 320,
+                  "detector_size": 160, "epochs": 8, "batch": 8, "lr": 1e-3},
+    "real": {"maps_size": 448, "detector_size": 320, "epochs": 6, "batch": 8, "lr": 1e-3},
+}
+ROWS = ("(a) default recipe", "(b) detector on pseudo-labels", "(c) detector on true boxes")
+
+
+def per_image(found, images: list[dict]) -> list[list[dict]]:
+    """Detections grouped by image, in ``images``' order (what :func:`bench.recipes.metrics` takes)."""
+    by_image: dict[int, list[dict]] = {im["id"]: [] for im in images}
+    for detection in found:
+        by_image[detection["image_id"]].append(detection)
+    return [by_image[im["id"]] for im in images]
+
+
+def boxes_of(predictor, folder: Path, images: list[dict], batch: int = 8) -> list[list[dict]]:
+    """Every image's detections from a Localizer or a Detector, a batch at a time."""
+    found = []
+    for readable, failed in read_split(folder, images, batch, "cpu"):
+        if failed:
+            raise SystemExit(f"unreadable measured image: {failed[0][1]}")
+        found += predictor.detect([p for _, p in readable], [i for i, _ in readable]).to_dicts()
+    return per_image(found, images)
+
+
+def timed(what: str, seconds: dict[str, float], call, *args) -> Any:
+    start = time.perf_counter()
+    result = call(*args)
+    seconds[what] = time.perf_counter() - start
+    print(f"  {what}: {seconds[what]:.0f} s", flush=True)
+    return result
+
+
+def finished_run(out: Path, ann: Path, schedule: dict[str, Any]) -> bool:
+    """Whether ``out/last.pt`` is a finished run of this schedule on ``ann`` (``--reuse``)."""
+    if not (out / "last.pt").is_file():
+        return False
+    _, meta, extras = load_detector(out / "last.pt")
+    given = meta.get("training", {})
+    wanted = {"ann": str(ann), "img_size": str(schedule["detector_size"]), "epochs": str(schedule["epochs"]),
+              "batch_size": str(schedule["batch"]), "lr": str(schedule["lr"]), "freeze_backbone": "True"}
+    return extras.get("train_state", {}).get("epoch") == schedule["epochs"] and all(
+        given.get(k) == v for k, v in wanted.items())
+
+
+def train(images: Path, ann: Path, out: Path, weights: Path, schedule: dict[str, Any], reuse: bool = False) -> Path:
+    if reuse and finished_run(out, ann, schedule):
+        print(f"  reusing {out / 'last.pt'} (a finished run of this schedule)", flush=True)
+        return out / "last.pt"
+    code = train_main(["--detector", DEFAULT_DETECTOR, "--images", str(images), "--ann", str(ann), "--out", str(out),
+                       "--weights", str(weights), "--freeze-backbone", "--img-size", str(schedule["detector_size"]),
+                       "--epochs", str(schedule["epochs"]), "--batch-size", str(schedule["batch"]),
+                       "--lr", str(schedule["lr"]), "--workers", "1", "--device", "cpu", "--seed", "0"])
+    if code != 0:
+        raise SystemExit(f"detector training failed ({code})")
+    return out / "last.pt"
+
+
+def quality(truth: Path, pseudo: Path) -> str:
+    """COCO AP, AP50 and AR100 of the pseudo-labels (scored boxes) against the true boxes of the same images."""
+    labels = json.loads(pseudo.read_text())
+    found = [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in labels["annotations"]]
+    stats = coco_evaluate(GroundTruth(truth), found, [im["id"] for im in labels["images"]])["stats"]
+    return (f"AP {stats[0]:.4f}, AP50 {stats[1]:.4f}, AR100 {stats[8]:.4f} ({len(found)} boxes on "
+            f"{len(labels['images'])} images)")
+
+
+def run_set(name: str, train_images: Path, train_ann: Path, val_images: Path, val_ann: Path, weights: Path,
+            work: Path, reuse: bool = False) -> tuple[GroundTruth, list[dict], dict[str, list[list[dict]]],
+                                                      dict[str, float]]:
+    """Pseudo-labels, both detectors, and the three rows' detections on the measured images (``reuse``: the
+    pseudo-labels and finished detector runs a previous run of this schedule left in ``work``)."""
+    schedule, seconds = SCHEDULES[name], {}
+    pseudo = work / "pseudo.json"
+    if reuse and pseudo.is_file():
+        print(f"  reusing {pseudo}", flush=True)
+    else:
+        code = timed("pseudo-labels", seconds, pseudo_main,
+                     ["--images", str(train_images), "--ann", str(train_ann), "--checkpoint", str(weights),
+                      "--img-size", str(schedule["maps_size"]), "--out", str(pseudo), "--device", "cpu",
+                      "--workers", "1"])
+        if code != 0:
+            raise SystemExit(f"pseudo-labels failed ({code})")
+    print("  pseudo-labels against the training images' true boxes (a diagnostic: never used to make or pick them): "
+          + quality(train_ann, pseudo), flush=True)
+    pseudo_last = timed("detector on pseudo-labels", seconds, train, train_images, pseudo, work / "pseudo", weights,
+                        schedule, reuse)
+    true_last = timed("detector on true boxes", seconds, train, train_images, train_ann, work / "true", weights,
+                      schedule, reuse)
+    truth = GroundTruth(val_ann)
+    images = sorted(truth.data["images"], key=lambda im: im["id"])
+    model, meta = load_model(weights)
+    localizer = Localizer(model, meta, method=DEFAULT_METHOD, recipe=DEFAULT_RECIPE, img_size=schedule["maps_size"],
+                          device="cpu")
+    rows = {ROWS[0]: timed("default recipe on the measured images", seconds, boxes_of, localizer, val_images, images)}
+    for row, last in ((ROWS[1], pseudo_last), (ROWS[2], true_last)):
+        rows[row] = timed(f"{row} on the measured images", seconds, boxes_of,
+                          Detector.from_checkpoint(last, device="cpu"), val_images, images)
+    return truth, images, rows, seconds
+
+
+def report(title: str, truth: GroundTruth, images: list[dict], rows: dict[str, list[list[dict]]], boot: int
+           ) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Print the set's table and its ratios to (a); returns ``{row: {metric: (ratio, low, high)}}``."""
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(0, len(images), len(images)) for _ in range(boot)]
+    point = {row: metrics(truth, found, images) for row, found in rows.items()}
+    draws = {row: [metrics(truth, found, images, s) for s in samples] for row, found in rows.items()}
+    print(f"\n### {title}: {len(images)} images, {boot} bootstrap resamples (95 % intervals)\n")
+    print("| row | " + " | ".join(METRICS) + " |\n| --- |" + " --- |" * len(METRICS))
+    for row in rows:
+        cells = [with_interval(point[row][m], [d[m] for d in draws[row]], 4) for m in METRICS]
+        print(f"| {row} | {' | '.join(cells)} |")
+    print("\nRatios to (a), paired\n")
+    print("| row | " + " | ".join(METRICS) + " |\n| --- |" + " --- |" * len(METRICS))
+    ratios: dict[str, dict[str, tuple[float, float, float]]] = {}
+    base = ROWS[0]
+    for row in ROWS[1:]:
+        ratios[row] = {}
+        for m in METRICS:
+            ratio = point[row][m] / point[base][m] if point[base][m] > 0 else math.nan
+            paired = [d[m] / b[m] for d, b in zip(draws[row], draws[base]) if b[m] > 0]
+            low, high = interval(paired) if paired else (math.nan, math.nan)
+            ratios[row][m] = (ratio, low, high)
+        print(f"| {row} | " + " | ".join(f"{r:.2f}× [{lo:.2f}, {hi:.2f}]" for r, lo, hi in ratios[row].values())
+              + " |")
+    return ratios
+
+
+def verdict(results: dict[str, dict[str, dict[str, tuple[float, float, float]]]]) -> None:
+    """The rule of docs/decisions.md: a gain on a set when the lower bounds of (b)'s AP and AP50 ratios to (a) are
+    above 1; self-training is a gain (README) when it is one on both sets."""
+    print("\n### The rule (docs/decisions.md, \"Self-training a detector\")\n")
+    gains = {}
+    for name, ratios in results.items():
+        row = ratios[ROWS[1]]
+        gains[name] = row["AP"][1] > 1 and row["AP50"][1] > 1
+        print(f"- {name}: AP {row['AP'][0]:.2f}× (lower bound {row['AP'][1]:.2f}), AP50 {row['AP50'][0]:.2f}× "
+              f"(lower bound {row['AP50'][1]:.2f}): {'a gain' if gains[name] else 'no gain'}")
+    if "synthetic" in results:
+        row = results["synthetic"][ROWS[1]]
+        met = row["AP"][0] >= 2 and row["AP50"][0] >= 1.5 and row["AP"][1] > 1 and row["AP50"][1] > 1
+        print("- issue target on synthetic (AP ≥ 2×, AP50 ≥ 1.5×, lower bounds above 1): "
+              + ("met" if met else "not met"))
+    if set(results) == {"synthetic", "real"}:
+        print(f"\nself-training is {'a gain on both sets' if all(gains.values()) else 'not a gain on both sets'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="synthetic,real", help="synthetic, real or both")
+    parser.add_argument("--boot", type=int, default=200, help="bootstrap resamples")
+    parser.add_argument("--keep", type=Path, help="keep the data, pseudo-labels and detectors in this folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: reuse the pseudo-labels and the finished detector runs of this schedule "
+                             "found there (the rows are measured again)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        if "synthetic" in args.sets.split(","):
+            s = SCHEDULES["synthetic"]
+            print("synthetic set", flush=True)
+            data = generate(root / "synthetic" / "train", s["train"], 0, s["classes"], s["size"], 0, s["max_objects"])
+            measured = generate(root / "synthetic" / "val", 0, s["val"], s["classes"], s["size"], 1,
+                                s["max_objects"])
+            found = run_set("synthetic", data / "train", data / "annotations" / "instances_train.json",
+                            measured / "val", measured / "annotations" / "instances_val.json", DEMO_CHECKPOINT,
+                            root / "synthetic", args.reuse)
+            seconds["synthetic"] = found[3]
+            results["synthetic"] = report(f"Synthetic: {s['val']} unseen scenes (seed 1, ≤ {s['max_objects']} "
+                                          "objects), demo model", *found[:3], args.boot)
+        if "real" in args.sets.split(","):
+            if not REAL_WEIGHTS.is_file():
+                print(f"real set skipped: {REAL_WEIGHTS} is missing")
+            else:
+                print("real set", flush=True)
+                found = run_set("real", COCO / "train2017", COCO / "annotations" / "instances_train2017_mini.json",
+                                REAL_IMAGES, REAL_ANN, REAL_WEIGHTS, root / "real", args.reuse)
+                seconds["real"] = found[3]
+                results["real"] = report("Real: coco-mini val2017 ∖ train2017, MobileNetV2 COCO-80", *found[:3],
+                                         args.boot)
+    for name, parts in seconds.items():
+        print(f"\n{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items())
+              + f"; total {sum(parts.values()) / 60:.1f} min")
+    verdict(results)
+
+
+if __name__ == "__main__":
+    main()

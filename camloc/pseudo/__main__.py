@@ -1,0 +1,3 @@
+from camloc.pseudo.cli import main
+
+raise SystemExit(main())
