@@ -351,6 +351,7 @@ def test_uploads_good_and_bad(monkeypatch, tmp_path):
     at.sidebar.file_uploader(key="uploads").set_value(("cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg")).run()
     no_exception(at)
     assert any("truncated" in e.value for e in at.error)
+    at.sidebar.button(key="clear_uploads").click().run()  # uploads add up: forget the two broken ones
     at.sidebar.file_uploader(key="uploads").set_value([("a.jpg", jpeg, "image/jpeg"),
                                                        ("b.png", image_bytes(gradient_image(90, 60)), "image/png"),
                                                        ("a.jpg", jpeg[:-7] + b"\xff\xd9", "image/jpeg")])
@@ -453,7 +454,7 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
             continue
         assert at.sidebar.text_input(key="checkpoint_folder").value == str(coco_checkpoints)
         assert at.sidebar.selectbox(key="model_label").value == "coco.pt"
-        assert "Showing your upload: street.png" in texts(at.sidebar.caption)
+        assert "Your upload: street.png" in texts(at.sidebar.caption)
         if target != "pages/all_classes.py":
             assert at.sidebar.selectbox(key="class_name").value == "giraffe"
     assert image_captions(at)[0].startswith("street.png")
@@ -827,3 +828,36 @@ def test_a_broken_checkpoint_is_a_message_not_a_traceback(monkeypatch, tmp_path)
     at.sidebar.selectbox(key="model_label").set_value(at.sidebar.selectbox(key="model_label").options[0]).run()
     no_exception(at)
     assert not at.error  # the app keeps working
+
+
+# ------------------------------------------------------------------------------------------ issue 22
+
+def upload(at: AppTest, *names: str, seed: int = 0) -> AppTest:
+    """Upload small generated PNGs named ``names`` (each a different picture) with the sidebar's uploader."""
+    files = [(name, image_bytes(gradient_image(60, 80, seed=seed + i)), "image/png") for i, name in enumerate(names)]
+    return at.sidebar.file_uploader(key="uploads").set_value(files if len(files) > 1 else files[0]).run()
+
+
+def test_an_upload_after_a_page_change_adds_to_the_earlier_ones(monkeypatch, tmp_path):
+    """Issue 22, 3: upload A and B, visit another page and come back, upload C — only C remained and the image
+    picker was gone. Uploads are one set for every page, keyed by content; a button removes one."""
+    at = page("app.py", monkeypatch, tmp_path).run()
+    upload(at, "a.png", "b.png")
+    assert at.selectbox(key="shown_image").options == ["a.png", "b.png"]
+    at.switch_page("pages/all_classes.py").run()
+    at.switch_page("pages/explore.py").run()
+    upload(at, "c.png", seed=2)
+    no_exception(at)
+    assert at.selectbox(key="shown_image").options == ["a.png", "b.png", "c.png"]
+    assert at.selectbox(key="shown_image").value == "c.png" and image_captions(at)[0].startswith("c.png")
+    at.switch_page("pages/all_classes.py").run()
+    upload(at, "a-again.png")  # the same bytes as a.png: kept once, and shown
+    assert at.selectbox(key="shown_image").options == ["a.png", "b.png", "c.png"]
+    assert at.selectbox(key="shown_image").value == "a.png"
+    at.button(key="remove_upload").click().run()
+    no_exception(at)
+    assert at.selectbox(key="shown_image").options == ["b.png", "c.png"]
+    at.switch_page("pages/explore.py").run()
+    assert at.selectbox(key="shown_image").options == ["b.png", "c.png"]
+    at.sidebar.button(key="clear_uploads").click().run()
+    assert image_captions(at)[0].startswith("shapes_")
