@@ -13,7 +13,7 @@ from camloc.images import ImageError, load_image
 from camloc.viz import color_hex, distinct_colors, draw_boxes, format_score
 from pages.geometry import best_match
 from pages.pictures import encoded
-from pages.state import carry
+from pages.state import carry, options_filter
 from pages.tables import show_table
 
 
@@ -60,10 +60,12 @@ if det_text.strip():
     detections = loaded
 
 names = {c["id"]: c["name"] for c in gt["categories"]}
+carry("ds_classes", [], options_filter(names.values()), context=str(ann_path))
 wanted = side.multiselect("Classes", sorted(names.values()), key="ds_classes",
                           help="Only images with these classes, and only their boxes (empty: all)")
 wanted_ids = {cid for cid, n in names.items() if n in wanted} or set(names)
-min_score = side.slider("Minimum detection score", 0.0, 1.0, 0.1, 0.01, key="ds_min_score")
+carry("ds_min_score", 0.1)
+min_score = side.slider("Minimum detection score", 0.0, 1.0, step=0.01, key="ds_min_score")
 by_image: dict[int, list] = {}
 for ann in gt["annotations"]:
     by_image.setdefault(ann["image_id"], []).append(ann)
@@ -72,7 +74,8 @@ images = [im for im in sorted(gt["images"], key=lambda im: im["id"])
 if not images:
     st.warning("No image matches the filter." if wanted else f"{ann_path} lists no images.")
     st.stop()
-index = st.number_input(f"Image (1–{len(images)})", 1, len(images), 1, key="ds_index") - 1
+carry("ds_index", 1, lambda value: 1 <= value <= len(images), context=(str(ann_path), tuple(wanted)))
+index = st.number_input(f"Image (1–{len(images)})", 1, len(images), key="ds_index") - 1
 info = images[index]
 try:
     image = load_image(folder / info["file_name"])

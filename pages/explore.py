@@ -20,7 +20,9 @@ from pages.tables import boxes_table, show_table
 @st.fragment
 def top_classes(names: list[str], ranked: list[int], probs, views: str) -> None:
     """The top-k table (a fragment: its slider reruns only this table)."""
-    top_k = st.slider("Top-k classes", 1, min(20, len(ranked)), min(5, len(ranked)), key="top_k")
+    most = min(20, len(ranked))
+    carry("top_k", min(5, most), lambda value: 1 <= value <= most)
+    top_k = st.slider("Top-k classes", 1, most, key="top_k")
     show_table(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
                              "probability": [float(probs[c]) for c in ranked[:top_k]]}), key="topk_table")
     st.caption(f"Probabilities of {views}, as the boxes use them.")

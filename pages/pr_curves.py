@@ -52,6 +52,7 @@ if metrics is None:
     st.stop()
 
 curves = metrics["pr_curves"]
+carry("iou", next(iter(IOU_CHOICES)), options_filter(IOU_CHOICES))
 iou_label = st.radio("IoU", list(IOU_CHOICES), horizontal=True, key="iou")
 key = IOU_CHOICES[iou_label]
 rows = [r for r in metrics["per_class"] if r.get("AP") is not None and str(r["category_id"]) in curves["classes"]]

@@ -29,7 +29,7 @@ from camloc.models import build_torchvision, save_checkpoint
 from camloc.recipes import DEFAULT_RECIPE, RECIPES
 from camloc.synthetic import generate
 from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
-from pages.analysis import METHODS, PLAIN_MAPS, views_label
+from pages.analysis import BOX_SCALES, METHODS, PLAIN_MAPS, views_label
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 from tests.helpers import count_tags, gradient_image, image_bytes, random_head_model
 from train.cli import main as train_main
@@ -861,3 +861,58 @@ def test_an_upload_after_a_page_change_adds_to_the_earlier_ones(monkeypatch, tmp
     assert at.selectbox(key="shown_image").options == ["b.png", "c.png"]
     at.sidebar.button(key="clear_uploads").click().run()
     assert image_captions(at)[0].startswith("shapes_")
+
+
+SETTINGS = ("slider", "selectbox", "multiselect", "number_input", "radio", "checkbox", "toggle")
+
+
+def another_value(widget):
+    """A value of ``widget`` other than its current one (``None`` when it has no other)."""
+    kind, value = type(widget).__name__, widget.value
+    if kind == "Slider":
+        step = widget.proto.step
+        low, high = widget.proto.min, widget.proto.max
+        return round(value + step if value + step <= high else low, 6) if high > low else None
+    if kind == "NumberInput":
+        high = widget.proto.max if widget.proto.has_max else value + 1
+        return value + 1 if value + 1 <= high else (value - 1 if value > widget.proto.min else None)
+    if kind == "Multiselect":
+        return [o for o in widget.options if o not in value][:1] or value[:-1] or None
+    if kind in ("Selectbox", "Radio"):  # options come formatted: map them back (the box resolutions are formatted)
+        raw = {str(widget.format_func(c)): c for c in (*widget.options, *BOX_SCALES)}
+        return next((raw[o] for o in widget.options if o in raw and o != str(widget.format_func(value))), None)
+    return not value
+
+
+def page_settings(at: AppTest) -> dict:
+    """``{key: widget}`` of every keyed setting on the page (sidebar and main), text fields and buttons aside."""
+    return {w.key: w for kind in SETTINGS for w in at.get(kind) if w.key}
+
+
+@pytest.mark.parametrize("name", ["explore.py", "all_classes.py", "compare.py", "pr_curves.py", "dataset.py",
+                                  "training_runs.py"])
+def test_every_setting_of_a_page_survives_a_visit_to_another_page(name, monkeypatch, tmp_path, eval_folder):
+    """Issue 22, 5: the Dataset browser's image number, class filter and score floor, the PR curves' IoU and All
+    classes' "Hide heat below" came back at their defaults after a visit to another page."""
+    write_log(tmp_path / "runs" / "r1", [{"epoch": 1, "train_loss": 1.0}])
+    write_log(tmp_path / "runs" / "r2", [{"epoch": 1, "train_loss": 0.5}])
+    at = page("app.py", monkeypatch, tmp_path / "runs").run()
+    at.switch_page(f"pages/{name}").run()
+    if name == "pr_curves.py":
+        at.text_input(key="eval_folder").set_value(str(eval_folder)).run()
+    keys = sorted(page_settings(at))
+    assert keys, name
+    for key in keys:
+        widget = page_settings(at).get(key)
+        if widget is None:  # another setting's change took it away (a recipe without a threshold)
+            continue
+        value = another_value(widget)
+        if value is None:
+            continue
+        widget.set_value(value).run()
+        no_exception(at)
+        expected = page_settings(at)[key].value
+        at.switch_page("pages/training_runs.py" if name != "training_runs.py" else "pages/pr_curves.py").run()
+        at.switch_page(f"pages/{name}").run()
+        no_exception(at)
+        assert page_settings(at)[key].value == expected, (name, key)
