@@ -40,9 +40,10 @@ def curves(run: Run) -> go.Figure:
 
 st.title("Training runs")
 side = st.sidebar
-carry("checkpoint_folder", str(checkpoint_folder()))
-root = Path(side.text_input("Checkpoint folder", key="checkpoint_folder",
-                            help="Run folders (with a log.jsonl) below this folder are listed"))
+carry("runs_folder", str(checkpoint_folder()))
+root = Path(side.text_input("Runs folder", key="runs_folder",
+                            help="Run folders (with a log.jsonl) below this folder are listed; the image pages' "
+                                 "checkpoint folder and model stay as they are"))
 runs = find_runs(root)
 labels = [str(p.relative_to(root)) if p != root else "." for p in runs]
 if labels:

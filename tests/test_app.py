@@ -916,3 +916,31 @@ def test_every_setting_of_a_page_survives_a_visit_to_another_page(name, monkeypa
         at.switch_page(f"pages/{name}").run()
         no_exception(at)
         assert page_settings(at)[key].value == expected, (name, key)
+
+
+def test_the_model_stays_until_the_user_picks_another_and_a_change_says_so(monkeypatch, coco_checkpoints, tmp_path):
+    """Issue 22, 6: changing the Training runs' folder silently switched Explore's model to the demo model."""
+    at = page("app.py", monkeypatch, coco_checkpoints).run()
+    assert not at.toast
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    assert [t.value for t in at.toast] == ["Model: now coco.pt, was Demo: synthetic shapes (offline, bundled)."]
+    at.switch_page("pages/training_runs.py").run()
+    at.sidebar.text_input(key="runs_folder").set_value(str(tmp_path / "elsewhere")).run()
+    no_exception(at)
+    at.switch_page("pages/explore.py").run()
+    no_exception(at)
+    assert at.sidebar.text_input(key="checkpoint_folder").value == str(coco_checkpoints)
+    assert at.sidebar.selectbox(key="model_label").value == "coco.pt" and not at.toast
+    at.sidebar.text_input(key="checkpoint_folder").set_value(str(tmp_path / "empty")).run()  # lists no coco.pt
+    no_exception(at)
+    kept = f"coco.pt (from {coco_checkpoints})"
+    assert at.sidebar.selectbox(key="model_label").value == kept and not at.toast
+    assert len(at.sidebar.selectbox(key="class_name").options) == 80  # still the COCO model's classes
+    at.switch_page("pages/all_classes.py").run()
+    assert at.sidebar.selectbox(key="model_label").value == kept
+    (coco_checkpoints / "coco.pt").unlink()  # its file is gone: the demo model, said so
+    at.run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="model_label").value.startswith("Demo")
+    assert [t.value for t in at.toast] == [f"Model: now Demo: synthetic shapes (offline, bundled), was {kept} "
+                                           f"({kept} is no longer available)."]
