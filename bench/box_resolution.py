@@ -3,7 +3,7 @@
 ``multilevel-flip`` traces its regions on maps upsampled to the photo (640×480: ~300k pixels per
 map and level) or, with ``box_scale=s``, to ``s ×`` the feature grid (56×56 for a 14×14 grid at
 ``s = 4``) and scales the boxes — the form that runs as whole-batch tensor work on a GPU
-(:mod:`camloc.gridboxes`). This prints, for each scale, COCO AP / AP50 / AP75 / AR100 with 95%
+(:mod:`camloc.boxes.grid`). This prints, for each scale, COCO AP / AP50 / AP75 / AR100 with 95%
 bootstrap intervals, the paired ratio to the full-resolution boxes, and the box stage's
 milliseconds per image on this machine, on:
 
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from bench.recipes import REAL_ANN, REAL_IMAGES, REAL_WEIGHTS, SHARED, metrics, with_interval
+from camloc.boxes import FULL_RESOLUTION
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import GroundTruth
 from camloc.localize import Localizer
 from camloc.models import load_model
-from camloc.recipes import FULL_RESOLUTION
 from camloc.synthetic import generate
 
 TRAIN_IMAGES = SHARED / "coco-mini" / "train2017"

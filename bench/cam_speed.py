@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from camloc.boxes import boxes_from_raw_maps
 from camloc.cam import class_activation_maps, make_method
-from camloc.classes import COCO_NAMES
 from camloc.localize import Localizer
 from camloc.models import build_model, load_model
-from camloc.recipes import boxes_from_raw_maps
+from camloc.models.classes import COCO_NAMES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

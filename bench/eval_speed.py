@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION
 from camloc.evaluation import coco_evaluate
 from camloc.localize import Localizer
-from camloc.recipes import DEFAULT_RECIPE, FULL_RESOLUTION
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -148,8 +148,8 @@ def bare_forward(localizer: Localizer, batch: int, repeats: int, trials: int = 3
 
 def resnet50_checkpoint(folder: Path) -> Path:
     """A ResNet-50 COCO-80 checkpoint: random backbone, the shared model's head biases, small head weights."""
-    from camloc.classes import COCO_NAMES
     from camloc.models import build_model, load_model, save_checkpoint
+    from camloc.models.classes import COCO_NAMES
 
     shared, _ = load_model(SHARED / "weights" / "mobilenet_v2_coco80_linear.pth")
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def cli_rate(checkpoint: Path, ann: Path, images: Path, recipe: str, box_workers
 
 
 def cli_benchmark(repeat: int, batch: int) -> None:
-    from camloc.workerpool import default_box_workers
+    from camloc.runtime.workerpool import default_box_workers
 
     weights = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
     val = SHARED / "coco-mini" / "val2017"
@@ -210,7 +210,7 @@ def cli_benchmark(repeat: int, batch: int) -> None:
 
 def device_stage_benchmark() -> None:
     """Box stage per image: the CPU path vs the device path run on this CPU, on a real image's maps."""
-    from camloc.recipes import make_recipe
+    from camloc.boxes import make_recipe
 
     weights = SHARED / "weights" / "mobilenet_v2_coco80_linear.pth"
     if not weights.is_file():

@@ -19,7 +19,7 @@ import torch
 
 from camloc.cam import make_method
 from camloc.evaluation import Faithfulness, GroundTruth
-from camloc.images import load_image
+from camloc.io.images import load_image
 from camloc.localize import Localizer
 from camloc.models import load_model
 

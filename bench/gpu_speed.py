@@ -66,8 +66,8 @@ def build_set(coco: Path, folder: Path, count: int) -> tuple[Path, Path]:
 
 def checkpoint(arch: str, size: int, weights: Path, folder: Path) -> Path:
     """``arch`` with a COCO-80 head: random backbone, the shared model's head biases (realistic gating)."""
-    from camloc.classes import COCO_NAMES
     from camloc.models import build_model, load_model, save_checkpoint
+    from camloc.models.classes import COCO_NAMES
 
     shared, _ = load_model(weights)
     torch.manual_seed(0)
@@ -169,8 +169,8 @@ def check_against_localizer(images: Path, ann: Path, path: Path, recipes: list[s
 
 def check_device_boxes(images: Path, ann: Path, path: Path, count: int, device: torch.device) -> None:
     """On a GPU: the box stage on the device vs the CPU for CPU-computed maps; GPU maps vs CPU maps."""
+    from camloc.boxes import make_recipe
     from camloc.localize import Localizer
-    from camloc.recipes import make_recipe
 
     data = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])[:count]
     files = [images / im["file_name"] for im in data]
@@ -208,9 +208,9 @@ def train_rates(images: Path, ann: Path, args, device: torch.device, out: Path) 
 
 
 def main() -> None:
-    from camloc.devices import resolve_device
+    from camloc.boxes import DEFAULT_RECIPE
     from camloc.localize import Localizer
-    from camloc.recipes import DEFAULT_RECIPE
+    from camloc.runtime.devices import resolve_device
 
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -39,14 +39,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camloc.boxes import DEFAULT_RECIPE
 from camloc.calibration import QUANTILE, calibration_probabilities, class_thresholds
 from camloc.cam import DEFAULT_METHOD, make_method
-from camloc.data import CocoIndex
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import BoxAccuracy, GroundTruth, coco_evaluate, image_hits, recognised_classes, voc_map
+from camloc.io.data import CocoIndex
 from camloc.localize import Analysis, Localizer
 from camloc.models import load_model
-from camloc.recipes import DEFAULT_RECIPE
 from camloc.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camloc.classes import COCO_NAMES
-from camloc.devices import resolve_device
 from camloc.models import build_model
+from camloc.models.classes import COCO_NAMES
+from camloc.runtime.devices import resolve_device
 from train.cli import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from camloc.data import CocoIndex, CocoMultiLabel, DataError, collate_skipping, eval_transform
-from camloc.devices import resolve_device
-from camloc.errors import error_line
-from camloc.io_utils import OutputError
+from camloc.boxes import CALIBRATION_FLOOR
+from camloc.io.atomic import OutputError
+from camloc.io.data import CocoIndex, CocoMultiLabel, DataError, collate_skipping, eval_transform
+from camloc.io.preprocess import normalise
 from camloc.models import (
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
@@ -39,8 +39,8 @@ from camloc.models import (
     probabilities,
     save_checkpoint,
 )
-from camloc.preprocess import normalise
-from camloc.recipes import CALIBRATION_FLOOR
+from camloc.runtime.devices import resolve_device
+from camloc.runtime.errors import error_line
 
 #: The gate's floor (every class below it is skipped: the recipes' own), the quantile and the evidence a class
 #: needs.

@@ -34,7 +34,7 @@ def example_images() -> list[Path]:
 
 def write_examples(folder: Path = EXAMPLES) -> Path:
     """Write the example scenes and their ``annotations.json`` (COCO instances) into ``folder``."""
-    from camloc.io_utils import atomic_write_json
+    from camloc.io.atomic import atomic_write_json
     from camloc.synthetic import generate_split
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from camloc.io_utils import atomic_write_json
+from camloc.io.atomic import atomic_write_json
 
 MIN_VISIBLE = 40
 

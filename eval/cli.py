@@ -18,17 +18,17 @@ from typing import Any
 
 import torch
 
+from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
 from camloc.cam import DEFAULT_METHOD, METHODS
-from camloc.data import DataError, check_image_files
-from camloc.devices import resolve_device
-from camloc.errors import error_line
 from camloc.evaluation import STAT_NAMES, EvaluationError, GroundTruth
-from camloc.images import ImageError
-from camloc.io_utils import OutputError
-from camloc.localize import Localizer
+from camloc.io.atomic import OutputError
+from camloc.io.data import DataError, check_image_files
+from camloc.io.images import ImageError
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
-from camloc.recipes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES, make_recipe
-from camloc.workerpool import default_box_workers
+from camloc.pipeline import Localizer
+from camloc.runtime.devices import resolve_device
+from camloc.runtime.errors import error_line
+from camloc.runtime.workerpool import default_box_workers
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
 

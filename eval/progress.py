@@ -30,7 +30,7 @@ import numpy as np
 
 from camloc.evaluation import Detections, EvaluationError
 from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS
-from camloc.io_utils import atomic_output
+from camloc.io.atomic import atomic_output
 
 HIT_SHAPE = (len(IOU_DELTAS), len(CAM_THRESHOLDS))
 COLUMNS = {"image_id": ("image", "<i8"), "category_id": ("category", "<i8"), "bbox": ("bbox", "<f8"),

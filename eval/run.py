@@ -1,10 +1,10 @@
 """The evaluation run: read → decode → preprocess → forward → box stage → progress → metrics, a batch at a time.
 
-* Loader workers read each image (:mod:`camloc.reader`): ``uint8`` pixels, or a JPEG's bytes that the
+* Loader workers read each image (:mod:`camloc.io.reader`): ``uint8`` pixels, or a JPEG's bytes that the
   main process decodes on the device with the rest of the batch; nothing is pickled but tensors.
 * The main process resizes, normalises and mirrors the batch on the model's device, runs the forward
   pass (bf16 backbone on a GPU, float32 maps) and the box stage of the whole batch
-  (:class:`~camloc.boxstage.BoxPipeline`); the host-side remainder of each batch (wsolevaluation hits,
+  (:class:`~camloc.pipeline.boxstage.BoxPipeline`); the host-side remainder of each batch (wsolevaluation hits,
   tracing full-resolution masks, recipes that run on the CPU) goes to ``--box-workers`` processes
   while the main process runs the next batch. Results come back in batch order and each batch is one
   line of the progress file, so an interrupted run continues with ``--resume``.
@@ -16,7 +16,7 @@
   merges the files, computes the metrics and writes the outputs — the same ``detections.json`` as
   one process. ``--resume`` reads every progress file in ``--out``, so a run may even resume with
   another number of processes.
-* ``--profile`` charges every stage its seconds (:mod:`camloc.profiling`) and names the one that
+* ``--profile`` charges every stage its seconds (:mod:`camloc.runtime.profiling`) and names the one that
   bounds the run.
 """
 
@@ -35,14 +35,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth
-from camloc.distributed import Dist, setup_distributed
 from camloc.evaluation import BoxAccuracy, Detections, Faithfulness, GroundTruth, localization_metrics
-from camloc.io_utils import atomic_output, atomic_write_json, writable_folder
-from camloc.localize import Localizer
-from camloc.profiling import StageClock, format_report, set_thread_lane, stage
-from camloc.reader import SplitImages, collate, decode_batch
-from camloc.workerpool import OrderedPool
+from camloc.io.atomic import atomic_output, atomic_write_json, writable_folder
+from camloc.io.reader import SplitImages, collate, decode_batch
+from camloc.pipeline import Localizer
+from camloc.pipeline.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth
+from camloc.runtime.distributed import Dist, setup_distributed
+from camloc.runtime.profiling import StageClock, format_report, set_thread_lane, stage
+from camloc.runtime.workerpool import OrderedPool
 from eval import progress
 
 LOADER_LANE, BOX_LANE, FINISH_LANE = "loader workers", "box workers", "main: finishing thread"

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from camloc.boxes import BOX_MODES
+from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES
+from camloc.boxes.contours import BOX_MODES
 from camloc.cam import METHODS as MAP_METHODS
 from camloc.cam import make_method
 from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
-from camloc.recipes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES
 from pages.inputs import InputImage
 from pages.state import carry, options_filter, remembered
 
@@ -158,7 +158,7 @@ def pick_recipe(where=st.sidebar) -> tuple[str, dict[str, Any]]:
     names = list(RECIPES)
     carry("recipe", DEFAULT_RECIPE if DEFAULT_RECIPE in names else names[0], options_filter(names))
     name = where.selectbox("Box recipe", names, key="recipe",
-                           help="How maps become boxes (camloc.recipes); new recipes appear here by themselves")
+                           help="How maps become boxes (camloc.boxes); new recipes appear here by themselves")
     recipe = RECIPES[name]
     if recipe.__doc__:
         summary = " ".join(recipe.__doc__.strip().split("\n\n")[0].split())

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from camloc.recipes import RECIPES
+from camloc.boxes import RECIPES
 from camloc.viz import COLORMAPS, colorbar, format_score
 from pages.analysis import METHODS, Maps, analyze, pick_class, pick_recipe, ranked_classes
 from pages.geometry import best_iou

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from camloc.demo import EXAMPLES
-from camloc.images import ImageError, load_image
+from camloc.io.images import ImageError, load_image
 from camloc.viz import color_hex, distinct_colors, draw_boxes, format_score
 from pages.geometry import best_match
 from pages.pictures import encoded

@@ -14,7 +14,7 @@ import streamlit as st
 from PIL import Image
 
 from camloc.demo import EXAMPLES, example_images
-from camloc.images import FORMATS, ImageError, load_image
+from camloc.io.images import FORMATS, ImageError, load_image
 from pages.model_picker import DEMO_KEY
 from pages.state import carry, options_filter
 from pages.uploads import clear_uploads, digest, newest_upload, remember_uploads, remove_upload, uploads

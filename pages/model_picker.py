@@ -11,9 +11,8 @@ from typing import Any
 
 import streamlit as st
 
-from camloc import pretrained
 from camloc.demo import DEMO_CHECKPOINT
-from camloc.models import CamModel, ModelError, load_model
+from camloc.models import CamModel, ModelError, load_model, pretrained
 from pages.state import carry
 
 TORCHVISION_MODELS = {"torchvision ResNet-50 (ImageNet → COCO)": "resnet50",
@@ -36,7 +35,7 @@ class ModelChoice:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def online(url: str) -> bool:
-    """:func:`camloc.pretrained.is_online`, asked at most once a minute."""
+    """:func:`camloc.models.pretrained.is_online`, asked at most once a minute."""
     return pretrained.is_online(url)
 
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from camloc.classes import COCO_NAMES
 from camloc.models import CamModel, build_model
+from camloc.models.classes import COCO_NAMES
 
 
 def random_head_model(arch: str = "resnet18", num_classes: int = 80, seed: int = 0) -> tuple[CamModel, dict]:

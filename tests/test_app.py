@@ -19,14 +19,15 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from camloc import pretrained, viz
+from camloc import viz
+from camloc.boxes import DEFAULT_RECIPE, RECIPES
 from camloc.cam import METHODS as MAP_METHODS
-from camloc.classes import COCO_NAMES
 from camloc.demo import EXAMPLES
 from camloc.evaluation import localization_metrics
-from camloc.localize import TTA_SCALES, Localizer
-from camloc.models import build_torchvision, save_checkpoint
-from camloc.recipes import DEFAULT_RECIPE, RECIPES
+from camloc.localize import Localizer
+from camloc.models import build_torchvision, pretrained, save_checkpoint
+from camloc.models.classes import COCO_NAMES
+from camloc.pipeline.analysis import TTA_SCALES
 from camloc.synthetic import generate
 from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
 from pages.analysis import BOX_SCALES, METHODS, PLAIN_MAPS, views_label

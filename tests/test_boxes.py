@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camloc.boxes import box_means, foreground, heatmaps_to_boxes, parse_threshold, to_uint8
+from camloc.boxes.contours import box_means, foreground, heatmaps_to_boxes, parse_threshold, to_uint8
 
 
 def reference_boxes(heat: np.ndarray, threshold="otsu", largest=False) -> list[tuple[int, int, int, int]]:

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camloc.boxes import RECIPES
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
-from camloc.pretrained import OFFLINE_ENV
-from camloc.recipes import RECIPES
+from camloc.models.pretrained import OFFLINE_ENV
 from camloc.synthetic import generate
 from camloc.viz import format_score
 from pages.analysis import METHODS

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from camloc.boxes import make_recipe, select_classes
 from camloc.calibration import FLOOR, class_thresholds, main
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.localize import Localizer
 from camloc.models import ModelError, complete_meta, load_model
-from camloc.recipes import make_recipe, select_classes
 from camloc.synthetic import generate
 from tests.helpers import gradient_image, random_head_model
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from camloc.cam import METHODS, class_activation_maps, make_method
 from camloc.cam.base import class_slots
 from camloc.cam.elementwise import stage_chain
-from camloc.localize import Localizer, gated_slots
+from camloc.localize import Localizer
+from camloc.pipeline.analysis import gated_slots
 from tests.fuzz_support import fuzz
 from tests.helpers import gradient_image, random_head_model
 

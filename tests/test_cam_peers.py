@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
 
 from camloc.cam import make_method
-from camloc.images import load_image
+from camloc.io.images import load_image
 from camloc.localize import Localizer
 from camloc.models import load_model
 from tests.conftest import COCO80, COCO_MINI, VAL_IMAGES

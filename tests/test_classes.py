@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from camloc import classes
+from camloc.models import classes
 from tests.conftest import SHARED
 
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torchvision.ops import batched_nms
 
-import camloc.nms
-from camloc.components import _boxes_from_labels, component_boxes, component_labels, sort_boxes
-from camloc.nms import grouped_nms
+import camloc.boxes.nms
+from camloc.boxes.components import _boxes_from_labels, component_boxes, component_labels, sort_boxes
+from camloc.boxes.nms import grouped_nms
 
 FAST = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -91,12 +91,12 @@ def test_grouped_nms_equals_torchvision(count, groups, iou, seed, small_chunks):
     corners = torch.from_numpy(np.concatenate([xy, xy + rng.integers(1, 25, (count, 2))], 1).astype(np.float64))
     scores = torch.from_numpy(rng.permutation(count).astype(np.float64))  # distinct: greedy NMS is unique
     group = torch.from_numpy(rng.integers(0, groups, count))
-    chunk = camloc.nms.CHUNK_ELEMENTS
-    camloc.nms.CHUNK_ELEMENTS = 50 if small_chunks else chunk  # many chunks of few groups
+    chunk = camloc.boxes.nms.CHUNK_ELEMENTS
+    camloc.boxes.nms.CHUNK_ELEMENTS = 50 if small_chunks else chunk  # many chunks of few groups
     try:
         kept = grouped_nms(corners, scores, group, iou)
     finally:
-        camloc.nms.CHUNK_ELEMENTS = chunk
+        camloc.boxes.nms.CHUNK_ELEMENTS = chunk
     expected = batched_nms(corners, scores, group, iou)
     expected = expected[torch.sort(-scores[expected], stable=True).indices]
     expected = expected[torch.sort(group[expected], stable=True).indices]

@@ -8,11 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from camloc.boxstage import BoxPipeline, BoxStage
-from camloc.devicestage import histograms, otsu_levels, pack, unpack_stacked
+from camloc.boxes import RECIPES, make_recipe
+from camloc.boxes.device import histograms, otsu_levels, pack, unpack_stacked
 from camloc.localize import Localizer
-from camloc.recipes import RECIPES, make_recipe
-from camloc.workerpool import OrderedPool
+from camloc.pipeline.boxstage import BoxPipeline, BoxStage
+from camloc.runtime.workerpool import OrderedPool
 from tests.conftest import COCO80, VAL_IMAGES
 
 DEVICE_RECIPES = [("seed", {}), ("seed", {"threshold": 0.3}), ("seed", {"mode": "largest"}), ("evidence", {}),

@@ -12,7 +12,7 @@ import torch
 
 from camloc.evaluation import Detections
 from camloc.localize import Localizer
-from camloc.workerpool import OrderedPool
+from camloc.runtime.workerpool import OrderedPool
 from eval import progress
 from eval import run as eval_run
 from eval.cli import main

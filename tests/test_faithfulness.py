@@ -11,7 +11,7 @@ import torchcam.methods as tc
 from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
 
 from camloc.evaluation import Faithfulness, confidence_change, insertion_deletion
-from camloc.images import load_image
+from camloc.io.images import load_image
 from camloc.localize import Localizer
 from camloc.models import load_model
 from tests.conftest import COCO80, VAL_IMAGES

@@ -1,4 +1,4 @@
-"""Fuzz: hostile maps and options at the maps → boxes boundary (:func:`camloc.boxes.heatmaps_to_boxes`).
+"""Fuzz: hostile maps and options at the maps → boxes boundary (:func:`camloc.boxes.contours.heatmaps_to_boxes`).
 
 Contract: maps that are not real numbers in [0, 1] (NaN, inf, above 1, below 0, object, complex,
 empty) and options outside their domain are a ``ValueError`` with a one-line message; valid maps
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from camloc.boxes import heatmaps_to_boxes
+from camloc.boxes.contours import heatmaps_to_boxes
 from tests.fuzz_support import assert_one_line, fuzz
 
 SLACK = 1e-6  # values in (1, 1 + SLACK] (float rounding of a normalisation) may be accepted as 1

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from camloc.classes import COCO_CATEGORIES
 from camloc.demo import DEMO_CHECKPOINT
+from camloc.models.classes import COCO_CATEGORIES
 from camloc.synthetic import generate_split
 from eval.cli import main as eval_main
 from tests.fuzz_support import torch_threads

@@ -1,4 +1,4 @@
-"""Fuzz: hostile images at the image boundary (:func:`camloc.images.load_image`).
+"""Fuzz: hostile images at the image boundary (:func:`camloc.io.images.load_image`).
 
 Contract: an :class:`ImageError` with a one-line message, or an 8-bit RGB image of 1 to
 ``MAX_IMAGE_PIXELS`` pixels whose pixels are what the input holds — never another exception, and
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from camloc.images import MAX_IMAGE_PIXELS, ImageError, load_image
+from camloc.io.images import MAX_IMAGE_PIXELS, ImageError, load_image
 from tests.fuzz_support import assert_one_line, flip_bytes, fuzz, png_bytes, png_chunk, sample_files
 from tests.helpers import gradient_image
 

@@ -1,16 +1,16 @@
-"""Boxes at a multiple of the feature grid (camloc.gridboxes), per image and for a whole batch."""
+"""Boxes at a multiple of the feature grid (camloc.boxes.grid), per image and for a whole batch."""
 
 import numpy as np
 import pytest
 import torch
 
-from camloc.boxes import fraction_cut
+from camloc.boxes import make_recipe
+from camloc.boxes.components import component_boxes
+from camloc.boxes.contours import fraction_cut
+from camloc.boxes.grid import grid_boxes, largest_per_map
+from camloc.boxes.proposals import evidence
 from camloc.cam import normalize_maps
-from camloc.components import component_boxes
-from camloc.gridboxes import grid_boxes, largest_per_map
 from camloc.localize import Localizer
-from camloc.proposals import evidence
-from camloc.recipes import make_recipe
 from tests.conftest import COCO80, VAL_IMAGES
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

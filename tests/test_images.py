@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camloc.images import ImageError, load_image
+from camloc.io.images import ImageError, load_image
 from tests.helpers import gradient_image, image_bytes
 
 

@@ -5,11 +5,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from camloc.boxes import heatmaps_to_boxes
+from camloc.boxes import DEFAULT_RECIPE, boxes_from_raw_maps, parse_class_selection
+from camloc.boxes.contours import heatmaps_to_boxes
 from camloc.cam import normalize_maps
-from camloc.classes import COCO_CATEGORY_IDS
 from camloc.localize import Analysis, Localizer
-from camloc.recipes import DEFAULT_RECIPE, boxes_from_raw_maps, parse_class_selection
+from camloc.models.classes import COCO_CATEGORY_IDS
 from tests.fuzz_support import assert_one_line, fuzz
 from tests.helpers import gradient_image, image_bytes, random_head_model
 

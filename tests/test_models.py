@@ -9,9 +9,9 @@ import torch
 
 from camloc import models
 from camloc.cam import class_activation_maps
-from camloc.classes import COCO_CATEGORY_IDS, COCO_NAMES, name_to_index
-from camloc.imagenet_coco import IMAGENET_FOR_COCO, UNSUPPORTED_COCO_CLASSES, coco_groups
 from camloc.models import ModelError, build_model, derive_coco_head, load_model, save_checkpoint
+from camloc.models.classes import COCO_CATEGORY_IDS, COCO_NAMES, name_to_index
+from camloc.models.imagenet_coco import IMAGENET_FOR_COCO, UNSUPPORTED_COCO_CLASSES, coco_groups
 from tests.conftest import COCO80, IMAGENET1001, SHARED
 from tests.helpers import random_head_model
 

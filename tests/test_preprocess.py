@@ -3,7 +3,7 @@
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from camloc.preprocess import normalise, resize_square
+from camloc.io.preprocess import normalise, resize_square
 
 
 def test_images_of_the_same_size_resized_together_equal_one_by_one():

@@ -9,11 +9,10 @@ import threading
 import pytest
 import torch
 
-from camloc import pretrained
-from camloc.classes import COCO_NAMES
-from camloc.imagenet_coco import coco_groups
-from camloc.models import ModelError, build_torchvision
-from camloc.pretrained import PretrainedWeights
+from camloc.models import ModelError, build_torchvision, pretrained
+from camloc.models.classes import COCO_NAMES
+from camloc.models.imagenet_coco import coco_groups
+from camloc.models.pretrained import PretrainedWeights
 
 
 @pytest.fixture

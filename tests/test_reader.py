@@ -1,4 +1,4 @@
-"""Loader-side reading and device-side decoding of a split's images (camloc.reader), on the CPU."""
+"""Loader-side reading and device-side decoding of a split's images (camloc.io.reader), on the CPU."""
 
 import io
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from camloc.images import load_image
-from camloc.preprocess import pixels_of
-from camloc.reader import SplitImages, collate, decode_batch, orient
+from camloc.io.images import load_image
+from camloc.io.preprocess import pixels_of
+from camloc.io.reader import SplitImages, collate, decode_batch, orient
 from tests.conftest import VAL_IMAGES
 from tests.helpers import gradient_image
 
@@ -63,7 +63,7 @@ def test_every_readable_image_has_load_images_pixels_and_the_rest_their_reason(f
 
 def test_a_jpeg_the_device_decoder_refuses_is_decoded_by_load_image_or_listed(folder, monkeypatch):
     """A batch the device decoder rejects is retried image by image; one it still rejects goes to load_image."""
-    import camloc.reader as reader
+    import camloc.io.reader as reader
 
     path, entries = folder
     calls = []

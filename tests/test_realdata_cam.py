@@ -5,8 +5,8 @@ from collections import defaultdict
 
 import pytest
 
-from camloc.classes import id_to_index
 from camloc.localize import Localizer
+from camloc.models.classes import id_to_index
 from tests.conftest import COCO80, VAL_ANN, VAL_IMAGES
 
 pytestmark = pytest.mark.realdata

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from camloc.boxes import DEFAULT_RECIPE, RECIPES, Recipe, make_recipe, parse_class_selection, select_classes
+from camloc.boxes.proposals import box_evidence, integral_images, level_boxes
 from camloc.cam import normalize_maps
-from camloc.proposals import box_evidence, integral_images, level_boxes
-from camloc.recipes import DEFAULT_RECIPE, RECIPES, Recipe, make_recipe, parse_class_selection, select_classes
 from tests.test_boxes import reference_boxes
 
 
@@ -49,7 +49,7 @@ def test_registry_names_defaults_and_options():
 def test_a_new_recipe_is_one_small_class():
     from dataclasses import dataclass
 
-    from camloc import recipes
+    from camloc import boxes as recipes
 
     @dataclass(frozen=True)
     class Whole(Recipe):

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from camloc.boxes import DEFAULT_RECIPE
 from camloc.cam import normalize_maps
 from camloc.evaluation import coco_evaluate
 from camloc.localize import Analysis, Localizer
-from camloc.recipes import DEFAULT_RECIPE
 from tests.conftest import COCO80, VAL_IMAGES, WEIGHTS
 from tests.test_boxes import reference_boxes
 

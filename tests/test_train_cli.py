@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from camloc.data import CocoIndex, CocoMultiLabel, eval_transform
 from camloc.evaluation import classification_ap
+from camloc.io.data import CocoIndex, CocoMultiLabel, eval_transform
 from camloc.localize import Localizer
 from camloc.models import load_model
 from eval.cli import main as eval_main

@@ -12,7 +12,7 @@ from torch import Tensor
 from camloc.cam.base import MapMethod, class_slots, forward_capturing, register, resolve_layer
 
 if TYPE_CHECKING:
-    from camloc.models import CamModel
+    from camloc.models.cammodel import CamModel
 
 
 def class_activation_maps(features: Tensor, weight: Tensor, classes: Sequence[int] | Tensor | None = None) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from camloc.options import known_options
 
 if TYPE_CHECKING:
-    from camloc.models import CamModel
+    from camloc.models.cammodel import CamModel
 
 
 @dataclass(frozen=True)

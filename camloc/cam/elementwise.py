@@ -16,7 +16,7 @@ from camloc.cam.gradient import GradientMethod, backward_maps
 from camloc.cam.maps import upsample_bilinear
 
 if TYPE_CHECKING:
-    from camloc.models import CamModel
+    from camloc.models.cammodel import CamModel
 
 
 @register("hirescam", "HiResCAM")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from camloc.cam.base import METHODS, MapMethod, check_positive, class_slots, forward_capturing, register, resolve_layer
 
 if TYPE_CHECKING:
-    from camloc.models import CamModel
+    from camloc.models.cammodel import CamModel
 
 #: ``combine(gradients per layer (k, B, C, h, w), activations per layer (B, C, h, w)) → maps (B, k, h', w')``.
 Combine = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]

@@ -20,7 +20,7 @@ from camloc.cam.base import (
 from camloc.cam.maps import upsample_bilinear
 
 if TYPE_CHECKING:
-    from camloc.models import CamModel
+    from camloc.models.cammodel import CamModel
 
 
 def channel_masks(activations: Tensor, size: tuple[int, int]) -> Tensor:

@@ -23,71 +23,24 @@ The protocol, as pycocotools implements it:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from camloc.evaluation.coco_match import (
+    AREA_LABELS,
+    AREA_RANGES,
+    IOU_THRESHOLDS,
+    MAX_DETS,
+    RECALL_THRESHOLDS,
+    STAT_NAMES,
+    CocoMatches,
+    match_coco,
+    truth_of,
+)
 from camloc.evaluation.inputs import Detections, GroundTruth
-
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
-RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
-MAX_DETS = (1, 10, 100)
-AREA_RANGES = ((0, 1e5**2), (0, 32**2), (32**2, 96**2), (96**2, 1e5**2))
-AREA_LABELS = ("all", "small", "medium", "large")
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def box_iou_pairs(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """IoU of paired boxes ``[x, y, w, h]`` (float64, pycocotools' ``bbIou`` order of operations)."""
-    w = np.minimum(det[:, 2] + det[:, 0], gt[:, 2] + gt[:, 0]) - np.maximum(det[:, 0], gt[:, 0])
-    h = np.minimum(det[:, 3] + det[:, 1], gt[:, 3] + gt[:, 1]) - np.maximum(det[:, 1], gt[:, 1])
-    inter = w * h
-    det_area = det[:, 2] * det[:, 3]
-    union = np.where(crowd, det_area, det_area + gt[:, 2] * gt[:, 3] - inter)
-    overlap = (w > 0) & (h > 0)
-    return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
-
-
-def _segment_starts(keys: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
-
-
-def _match(det_rank: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray,
-           gt_ignore: np.ndarray, gt_crowd: np.ndarray, num_dets: int) -> np.ndarray:
-    """Greedy COCO matching for all (area range, IoU threshold) at once.
-
-    Pairs must be sorted by (detection rank, detection, ground-truth order); detections of equal
-    rank never share a ground truth, so each rank is one vectorised step. Returns the matched
-    ground-truth index per (area, threshold, detection), −1 for none.
-    """
-    areas, thresholds = gt_ignore.shape[0], len(IOU_THRESHOLDS)
-    match = np.full((areas, thresholds, num_dets), -1, dtype=np.int64)
-    taken = np.zeros((areas, thresholds, gt_ignore.shape[1]), dtype=bool)
-    rank_of_pair = det_rank[pair_det]
-    bounds = np.searchsorted(rank_of_pair, np.arange(rank_of_pair.max() + 2 if len(rank_of_pair) else 1))
-    thr = IOU_THRESHOLDS[None, :, None]
-    for lo, hi in itertools.pairwise(bounds):
-        if lo == hi:
-            continue
-        dets, gts, ious = pair_det[lo:hi], pair_gt[lo:hi], pair_iou[lo:hi]
-        starts = _segment_starts(dets)
-        ignored = gt_ignore[:, gts][:, None, :]  # (A, 1, P)
-        candidate = (ious[None, None, :] >= thr) & (~taken[:, :, gts] | gt_crowd[gts])
-        regular = candidate & ~ignored
-        has_regular = np.logical_or.reduceat(regular, starts, axis=2)
-        seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(dets)]))
-        eligible = np.where(has_regular[:, :, seg], regular, candidate & ignored)
-        best = np.maximum.reduceat(np.where(eligible, ious, -1.0), starts, axis=2)
-        winner_pos = np.where(eligible & (ious == best[:, :, seg]), np.arange(len(dets)), -1)
-        winner = np.maximum.reduceat(winner_pos, starts, axis=2)  # last best pair, or −1
-        a_idx, t_idx, s_idx = np.nonzero(winner >= 0)
-        won = winner[a_idx, t_idx, s_idx]
-        match[a_idx, t_idx, dets[starts[s_idx]]] = gts[won]
-        taken[a_idx, t_idx, gts[won]] = True
-    return match
 
 
 def _summarize(precision: np.ndarray, recall: np.ndarray) -> list[float]:
@@ -129,58 +82,20 @@ def coco_evaluate(gt: str | Path | dict | GroundTruth, detections: Detections | 
     """
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
     dets = Detections.of(detections)
-    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
     truth.check_detections(dets)
     img_ids = truth.select_images(image_ids)
+    return coco_result(truth, img_ids, match_coco(truth, dets, img_ids))
+
+
+def coco_result(truth: GroundTruth, img_ids: np.ndarray, matches: CocoMatches) -> dict[str, Any]:
+    """Accumulate and summarize the matches of every image of ``img_ids`` (:func:`coco_evaluate`'s result)."""
     cat_ids = truth.category_ids
     num_cat = len(cat_ids)
     thresholds, recalls, areas, max_dets = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETS)
-
-    # Ground truth of the evaluated images and categories, grouped by (image, category), file order.
-    keep = np.isin(truth.ann_image, img_ids) & np.isin(truth.ann_category, cat_ids)
-    g_img = np.searchsorted(img_ids, truth.ann_image[keep])
-    g_cat = np.searchsorted(cat_ids, truth.ann_category[keep])
-    g_order = np.lexsort((np.arange(len(g_img)), g_cat, g_img))
-    g_group = (g_img * num_cat + g_cat)[g_order]
-    g_bbox, g_crowd = truth.ann_bbox[keep][g_order], truth.ann_crowd[keep][g_order]
-    g_area, g_id = truth.ann_area[keep][g_order], truth.ann_id[keep][g_order]
-    low = np.array([r[0] for r in AREA_RANGES])[:, None]
-    high = np.array([r[1] for r in AREA_RANGES])[:, None]
-    g_ignore = g_crowd[None, :] | (g_area[None, :] < low) | (g_area[None, :] > high)  # (A, G)
-
-    # Detections of the evaluated images and categories, by (image, category, −score, input order).
-    keep = np.isin(d_image, img_ids) & np.isin(d_category, cat_ids)
-    index = np.flatnonzero(keep)
-    d_img = np.searchsorted(img_ids, d_image[keep])
-    d_cat = np.searchsorted(cat_ids, d_category[keep])
-    order = np.lexsort((index, -d_score[keep], d_cat, d_img))
-    d_group = (d_img * num_cat + d_cat)[order]
-    d_bbox, d_score_s, d_cat_s = d_bbox[keep][order], d_score[keep][order], d_cat[order]
-    starts = _segment_starts(d_group)
-    rank = np.arange(len(d_group)) - np.repeat(starts, np.diff(np.r_[starts, len(d_group)]))
-    top = rank < MAX_DETS[-1]
-    d_group, d_bbox, d_score_s, d_cat_s, rank = d_group[top], d_bbox[top], d_score_s[top], d_cat_s[top], rank[top]
-    num_det = len(d_group)
-
-    # Every (detection, ground truth) pair of the same group, sorted by (rank, detection, gt order).
-    first_gt = np.searchsorted(g_group, d_group, side="left")
-    count_gt = np.searchsorted(g_group, d_group, side="right") - first_gt
-    pair_det = np.repeat(np.arange(num_det), count_gt)
-    pair_gt = np.repeat(first_gt, count_gt) + (np.arange(len(pair_det)) - np.repeat(np.cumsum(count_gt) - count_gt,
-                                                                                    count_gt))
-    # Within a group, ground truths go non-ignored first (stable) — per area range; the matching
-    # only needs "non-ignored preferred, then last best", which is order-independent across classes.
-    pair_order = np.lexsort((pair_gt, pair_det, rank[pair_det]))
-    pair_det, pair_gt = pair_det[pair_order], pair_gt[pair_order]
-    pair_iou = box_iou_pairs(d_bbox[pair_det], g_bbox[pair_gt], g_crowd[pair_gt])
-    matched_gt = _match(rank, pair_det, pair_gt, pair_iou, g_ignore, g_crowd, num_det)  # (A, T, D)
-    has_gt = matched_gt >= 0
-    safe = np.where(has_gt, matched_gt, 0)
-    matched = has_gt & (g_id[safe] != 0) if len(g_id) else has_gt  # pycocotools: a match to gt id 0 reads as none
-    d_area = d_bbox[:, 2] * d_bbox[:, 3]
-    outside = (d_area[None, :] < low) | (d_area[None, :] > high)  # (A, D)
-    matched_ignored = np.take_along_axis(g_ignore[:, None, :], safe, 2) if len(g_id) else has_gt
-    d_ignore = (has_gt & matched_ignored) | (~matched & outside[:, None, :])
+    g_group, _, _, _, g_ignore = truth_of(truth, img_ids)
+    num_det = len(matches)
+    d_cat_s, d_score_s, rank, matched, d_ignore = (matches.category, matches.score, matches.rank, matches.matched,
+                                                   matches.ignored)
 
     # Accumulate: per category, detections stable-sorted by score across images.
     precision = -np.ones((thresholds, recalls, num_cat, areas, max_dets))

@@ -121,9 +121,9 @@ class Faithfulness:
 
     def add_analyses(self, localizer: Any, images: Sequence[Any], analyses: Sequence[Any],
                      classes: Sequence[Sequence[int]]) -> None:
-        """One batch of a run: the maps held by each :class:`~camloc.localize.Analysis` for ``classes[b]`` (the
+        """One batch of a run: the maps held by each :class:`~camloc.pipeline.analysis.Analysis` for ``classes[b]`` (the
         classes present in image ``b``; a class without a map is skipped), on the Localizer's plain input."""
-        from camloc.models import probabilities
+        from camloc.models.cammodel import probabilities
 
         inputs = localizer.to_tensor(images)
         pairs = [(b, k, analysis.rows([k])[0]) for b, (analysis, present) in enumerate(zip(analyses, classes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +61,44 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | 
         raise EvaluationError(f"iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
     truth = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
     dets = Detections.of(detections)
-    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
     truth.check_detections(dets)
     img_ids = truth.select_images(image_ids)
-    per_class: dict[int, float | None] = {}
-    g_keep = np.isin(truth.ann_image, img_ids)
-    d_keep = np.isin(d_image, img_ids)
-    for cid in truth.category_ids.tolist():
+    return voc_result(truth, img_ids, match_voc(truth, dets, img_ids, iou_threshold), iou_threshold,
+                      classes_without_gt)
+
+
+@dataclass(frozen=True)
+class VocMatches:
+    """Each detection of the evaluated classes, in input order: its category id, score, and whether it is a true
+    positive or a false positive (a detection on a "difficult" — crowd — ground truth is neither)."""
+
+    category: np.ndarray  # (D,) int64
+    score: np.ndarray  # (D,) float64
+    tp: np.ndarray  # (D,) float64, 0 or 1
+    fp: np.ndarray  # (D,) float64, 0 or 1
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[VocMatches]) -> VocMatches:
+        """Parts in input order as one (the detections of disjoint image sets, in the order they are listed)."""
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+
+
+def match_voc(truth: GroundTruth, dets: Detections, img_ids: np.ndarray, iou_threshold: float = 0.5,
+              part: np.ndarray | None = None) -> VocMatches:
+    """:class:`VocMatches` of the detections on the images ``part`` (default: all of ``img_ids``): each detection
+    takes the ground truth of highest IoU in its image (the first on ties); among the detections of an image
+    hitting the same ground truth only the best scored (the first on ties) is a true positive."""
+    images = img_ids if part is None else part
+    g_keep = np.isin(truth.ann_image, images)
+    d_keep = np.isin(dets.image, images) & np.isin(dets.category, truth.category_ids)
+    d_all = np.flatnonzero(d_keep)
+    tp_all, fp_all = np.zeros(len(dets)), np.zeros(len(dets))
+    d_image, d_category, d_bbox, d_score = dets.image, dets.category, dets.bbox, dets.score
+    for cid in np.unique(d_category[d_all]).tolist():
         g_sel = np.flatnonzero(g_keep & (truth.ann_category == cid))
         d_sel = np.flatnonzero(d_keep & (d_category == cid))
-        npos = int((~truth.ann_crowd[g_sel]).sum())
-        if npos == 0 and classes_without_gt == "skip":
-            per_class[cid] = None
-            continue
         d_sel = d_sel[np.argsort(-d_score[d_sel], kind="mergesort")]
         # every (detection, gt of its image) pair, detection-major, gt in file order
         g_sel = g_sel[np.lexsort((g_sel, truth.ann_image[g_sel]))]
@@ -99,8 +125,25 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | 
         first_claim = claims[np.unique(best_gt[claims], return_index=True)[1]]
         tp = np.zeros(len(d_sel))
         tp[first_claim] = 1.0
-        fp = (~hit | (hit & ~difficult)).astype(float) - tp
-        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        tp_all[d_sel] = tp
+        fp_all[d_sel] = (~hit | (hit & ~difficult)).astype(float) - tp
+    return VocMatches(d_category[d_all], d_score[d_all], tp_all[d_all], fp_all[d_all])
+
+
+def voc_result(truth: GroundTruth, img_ids: np.ndarray, matches: VocMatches, iou_threshold: float = 0.5,
+               classes_without_gt: str = "skip") -> dict[str, Any]:
+    """Per class, detections of every image sorted by score (stable: input order on ties), the running TP and FP
+    counts, all-point AP; then the mean (:func:`voc_map`'s result)."""
+    per_class: dict[int, float | None] = {}
+    g_keep = np.isin(truth.ann_image, img_ids)
+    for cid in truth.category_ids.tolist():
+        npos = int((~truth.ann_crowd[g_keep & (truth.ann_category == cid)]).sum())
+        if npos == 0 and classes_without_gt == "skip":
+            per_class[cid] = None
+            continue
+        d_sel = np.flatnonzero(matches.category == cid)
+        d_sel = d_sel[np.argsort(-matches.score[d_sel], kind="mergesort")]
+        tp, fp = np.cumsum(matches.tp[d_sel]), np.cumsum(matches.fp[d_sel])
         recall = tp / np.maximum(float(npos), np.finfo(np.float64).eps)
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
         per_class[cid] = voc_average_precision(recall, precision)

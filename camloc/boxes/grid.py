@@ -4,10 +4,10 @@ A class map is an ``h × w`` grid (14×14 for ResNet-50 at 448 px); upsampled to
 holds no more information than at a few times the grid, but costs ~400× the pixels. Here every map
 of a batch — any images, any classes — is upsampled to ``(scale·h, scale·w)`` (``scale`` = 4: 56×56
 for a 14×14 grid), normalised (ReLU, min-max), cut at the recipe's levels (fractions of the max, or
-Otsu's level per map), its connected components boxed (:func:`camloc.components.component_boxes`),
+Otsu's level per map), its connected components boxed (:func:`camloc.boxes.components.component_boxes`),
 each box scored by the share of the map's evidence it holds
-(:func:`camloc.proposals.evidence_of`, from float64 summed-area tables), kept by greedy NMS within
-each (image, class) for the whole batch at once (:func:`camloc.nms.grouped_nms`), and scaled to
+(:func:`camloc.boxes.proposals.evidence_of`, from float64 summed-area tables), kept by greedy NMS within
+each (image, class) for the whole batch at once (:func:`camloc.boxes.nms.grouped_nms`), and scaled to
 the image: grid cell column ``i`` covers image columns ``[i·W/(scale·w), (i+1)·W/(scale·w))``.
 
 All of it is whole-batch tensor work on the maps' device: the host's Python work is the same for one
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from camloc.boxes.components import component_boxes
+from camloc.boxes.levels import thresholds, to_uint8
+from camloc.boxes.nms import grouped_nms
+from camloc.boxes.proposals import evidence_of
 from camloc.cam import check_finite_maps, normalize_maps
-from camloc.components import component_boxes
-from camloc.devicestage import thresholds, to_uint8
-from camloc.nms import grouped_nms
-from camloc.profiling import stage
-from camloc.proposals import evidence_of
+from camloc.runtime.profiling import stage
 
 
 @dataclass(frozen=True)

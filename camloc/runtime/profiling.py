@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from camloc.runtime.errors import in_stage
+
 MAIN = "main process"
 _ACTIVE: list[StageClock] = []  # the clock :func:`stage` charges (at most one)
 _THREAD = threading.local()  # .lane: the lane the current thread's stages go to (default MAIN)
@@ -78,10 +80,16 @@ def set_thread_lane(lane: str, clock: StageClock | None = None) -> None:
 
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Charge the enclosed work to ``name`` on the active clock (nothing when none is active)."""
-    if not _ACTIVE:
-        yield
-        return
+    """Charge the enclosed work to ``name`` on the active clock (nothing when none is active); an exception leaving
+    it is marked with ``name`` (:func:`camloc.runtime.errors.in_stage`), with or without a clock."""
+    with in_stage(name):
+        if not _ACTIVE:
+            yield
+            return
+        yield from _timed(name)
+
+
+def _timed(name: str) -> Iterator[None]:
     clock = _ACTIVE[-1]
     clock.sync()
     stack = _THREAD.__dict__.setdefault("stack", [])

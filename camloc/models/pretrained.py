@@ -24,8 +24,10 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from camloc.io_utils import atomic_output
-from camloc.models import CamModel, ModelError, build_torchvision, complete_meta, derive_coco_head
+from camloc.io.atomic import atomic_output
+from camloc.models.cammodel import CamModel, derive_coco_head
+from camloc.models.families import ModelError, build_torchvision
+from camloc.models.meta import complete_meta
 
 #: ``$CAMLOC_OFFLINE`` set to anything but ``""``/``0``: never try the network (tests, metered links).
 OFFLINE_ENV = "CAMLOC_OFFLINE"

@@ -8,7 +8,7 @@
 
 Annotations are checked once by :class:`camloc.evaluation.GroundTruth` (ids, boxes, ...) and
 :func:`check_image_files` (file names); a problem is a :class:`DataError` with a one-line message. An
-image that fails to decode for any reason (:class:`camloc.images.ImageError`) never stops a run:
+image that fails to decode for any reason (:class:`camloc.io.images.ImageError`) never stops a run:
 it yields an :class:`Unreadable` record that :func:`collate_skipping` sets aside and lists.
 """
 
@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
-from camloc.classes import COCO_CATEGORY_IDS, COCO_NAMES
 from camloc.evaluation import EvaluationError, GroundTruth
-from camloc.images import ImageError, load_image
+from camloc.io.images import ImageError, load_image
+from camloc.models.classes import COCO_CATEGORY_IDS, COCO_NAMES
 
 
 class DataError(ValueError):
@@ -103,7 +103,7 @@ def train_transform(size: int) -> Callable:
     """Random resized crop (scale 0.7–1: mild, so that labelled objects are rarely cropped out),
     horizontal flip, mild colour jitter — all on ``uint8`` pixels: a sample stays ``uint8 (3, S, S)``
     (a quarter of float32's bytes through the loader's shared memory) and is normalised on the device
-    (:func:`camloc.preprocess.normalise`)."""
+    (:func:`camloc.io.preprocess.normalise`)."""
     return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
                        v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2)])
 

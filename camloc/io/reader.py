@@ -4,7 +4,7 @@ Nothing crosses from a loader worker to the main process but tensors (shared mem
 records — never a pickled PIL image. Two ways, per image:
 
 * *decoded in the worker* (the default on a CPU, and for any file the device cannot take): the
-  worker decodes with :func:`camloc.images.load_image` (EXIF rotation, CMYK/greyscale/16-bit/alpha,
+  worker decodes with :func:`camloc.io.images.load_image` (EXIF rotation, CMYK/greyscale/16-bit/alpha,
   every check) into ``uint8 (3, H, W)`` pixels;
 * *decoded on the device* (``device_decode``, the default on a GPU): the worker reads the file's
   bytes and its header only; a baseline or progressive JPEG in RGB or greyscale whose data ends with
@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from camloc.images import MAX_IMAGE_PIXELS, ImageError, load_image
-from camloc.preprocess import pixels_of
+from camloc.io.images import MAX_IMAGE_PIXELS, ImageError, load_image
+from camloc.io.preprocess import pixels_of
 
 #: EXIF tag of the orientation.
 ORIENTATION_TAG = 0x0112

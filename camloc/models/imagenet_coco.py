@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-from camloc.classes import COCO_NAMES
+from camloc.models.classes import COCO_NAMES
 
 IMAGENET_FOR_COCO: dict[str, tuple[str | range, ...]] = {
     "bicycle": ("bicycle-built-for-two", "mountain bike"),

@@ -1,19 +1,19 @@
 """The box stage of a long run, a whole batch at a time: device work in the main process, host work in workers.
 
-After the forward pass a batch is a :class:`~camloc.localize.BatchAnalysis` on the model's device.
+After the forward pass a batch is a :class:`~camloc.pipeline.analysis.BatchAnalysis` on the model's device.
 :class:`BoxPipeline` (main process) turns it into boxes the fastest way the recipe allows:
 
 * *on the device, whole batch* — a recipe with ``box_scale`` (the evidence recipes on the feature
-  grid, :mod:`camloc.gridboxes`) or a map-free baseline: boxes of every (image, class) at once,
+  grid, :mod:`camloc.boxes.grid`) or a map-free baseline: boxes of every (image, class) at once,
   nothing left for a worker but the wsolevaluation hits;
 * *device masks, traced on the host* — maps on a GPU and a full-resolution recipe with a device
   stage (``seed``: OpenCV's contours, bit for bit): masks computed and bit-packed on the device
-  (:mod:`camloc.devicestage`), traced by a worker, scored back in the main process;
+  (:mod:`camloc.boxes.device`), traced by a worker, scored back in the main process;
 * *on the host* — maps on the CPU (or ``instances``): a worker runs the recipe on the CPU maps.
 
 A :class:`BatchJob` carries a batch's host-side share (a few KB of grid-sized maps, packed masks,
 the ground truth of the classes present); :class:`BoxStage` — picklable, run by
-:class:`~camloc.workerpool.OrderedPool` workers while the main process runs the next batch —
+:class:`~camloc.runtime.workerpool.OrderedPool` workers while the main process runs the next batch —
 returns a :class:`BatchResult`; :meth:`BoxPipeline.finish` joins it with what waited in the main
 process into the batch's :class:`~camloc.evaluation.Detections` (flat arrays) and map hits.
 """
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camloc.boxes import BatchBoxes, Recipe, ScoredBoxes
 from camloc.evaluation import Detections
 from camloc.evaluation.wsol import CAM_THRESHOLDS, IOU_DELTAS, image_hits, recognised_classes
-from camloc.localize import BatchAnalysis, batch_detections
-from camloc.profiling import stage
-from camloc.recipes import BatchBoxes, Recipe, ScoredBoxes
+from camloc.pipeline.analysis import BatchAnalysis
+from camloc.pipeline.detections import batch_detections
+from camloc.runtime.profiling import stage
 
 #: Per image: ``(class index, its ground-truth [x, y, w, h] boxes)`` of each class present.
 Truth = tuple[tuple[int, np.ndarray], ...]

@@ -67,6 +67,11 @@ def parse_threshold(threshold: str | float) -> str | float:
     return fraction
 
 
+def threshold_levels(threshold: str | float) -> tuple[float, ...] | None:
+    """A ``threshold`` option as cut levels: ``None`` for Otsu, else the one fraction."""
+    return None if threshold == "otsu" else (float(threshold),)
+
+
 def to_uint8(maps: np.ndarray) -> np.ndarray:
     """``uint8(255 · m)`` with truncation, as the classic ``np.uint8(255 * cam)``."""
     return (np.asarray(maps, dtype=np.float32) * np.float32(255)).astype(np.uint8)

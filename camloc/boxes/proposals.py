@@ -1,6 +1,6 @@
 """Box proposals from normalised class maps, and how much of a class's evidence each box holds.
 
-The steps the box recipes (:mod:`camloc.recipes`) are made of, each for many maps at once:
+The steps the box recipes (:mod:`camloc.boxes`) are made of, each for many maps at once:
 
 * :func:`level_boxes` — the bounding box of every outer contour of ``u8 ≥ ⌈t·255⌉`` for several
   levels ``t`` of every map (one ``cv2.findContours`` call on a stack of all the masks);
@@ -29,7 +29,7 @@ from skimage.segmentation import watershed
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from camloc.boxes import fraction_cut, stacked_masks, trace_stacked
+from camloc.boxes.contours import fraction_cut, stacked_masks, trace_stacked
 
 #: Longer side (pixels) at which :func:`instance_cut` runs its watershed.
 INSTANCE_SIDE = 160

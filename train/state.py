@@ -1,0 +1,102 @@
+"""A training run's state on disk: ``last.pt``'s training state (resume), ``log.jsonl``, calibration of
+``best.pt`` at the end, and the one-line error type of training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from camloc.calibration import FLOOR, MIN_POSITIVES, QUANTILE, calibration_probabilities, class_thresholds
+from camloc.io.atomic import atomic_output
+from camloc.io.data import (
+    CocoIndex,
+)
+from camloc.models import (
+    CamModel,
+    ModelError,
+    checkpoint_payload,
+    load_checkpoint,
+)
+from camloc.models import atomic_torch_save as save
+from camloc.runtime.distributed import Dist
+
+
+class TrainingError(Exception):
+    """A problem that stops training; printed as one line."""
+
+
+def calibrate(checkpoint: Path, index: CocoIndex, args: argparse.Namespace, node: Dist) -> None:
+    """Write the per-class gating thresholds (:mod:`camloc.calibration`) of the training images into
+    ``checkpoint``'s meta, so that the ``calibrated`` gate of every recipe can use them."""
+    model, meta, extras = load_checkpoint(checkpoint, node.device)
+    probs, present = calibration_probabilities(model, meta, index, args.batch_size, node.device, limit=args.limit)
+    meta["class_thresholds"] = class_thresholds(probs, present)
+    meta["calibration"] = {"images": len(probs), "ann": args.ann.name, "img_size": meta["input_size"],
+                           "quantile": QUANTILE, "min_positives": MIN_POSITIVES, "floor": FLOOR}
+    save(checkpoint_payload(model, meta, **extras), checkpoint)
+
+
+def warn_unreadable(history: list[dict[str, Any]]) -> None:
+    """One warning line at the end of a run that skipped images (each epoch's list is in log.jsonl)."""
+    train = sorted({name for record in history for name in record.get("unreadable_images", [])})
+    val = sorted({name for record in history for name in record.get("val_unreadable_images", [])})
+    if train or val:
+        first = (train or val)[0]
+        print(f"warning: {len(train)} training and {len(val)} validation images could not be read and were "
+              f"skipped (listed in log.jsonl; first: {first})", file=sys.stderr)
+
+
+def _finite(obj: Any) -> bool:
+    """No NaN or infinity in a (nested) optimizer/scheduler state."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return not isinstance(obj, float) or math.isfinite(obj)
+
+
+def resume(last: Path, model: CamModel, meta: dict[str, Any], optimizer, scheduler,
+           scaler) -> tuple[int, float, list[dict[str, Any]]]:
+    """Restore weights, optimizer, scheduler and scaler from ``last``; returns ``(epochs done, best
+    validation mAP, history)``. A damaged file, or one from another run, is a :class:`TrainingError`."""
+    try:
+        saved, saved_meta, extras = load_checkpoint(last)
+    except ModelError as exc:
+        raise TrainingError(f"--resume: {exc}") from None
+    if saved_meta["arch"] != meta["arch"] or saved_meta["class_names"] != meta["class_names"]:
+        raise TrainingError(f"--resume: {last} holds a {saved_meta['arch']} with {saved_meta['num_classes']} "
+                            f"classes, not this run's {meta['arch']} with {meta['num_classes']}; use another --out")
+    state = extras.get("train_state")
+    try:
+        epoch, best = state["epoch"], state["best"]
+        history = [json.loads(line) for line in state["history"]]
+        if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or isinstance(best, bool)
+                or not isinstance(best, (int, float)) or not math.isfinite(best)
+                or not all(isinstance(h, dict) for h in history)):
+            raise ValueError(f"epoch {epoch!r}, best {best!r} or the history is invalid")
+        if not _finite([state["optimizer"], state["scheduler"], state["scaler"]]):
+            raise ValueError("the optimizer state holds NaN or inf")
+        model.net.load_state_dict(saved.net.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    except (TypeError, KeyError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise TrainingError(f"--resume: {last} has a damaged training state ({exc.__class__.__name__}: {detail}); "
+                            "delete it to start over, or use another --out") from None
+    return epoch, float(best), history
+
+
+def write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """The per-epoch records as JSON lines, replaced atomically."""
+    with atomic_output(path) as handle:
+        handle.write("".join(json.dumps(h) + "\n" for h in history))
+
