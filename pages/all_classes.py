@@ -7,9 +7,10 @@ import streamlit as st
 from PIL import Image
 
 from camloc.viz import cam_grid, color_hex, colorbar, distinct_colors, format_score, multiclass_overlay
-from pages.analysis import Maps, analyze, chosen_recipe, ranked_classes
+from pages.analysis import Maps, analyze
 from pages.inputs import choose_images, decode, demo_hint, pick_image
 from pages.model_picker import pick_model
+from pages.pickers import chosen_recipe, ranked_classes
 from pages.state import carry, options_filter
 from pages.tables import show_table
 

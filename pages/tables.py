@@ -21,7 +21,8 @@ SWATCH = "colour"
 NUMBER_FORMAT = "%.3g"
 
 
-def show_table(frame: pd.DataFrame, key: str, where=st, colours: Sequence[str] | None = None, **options: Any) -> None:
+def show_table(frame: pd.DataFrame, key: str | None = None, where=st, colours: Sequence[str] | None = None,
+               **options: Any) -> None:
     """``frame`` without its index, float columns with 3 significant digits, and with ``colours`` (one
     ``#rrggbb`` per row) a first column of colour swatches."""
     if colours is not None:

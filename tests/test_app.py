@@ -30,7 +30,9 @@ from camloc.models.classes import COCO_NAMES
 from camloc.pipeline.analysis import TTA_SCALES
 from camloc.synthetic import generate
 from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
-from pages.analysis import BOX_SCALES, METHODS, PLAIN_MAPS, views_label
+from pages.analysis import PLAIN_MAPS, views_label
+from pages.methods import METHODS, offered
+from pages.pickers import BOX_SCALES
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 from tests.helpers import count_tags, gradient_image, image_bytes, random_head_model
 from train.cli import main as train_main
@@ -55,7 +57,13 @@ def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppT
 
 
 def boxes_table(at: AppTest):
-    return at.dataframe[1].value  # the page's second table (after the top-k table)
+    """Explore's table of boxes (``#``, ``x``, ``y``, …)."""
+    return next(frame.value for frame in at.dataframe if "x" in frame.value.columns)
+
+
+def top_table(at: AppTest):
+    """Explore's top-k table (class, probability)."""
+    return next(frame.value for frame in at.dataframe if list(frame.value.columns) == ["class", "probability"])
 
 
 def boxes_caption(at: AppTest) -> str:
@@ -77,8 +85,10 @@ def views_computed(*uses: tuple[str, bool, str | None]) -> int:
 
 
 EXPLORE_FIRST = [("cam", False, PLAIN_MAPS), ("cam", False, DEFAULT_RECIPE)]  # ranking + the default recipe's maps
-COMPARE_ALL = [("cam", False, PLAIN_MAPS), *((method, tta, recipe) for method, tta in METHODS.values()
-                                              for recipe in RECIPES)]
+#: What Compare computes for a new image under the default recipe: every method it offers, under every recipe, but
+#: those computed when asked (Score-CAM).
+COMPARE_CHEAP = [("cam", False, DEFAULT_RECIPE), *((m.name, m.tta, recipe) for m in offered(DEFAULT_RECIPE)
+                                                   if not m.opt_in for recipe in RECIPES)]
 
 
 def no_exception(at: AppTest) -> None:
@@ -150,7 +160,7 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     assert at.sidebar.selectbox(key="recipe").value == DEFAULT_RECIPE
     at.sidebar.selectbox(key="recipe").set_value("seed").run()  # the course recipe: Otsu / fraction, all / largest
     first = boxes_table(at).to_string()
-    top = at.dataframe[0].value
+    top = top_table(at)
     assert len(top) == 5 and top["probability"].is_monotonic_decreasing
     at.sidebar.selectbox(key="class_name").select_index(1).run()
     after_class = boxes_table(at).to_string()
@@ -170,7 +180,7 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     assert at.session_state["forward_passes"] == cam_views  # sliders and recipes reuse the cached passes
     at.sidebar.selectbox(key="recipe").set_value("seed").run()
     assert at.sidebar.radio(key="box_mode").value == "largest"  # each recipe keeps its own settings
-    at.sidebar.radio(key="method").set_value("Grad-CAM++").run()
+    at.sidebar.selectbox(key="method").set_value("Grad-CAM++").run()
     no_exception(at)
     assert len(boxes_table(at)) == 1 and at.session_state["forward_passes"] == cam_views + 1
     at.sidebar.selectbox(key="class_name").select_index(0).run()
@@ -181,15 +191,15 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
 def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
     at = page("explore.py", monkeypatch, tmp_path).run()
     at.sidebar.selectbox(key="recipe").set_value("seed").run()
-    at.sidebar.radio(key="method").set_value("TTA-CAM").run()
+    at.sidebar.selectbox(key="method").set_value("TTA-CAM").run()
     no_exception(at)
     tta = views_computed(*EXPLORE_FIRST, ("cam", True, PLAIN_MAPS))
     assert tta == 6 and at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once
     assert "TTA-CAM of" in heat_caption(at)
     at.sidebar.selectbox(key="class_name").select_index(2).run()
     at.sidebar.radio(key="threshold_mode").set_value("Fraction of max").run()
-    at.sidebar.radio(key="method").set_value("CAM").run()
-    at.sidebar.radio(key="method").set_value("TTA-CAM").run()
+    at.sidebar.selectbox(key="method").set_value("CAM").run()
+    at.sidebar.selectbox(key="method").set_value("TTA-CAM").run()
     no_exception(at)
     assert at.session_state["forward_passes"] == 6
 
@@ -214,14 +224,14 @@ def test_a_new_image_selects_its_own_top_class(monkeypatch, tmp_path):
     classes.set_value(picked).run()
     at.sidebar.selectbox(key="example").set_value("shapes_000002.jpg").run()
     no_exception(at)
-    top = at.dataframe[0].value["class"][0]
+    top = top_table(at)["class"][0]
     assert at.sidebar.selectbox(key="class_name").value == top != picked
     assert f"of “{top}”" in heat_caption(at)
     at.sidebar.selectbox(key="example").set_value("shapes_000001.jpg").run()
     assert at.sidebar.selectbox(key="class_name").value == picked  # picked for this image: stays picked
     upload = (EXAMPLES / "shapes_000005.jpg").read_bytes()
     at.sidebar.file_uploader(key="uploads").set_value(("mine.jpg", upload, "image/jpeg")).run()
-    assert at.sidebar.selectbox(key="class_name").value == at.dataframe[0].value["class"][0] != first_top
+    assert at.sidebar.selectbox(key="class_name").value == top_table(at)["class"][0] != first_top
 
 
 def test_a_new_model_selects_its_own_top_class(monkeypatch, coco_checkpoints):
@@ -229,7 +239,7 @@ def test_a_new_model_selects_its_own_top_class(monkeypatch, coco_checkpoints):
     at.sidebar.selectbox(key="class_name").select_index(3).run()
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
     no_exception(at)
-    assert at.sidebar.selectbox(key="class_name").value == at.dataframe[0].value["class"][0]
+    assert at.sidebar.selectbox(key="class_name").value == top_table(at)["class"][0]
 
 
 def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(monkeypatch, tmp_path):
@@ -244,7 +254,7 @@ def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(mon
     total = len(table)
     assert total >= 3 and list(table.columns[:6]) == ["#", "x", "y", "w", "h", "score"]
     assert table["#"].tolist() == list(range(1, total + 1)) and table["score"].is_monotonic_decreasing
-    config = json.loads(at.dataframe[1].proto.columns)
+    config = json.loads(next(f for f in at.dataframe if "x" in f.value.columns).proto.columns)
     assert config["score"]["type_config"]["format"] == "%.3g"  # 3 significant digits, as on the picture
     at.sidebar.slider(key="most_boxes").set_value(2).run()
     assert boxes_caption(at).startswith(f"2 of {total} boxes drawn ({total - 2} hidden: at most 2, none below "
@@ -260,13 +270,13 @@ def test_a_checkpoint_overwritten_in_place_is_run_again(monkeypatch, coco_checkp
     a new training epoch overwrote is not shown with the old one's maps."""
     at = page("explore.py", monkeypatch, coco_checkpoints).run()
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
-    before = at.dataframe[0].value
+    before = top_table(at)
     path = coco_checkpoints / "coco.pt"
     save_checkpoint(*random_head_model("resnet18", 80, seed=1), path)
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
     at.run()
     no_exception(at)
-    assert not at.dataframe[0].value.equals(before)
+    assert not top_table(at).equals(before)
 
 
 def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
@@ -281,7 +291,8 @@ def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     assert ious.notna().all() and ious.max() > 0
     count = sum(a["image_id"] == first["image_id"] and a["category_id"] == first["category_id"]
                 for a in EXAMPLE_ANNOTATIONS["annotations"])
-    assert f"Ground truth: {count} “{category}” object(s) in {name} (white boxes GT1" in texts(at.caption)
+    objects = f"{count} “{category}” object" + ("s" if count > 1 else "")
+    assert f"{objects} in the ground truth of {name} (white box" in texts(at.caption)
     (tmp_path / "bad.json").write_text("{not json")
     at.sidebar.text_input(key="gt_file").set_value(str(tmp_path / "bad.json")).run()
     no_exception(at)
@@ -385,14 +396,14 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     at.sidebar.file_uploader(key="uploads").set_value((zebra, (VAL_IMAGES / zebra).read_bytes(), "image/jpeg")).run()
     no_exception(at)
     assert at.sidebar.selectbox(key="class_name").value == "zebra"
-    assert "Ground truth: 2 “zebra” object(s) in 000000104455.jpg (white boxes GT1–GT2)" in texts(at.caption)
+    assert "2 “zebra” objects in the ground truth of 000000104455.jpg (white boxes GT1–GT2)" in texts(at.caption)
     table = boxes_table(at)
     assert table["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
     assert len(table) > 5 and boxes_caption(at).startswith(f"5 of {len(table)} boxes drawn")
     boxed = pictures(at)[image_captions(at).index(boxes_caption(at))]
     assert count_tags(boxed, GROUND_TRUTH_COLOR, 24) == 2  # ground-truth tags are not hidden under others
     assert count_tags(boxed, distinct_colors(1)[0], 24) == 5  # the 5 boxes drawn, each tagged
-    p_zebra = format_score(at.dataframe[0].value["probability"][0])
+    p_zebra = format_score(top_table(at)["probability"][0])
     assert f"(p = {p_zebra})" in heat_caption(at)  # the table and the caption give one figure
     at.sidebar.slider(key="most_boxes").set_value(50).run()
     at.sidebar.slider(key="box_floor").set_value(0.0).run()
@@ -407,12 +418,12 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     at.sidebar.slider(key="box_floor").set_value(0.1).run()
     at.switch_page("pages/compare.py").run()
     no_exception(at)
-    table = at.dataframe[0].value
+    table = compare_table(at)
     assert table["IoU of top box"].max() > 0.3 and table["objects found (IoU ≥ 0.5)"].str.endswith("/2").all()
     assert f"“zebra” in {zebra} (p = {p_zebra}, " in texts(at.caption)  # the same figure as on Explore
     at.sidebar.selectbox(key="class_name").set_value("toothbrush").run()  # not in this photo
     no_exception(at)
-    assert "IoU of top box" not in at.dataframe[0].value.columns and "0/0" not in texts(at.caption)
+    assert "IoU of top box" not in compare_table(at).columns and "0/0" not in texts(at.caption)
     assert "“toothbrush” is not in the ground truth of this image" in texts(at.caption)
     at.switch_page("pages/explore.py").run()
     assert "IoU with GT" not in boxes_table(at).columns
@@ -460,7 +471,8 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
             assert at.sidebar.selectbox(key="class_name").value == "giraffe"
     assert image_captions(at)[0].startswith("street.png")
     # only the views Compare adds (gradient methods, TTA, the recipes' mirror views); none for All classes
-    assert at.session_state["forward_passes"] == passes - views_computed(*EXPLORE_FIRST) + views_computed(*COMPARE_ALL)
+    added = views_computed(*COMPARE_CHEAP) - views_computed(*EXPLORE_FIRST)
+    assert at.session_state["forward_passes"] == passes + added
     at.sidebar.button(key="clear_uploads").click().run()
     assert image_captions(at)[0].startswith("shapes_")
 
@@ -471,7 +483,7 @@ def test_one_probability_per_image_and_class_on_every_page(monkeypatch, coco_che
     says which views it averages."""
     at = page("app.py", monkeypatch, coco_checkpoints).run()
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
-    top = at.dataframe[0].value.iloc[0]
+    top = top_table(at).iloc[0]
     figure = format_score(top["probability"])
     assert f"of “{top['class']}” (p = {figure})" in heat_caption(at)
     views = views_label(tuple((s, f) for s in TTA_SCALES for f in (False, True)))  # the default recipe's six
@@ -484,7 +496,7 @@ def test_one_probability_per_image_and_class_on_every_page(monkeypatch, coco_che
     at.switch_page("pages/explore.py").run()
     at.sidebar.selectbox(key="recipe").set_value("seed").run()  # one view: another figure, said so
     assert "Probabilities of one view of the image, as the boxes use them." in texts(at.caption)
-    table = at.dataframe[0].value.set_index("class")
+    table = top_table(at).set_index("class")
     assert f"(p = {format_score(table['probability'][top['class']])})" in heat_caption(at)
 
 
@@ -520,28 +532,44 @@ def test_all_classes_overlay_follows_a_model_switch(monkeypatch, coco_checkpoint
 
 # ------------------------------------------------------------------------------------------ Compare
 
-def test_compare_shows_every_method_and_recipe_with_iou(monkeypatch, tmp_path):
+def compare_table(at: AppTest):
+    """Compare's method × recipe table."""
+    return next(frame.value for frame in at.dataframe if "recipe" in frame.value.columns and "boxes" in frame.value)
+
+
+def test_compare_shows_the_methods_and_recipes_with_iou_and_a_costly_method_when_asked(monkeypatch, tmp_path):
+    """Issue 22, 1: Compare computed every method under every recipe, six views of Score-CAM included (about 4
+    minutes for a new photo on this CPU). It computes the others, and Score-CAM when its button asks."""
     at = page("compare.py", monkeypatch, tmp_path).run()
     no_exception(at)
+    shown = offered(DEFAULT_RECIPE)
+    cheap = [m.label for m in shown if not m.opt_in]
+    assert {"CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "LayerCAM fused"} <= set(cheap)
+    assert [m.label for m in shown if m.opt_in] == ["Score-CAM"] and "TTA-CAM" not in [m.label for m in shown]
     captions = [c for c in image_captions(at) if not c.startswith("The maps")]  # not the colour bar's
-    methods = tuple(METHODS)
-    assert {"CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "LayerCAM fused", "Score-CAM", "TTA-CAM"} <= set(methods)
-    assert [c.split(":")[0] for c in captions] == [*methods, *RECIPES]
+    assert [c.split(":")[0].split(" (")[0] for c in captions] == [*cheap, *RECIPES]
     assert all("top box IoU" in c for c in captions)  # the example is annotated and the model knows its classes
-    table = at.dataframe[0].value
-    assert len(table) == len(methods) * len(RECIPES) and list(table["method"].unique()) == list(methods)
+    table = compare_table(at)
+    assert len(table) == len(cheap) * len(RECIPES) and list(table["method"].unique()) == cheap
     assert table["IoU of top box"].between(0, 1).all() and table["IoU of top box"].max() > 0.3
-    first = views_computed(*COMPARE_ALL)
-    assert at.session_state["forward_passes"] == first  # each method's views, once
+    first = views_computed(*COMPARE_CHEAP)
+    assert at.session_state["forward_passes"] == first  # each method's views, once; none of Score-CAM
+    assert "Score-CAM: not computed yet (≈ " in texts(at.caption)
+    at.button(key="compute_scorecam").click().run()
+    no_exception(at)
+    assert at.session_state["forward_passes"] == first + 1  # Score-CAM: one view of the image, as said
+    captions = [c for c in image_captions(at) if not c.startswith("The maps")]
+    assert [c.split(":")[0].split(" (")[0] for c in captions] == [*cheap, "Score-CAM", *RECIPES]
+    assert "Score-CAM (one view)" in compare_table(at)["method"].tolist()
     at.sidebar.selectbox(key="class_name").select_index(1).run()
     # every method computed every class at once, but a costly one (fused LayerCAM) computes the class shown
-    costly = [(method, tta, recipe) for method, tta, recipe in COMPARE_ALL if MAP_METHODS[method].costly
+    costly = [(method, tta, recipe) for method, tta, recipe in COMPARE_CHEAP if MAP_METHODS[method].costly
               and MAP_METHODS[method].per_class]
-    assert costly and at.session_state["forward_passes"] == first + views_computed(*costly)
-    at.radio(key="compare_maps").set_value("TTA-CAM").run()
+    assert costly and at.session_state["forward_passes"] == first + 1 + views_computed(*costly)
+    at.radio(key="compare_maps").set_value("Grad-CAM").run()
     at.sidebar.slider(key="alpha").set_value(0.2).run()
     no_exception(at)
-    assert at.session_state["forward_passes"] == first + views_computed(*costly)
+    assert at.session_state["forward_passes"] == first + 1 + views_computed(*costly)
 
 
 def test_compare_without_ground_truth(monkeypatch, coco_checkpoints):
@@ -549,7 +577,7 @@ def test_compare_without_ground_truth(monkeypatch, coco_checkpoints):
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
     no_exception(at)
     assert "no ground truth for this image and class" in texts(at.caption)
-    assert "IoU of top box" not in at.dataframe[0].value.columns
+    assert "IoU of top box" not in compare_table(at).columns
 
 
 # ------------------------------------------------------------------------------------------ torchvision models
@@ -879,8 +907,13 @@ def another_value(widget):
         return value + 1 if value + 1 <= high else (value - 1 if value > widget.proto.min else None)
     if kind == "Multiselect":
         return [o for o in widget.options if o not in value][:1] or value[:-1] or None
-    if kind in ("Selectbox", "Radio"):  # options come formatted: map them back (the box resolutions are formatted)
-        raw = {str(widget.format_func(c)): c for c in (*widget.options, *BOX_SCALES)}
+    if kind in ("Selectbox", "Radio"):  # options come formatted: map them back (box resolutions and methods are)
+        raw = {}
+        for candidate in (*widget.options, *BOX_SCALES, *METHODS):
+            try:
+                raw[str(widget.format_func(candidate))] = candidate
+            except KeyError:  # a formatted option given to a format_func that looks values up
+                continue
         return next((raw[o] for o in widget.options if o in raw and o != str(widget.format_func(value))), None)
     return not value
 
