@@ -75,17 +75,17 @@ heat = heat_picture(maps.key, k, alpha, colormap, image, maps)
 boxed = scene(maps, k, image, detections, display, truth, alpha, colormap)
 
 cols = st.columns(3)
-cols[0].image(image, caption=describe(item, decoded), use_container_width=True)
+cols[0].image(image, caption=describe(item, decoded), width="stretch")
 demo_hint(model_key, meta, item, cols[0])
 p_shown = "" if method.registered.class_agnostic else f" (p = {format_score(probs[k])})"
 views = f", over {maps.views}" if maps.views != ranking.views else ""
-cols[1].image(heat, caption=f"{method.map_caption(class_name)}{p_shown}{views}", use_container_width=True)
+cols[1].image(heat, caption=f"{method.map_caption(class_name)}{p_shown}{views}", width="stretch")
 cols[1].image(colorbar(colormap), caption="The map, 0 at its minimum and 1 at its maximum")
 setting = describe_options(options)
 boxes_caption = f"{display.caption(detections)}, recipe {recipe}" + (f": {setting}" if setting else "")
 if maps.overrides:
     boxes_caption += f" (on one view: without the recipe's averaging of {recipe_views(recipe)} views)"
-cols[2].image(encoded(boxed), caption=boxes_caption, output_format="JPEG", use_container_width=True)
+cols[2].image(encoded(boxed), caption=boxes_caption, output_format="JPEG", width="stretch")
 
 if detections:
     show_table(boxes_table(detections, truth), key="boxes_table")

@@ -63,7 +63,7 @@ class Scene:
         """Draw the tile: the boxes ``display`` draws over the class's map, with its caption."""
         picture = scene(maps, self.k, self.image, detections, self.display, self.truth, self.alpha, self.colormap,
                         tile=True)
-        tile.image(encoded(picture), output_format="JPEG", use_container_width=True,
+        tile.image(encoded(picture), output_format="JPEG", width="stretch",
                    caption=self.caption(label, maps, detections))
 
 

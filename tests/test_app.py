@@ -978,3 +978,78 @@ def test_the_model_stays_until_the_user_picks_another_and_a_change_says_so(monke
     assert at.sidebar.selectbox(key="model_label").value.startswith("Demo")
     assert [t.value for t in at.toast] == [f"Model: now Demo: synthetic shapes (offline, bundled), was {kept} "
                                            f"({kept} is no longer available)."]
+
+
+def picture_rows(node) -> list[int]:
+    """How many pictures each row of columns under ``node`` holds side by side (depth first, in page order)."""
+    rows = []
+    for child in getattr(node, "children", {}).values():
+        columns = [c for c in getattr(child, "children", {}).values() if type(c.proto).__name__ == "Column"] \
+            if type(child).__name__ == "Block" else []
+        pictures = sum(1 for c in columns for element in c.children.values() if type(element).__name__ == "Image")
+        if columns and pictures:
+            rows.append(pictures)
+        else:
+            rows += picture_rows(child)
+    return rows
+
+
+def test_compare_tiles_come_four_a_row_with_a_table_of_their_boxes(monkeypatch, tmp_path):
+    """Issue 22, 8: ten tiles a row at ~104 px, tags ~5 px tall, captions over 5–6 lines, no table of the boxes."""
+    at = page("compare.py", monkeypatch, tmp_path).run()
+    no_exception(at)
+    rows = picture_rows(at.main)
+    cheap = [m.label for m in offered(DEFAULT_RECIPE) if not m.opt_in]
+    assert max(rows) == 4 and sum(rows) == len(cheap) + len(RECIPES)
+    by_method, by_recipe = (next(f.value for f in at.dataframe if column in f.value.columns and "#" in f.value)
+                            for column in ("method", "recipe"))
+    assert list(by_method["method"].unique()) == cheap and list(by_recipe["recipe"].unique()) == list(RECIPES)
+    assert list(by_method.columns[:8]) == ["method", "#", "x", "y", "w", "h", "score", "IoU with GT"]
+    for label, caption in zip(cheap, [c for c in image_captions(at) if not c.startswith("The maps")]):
+        drawn = (by_method["method"] == label).sum()  # the boxes its picture draws, numbered as on it
+        assert caption.startswith(f"{label}") and (f"{drawn} of " in caption or f": {drawn} box" in caption)
+
+
+def test_methods_state_their_cost_and_score_cam_computes_one_view_with_progress(monkeypatch, tmp_path):
+    """Issue 22, 2: Score-CAM took 219 s on Explore (six views) with no warning and no progress, and no method
+    said what it costs."""
+    import streamlit.delta_generator as dg
+
+    import pages.analysis
+    progress_texts = []
+    real = dg.DeltaGenerator.progress
+
+    def watched(self, value, text=None, **kwargs):
+        progress_texts.append(text)
+        return real(self, value, text=text, **kwargs)
+
+    monkeypatch.setattr(dg.DeltaGenerator, "progress", watched)
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    picker = at.sidebar.selectbox(key="method")
+    for method in offered(DEFAULT_RECIPE)[1:]:
+        assert f"- {method.label}: ≈ " in picker.help and f"{method.label} · ≈ " in " ".join(picker.options)
+    assert "TTA-CAM is not offered: recipe multilevel-tta already averages the six TTA views." in picker.help
+    passes = at.session_state["forward_passes"]
+    monkeypatch.setattr(pages.analysis, "PROGRESS_AFTER", 0.0)  # the demo model is quick: show every bar
+    picker.set_value("Score-CAM").run()
+    no_exception(at)
+    assert at.session_state["forward_passes"] == passes + 1  # one view, not the recipe's six
+    assert "(on one view: without the recipe's averaging of 6 views)" in boxes_caption(at)
+    assert progress_texts[-1] == "Computing Score-CAM for shapes_000001.jpg: 65 of 65 network passes"
+    at.sidebar.checkbox(key="all_views").check().run()
+    no_exception(at)
+    assert at.session_state["forward_passes"] == passes + 6 and "one view" not in boxes_caption(at)
+    assert progress_texts[-1] == "Computing Score-CAM for shapes_000001.jpg: 325 of 325 network passes"
+
+
+def test_tta_cam_only_where_it_differs_and_eigencam_says_it_is_class_agnostic(monkeypatch, tmp_path):
+    """Issue 22, 10: under the six-view default TTA-CAM gave CAM's result exactly; EigenCAM was captioned as a map
+    of one class."""
+    at = page("explore.py", monkeypatch, tmp_path).run()
+    assert "TTA-CAM" not in at.sidebar.selectbox(key="method").options
+    at.sidebar.selectbox(key="recipe").set_value("multilevel-flip").run()
+    assert any(o.startswith("TTA-CAM") for o in at.sidebar.selectbox(key="method").options)
+    at.sidebar.selectbox(key="method").set_value("EigenCAM").run()
+    no_exception(at)
+    assert any(c.startswith("EigenCAM (class-agnostic: the same map for every class)") for c in image_captions(at))
+    assert not any("EigenCAM of" in c for c in image_captions(at))
