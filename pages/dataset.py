@@ -10,11 +10,11 @@ import streamlit as st
 
 from camloc.demo import EXAMPLES
 from camloc.io.images import ImageError, load_image
-from camloc.viz import color_hex, distinct_colors, draw_boxes, format_score
-from pages.geometry import best_match
-from pages.pictures import encoded
+from camloc.viz import color_hex, distinct_colors, draw_boxes
+from pages.pictures import encoded, pick_box_display
 from pages.state import carry, options_filter
-from pages.tables import show_table
+from pages.tables import NO_TRUTH, boxes_table, show_table
+from pages.words import plural
 
 
 @st.cache_data(max_entries=8)
@@ -65,7 +65,9 @@ wanted = side.multiselect("Classes", sorted(names.values()), key="ds_classes",
                           help="Only images with these classes, and only their boxes (empty: all)")
 wanted_ids = {cid for cid, n in names.items() if n in wanted} or set(names)
 carry("ds_min_score", 0.1)
-min_score = side.slider("Minimum detection score", 0.0, 1.0, step=0.01, key="ds_min_score")
+min_score = side.slider("Minimum detection score", 0.0, 1.0, step=0.01, key="ds_min_score",
+                        help="Detections below it are left out of the picture and the table")
+display = pick_box_display()
 by_image: dict[int, list] = {}
 for ann in gt["annotations"]:
     by_image.setdefault(ann["image_id"], []).append(ann)
@@ -86,29 +88,27 @@ except ImageError as exc:
 truth = [a for a in by_image.get(info["id"], []) if a["category_id"] in wanted_ids]
 preds = sorted((d for d in detections if d.get("image_id") == info["id"] and d.get("category_id") in wanted_ids
                 and d.get("score", 0) >= min_score), key=lambda d: -d["score"])
+drawn = preds[:display.drawn(preds)]
 shown = list(dict.fromkeys(a["category_id"] for a in [*truth, *preds]))  # this image's classes, truth first
 colours = dict(zip(shown, distinct_colors(len(shown))))
 cols = st.columns(2)
-cols[0].image(encoded(draw_boxes(image, truth, names, colors=colours)), output_format="JPEG",
-              caption=f"{info['file_name']}: {len(truth)} ground-truth box(es), GT1…")
-cols[1].image(encoded(draw_boxes(image, preds, names, colors=colours)), output_format="JPEG",
-              caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}, numbered best first")
+cols[0].image(encoded(draw_boxes(image, truth, names, colors=colours)), output_format="JPEG", width="stretch",
+              caption=f"{info['file_name']}: {plural(len(truth), 'ground-truth box')}"
+                      + (f" (GT1–GT{len(truth)})" if len(truth) > 1 else " (GT1)" if truth else ""))
+cols[1].image(encoded(draw_boxes(image, drawn, names, colors=colours)), output_format="JPEG", width="stretch",
+              caption=f"{display.caption(preds)} of score ≥ {min_score:.2f}, numbered best first")
 if not det_text.strip():
     st.caption("Give a detections file (e.g. the detections.json of `python -m eval`) to see predictions here.")
 elif not preds:
     st.info(f"No detection on this image with score ≥ {min_score:.2f}"
             + (" among the chosen classes." if wanted else "."))
 else:
-    rows = []
-    for rank, d in enumerate(preds, 1):
-        same = [(i, a["bbox"]) for i, a in enumerate(truth, 1) if a["category_id"] == d["category_id"]]
-        iou, at = best_match(d["bbox"], [box for _, box in same])
-        x, y, w, h = (round(float(v)) for v in d["bbox"])
-        rows.append({"#": rank, "class": names.get(d["category_id"], d["category_id"]), "score": float(d["score"]),
-                     "x": x, "y": y, "w": w, "h": h, "IoU": format_score(iou) if same else "—",
-                     "best GT": f"GT{same[at][0]}" if same else "class not in the ground truth"})
-    st.caption("Detections, best first; IoU with the ground-truth box of the same class it overlaps most.")
-    show_table(pd.DataFrame(rows), key="ds_table", colours=[color_hex(colours[d["category_id"]]) for d in preds])
+    table = boxes_table(preds, [a["bbox"] for a in truth], [a["category_id"] for a in truth], names)
+    unmatched = " “—”: the ground truth has no box of its class." if (table.get("best GT") == NO_TRUTH).any() else ""
+    st.caption("Every detection of score ≥ "
+               f"{min_score:.2f}, best first, numbered as on the picture; IoU with the ground-truth box of its class "
+               f"it overlaps most.{unmatched}")
+    show_table(table, key="ds_table", colours=[color_hex(colours[d["category_id"]]) for d in preds])
 if truth:
     st.caption("Ground truth")
     show_table(pd.DataFrame([{"#": f"GT{i}", "class": names.get(a["category_id"], a["category_id"]),

@@ -790,7 +790,7 @@ def test_dataset_browser(monkeypatch, tmp_path):
     at.sidebar.text_input(key="ds_dets").set_value(str(tmp_path / "dets.json")).run()
     no_exception(at)
     [table] = tables_with(at, "score")
-    assert len(table) >= 1 and (table["IoU"] == "1").all()  # written like the pictures write numbers
+    assert len(table) >= 1 and (table["IoU with GT"] == 1.0).all()
     [truth] = tables_with(at, "crowd")
     assert set(table["best GT"]) <= set(truth["#"])  # the detections' ground truth, by the keys on the picture
     at.sidebar.slider(key="ds_min_score").set_value(0.9).run()
@@ -825,6 +825,8 @@ def test_dataset_browser_tags_every_box(monkeypatch, tmp_path, pictures):
                        ("ds_dets", tmp_path / "dets.json")):
         at.sidebar.text_input(key=key).set_value(str(value)).run()
     at.sidebar.slider(key="ds_min_score").set_value(0.0).run()
+    at.sidebar.slider(key="most_boxes").set_value(50).run()  # every box drawn
+    at.sidebar.slider(key="box_floor").set_value(0.0).run()
     no_exception(at)
     shown_truth, shown_dets = pictures(at)
     for picture, boxes in ((shown_dets, dets), (shown_truth, truth)):
@@ -1053,3 +1055,36 @@ def test_tta_cam_only_where_it_differs_and_eigencam_says_it_is_class_agnostic(mo
     no_exception(at)
     assert any(c.startswith("EigenCAM (class-agnostic: the same map for every class)") for c in image_captions(at))
     assert not any("EigenCAM of" in c for c in image_captions(at))
+
+
+def test_the_dataset_browser_draws_as_explore_does(monkeypatch, tmp_path, pictures):
+    """Issue 22, 7: at minimum score 0 the Dataset browser drew every box (369 tags over one photo), had no "most
+    boxes drawn" cap, put the score before x and cut "class not in the ground truth" short."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (640, 480), (128, 128, 128)).save(tmp_path / "images" / "street.png")
+    categories = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}]
+    truth = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [40, 60, 200, 150], "area": 1.0, "iscrowd": 0}]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": [{"id": 7, "file_name": "street.png", "width": 640,
+                                                               "height": 480}], "annotations": truth,
+                                                   "categories": categories}))
+    dets = [{"image_id": 7, "category_id": 1 + i % 2, "bbox": [20 + 12 * i, 30 + 9 * i, 180, 160],
+             "score": 0.9 - 0.02 * i} for i in range(30)]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    at = page("dataset.py", monkeypatch).run()
+    for key, value in (("ds_images", tmp_path / "images"), ("ds_ann", tmp_path / "ann.json"),
+                       ("ds_dets", tmp_path / "dets.json")):
+        at.sidebar.text_input(key=key).set_value(str(value)).run()
+    at.sidebar.slider(key="ds_min_score").set_value(0.0).run()
+    no_exception(at)
+    assert image_captions(at)[1].startswith("5 of 30 boxes drawn (25 hidden: at most 5, none below 0.1 × the best "
+                                            "score) of score ≥ 0.00")
+    drawn = pictures(at)[1]
+    assert sum(count_tags(drawn, c, 24) for c in distinct_colors(2)) == 5
+    [table] = tables_with(at, "score")
+    assert list(table.columns) == ["colour", "#", "class", "x", "y", "w", "h", "score", "IoU with GT", "best GT"]
+    assert len(table) == 30 and table["score"].is_monotonic_decreasing
+    cats = table[table["class"] == "cat"]
+    assert (cats["best GT"] == "—").all() and cats["IoU with GT"].isna().all()
+    assert "“—”: the ground truth has no box of its class." in texts(at.caption)
+    at.sidebar.slider(key="most_boxes").set_value(2).run()  # Explore's setting, shared
+    assert image_captions(at)[1].startswith("2 of 30 boxes drawn")
