@@ -95,6 +95,7 @@ def on_device(loader: DataLoader, device: torch.device, mean: Tensor, std: Tenso
         yield ahead
 
 
+@torch.no_grad()
 def validate(model: CamModel, meta: dict[str, Any], val_set, val_index: CocoIndex, args,
              node: Dist) -> dict[str, Any]:
     """Image-level classification mAP, and optionally CAM localisation AP50 on ``--val-limit`` images
