@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from camloc.demo import EXAMPLES
+from camloc.demo import DEMO_EVAL, EXAMPLES
 from camloc.io.images import ImageError, load_image
 from camloc.viz import color_hex, distinct_colors, draw_boxes
 from pages.pictures import encoded, pick_box_display
@@ -39,7 +39,7 @@ carry("ds_images", str(EXAMPLES))
 folder = Path(side.text_input("Images folder", key="ds_images"))
 carry("ds_ann", str(EXAMPLES / "annotations.json"))
 ann_path = Path(side.text_input("Annotations (COCO instances JSON)", key="ds_ann"))
-carry("ds_dets", "")
+carry("ds_dets", str(DEMO_EVAL / "detections.json"))
 det_text = side.text_input("Detections (COCO results JSON, optional)", key="ds_dets")
 if not folder.is_dir():
     st.error(f"{folder} is not a folder.")
@@ -58,6 +58,9 @@ if det_text.strip():
             st.error("The detections file must be a list of COCO results.")
         st.stop()
     detections = loaded
+    if Path(det_text.strip()) == DEMO_EVAL / "detections.json":
+        st.info("Detections of the **demo** model: the bundled demo model's on its example scenes (`python -m eval`). "
+                "Give your own detections file in the sidebar.")
 
 names = {c["id"]: c["name"] for c in gt["categories"]}
 carry("ds_classes", [], options_filter(names.values()), context=str(ann_path))

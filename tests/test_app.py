@@ -740,8 +740,6 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     assert [trace["line"]["color"] for trace in spec["data"]] == colours  # far apart, in the legend's order
     assert all(trace["line"]["shape"] == "hv" for trace in spec["data"])  # steps, one hover for all classes
     assert spec["layout"]["hovermode"] == "x unified"
-    widths = [trace["line"]["width"] for trace in spec["data"]]
-    assert widths == sorted(widths, reverse=True) and widths[-1] == 2 and len(set(widths)) == len(widths)
     assert len(at.dataframe[0].value) == 12  # the browser test checks that all 12 rows show without a scroll
     assert not at.json  # nothing but the intended elements (no stray "magic" output)
     assert len(at.dataframe) == 2 and "WSOL" not in " ".join(h.value for h in at.subheader)  # no "wsol": no table
@@ -757,9 +755,10 @@ def test_pr_curves_page(monkeypatch, eval_folder, tmp_path):
     assert wsol["best CAM threshold"].tolist()[1:] == ["0.15", "0.2", "0.31", "0.2", "0.2"]
     per_class = at.dataframe[-1].value  # issue 17: the WSOL block's rows were shown here ("None" × 6)
     expected = sorted((r for r in metrics["per_class"] if r.get("AP") is not None), key=lambda r: -r["AP50"])
-    assert per_class["name"].tolist() == [r["name"] for r in expected]
-    for column in ("num_gt", "AP", "AP50", "AP75"):
-        assert per_class[column].tolist() == pytest.approx([r[column] for r in expected])
+    assert per_class["class"].tolist() == [r["name"] for r in expected]
+    for column, key in (("objects", "num_gt"), ("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"),
+                        ("VOC AP50", "voc_AP50")):
+        assert per_class[column].tolist() == pytest.approx([r[key] for r in expected])
     at.radio(key="iou").set_value("0.75").run()
     spec_75 = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec_75["data"] != spec["data"] or spec_75["layout"] != spec["layout"]
@@ -782,6 +781,8 @@ def tables_with(at: AppTest, column: str) -> list:
 def test_dataset_browser(monkeypatch, tmp_path):
     at = page("dataset.py", monkeypatch).run()
     no_exception(at)
+    assert tables_with(at, "score") and "the **demo** model" in texts(at.info)  # the demo's own detections
+    at.sidebar.text_input(key="ds_dets").set_value("").run()
     assert not tables_with(at, "score") and "Give a detections file" in texts(at.caption)
     gt = EXAMPLE_ANNOTATIONS
     dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=0.5)
@@ -1088,3 +1089,50 @@ def test_the_dataset_browser_draws_as_explore_does(monkeypatch, tmp_path, pictur
     assert "“—”: the ground truth has no box of its class." in texts(at.caption)
     at.sidebar.slider(key="most_boxes").set_value(2).run()  # Explore's setting, shared
     assert image_captions(at)[1].startswith("2 of 30 boxes drawn")
+
+
+def test_pr_curves_keep_their_colours_and_coinciding_curves_stay_apart(monkeypatch, tmp_path):
+    """Issue 22, 9: a class changed colour when the IoU changed (giraffe magenta → sky blue), and identical curves
+    showed as one line with 1 px rims."""
+    gt = EXAMPLE_ANNOTATIONS
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9 - 0.01 * i,
+             "bbox": [a["bbox"][0] + (0.15 * a["bbox"][2] if a["category_id"] == 1 else 0), *a["bbox"][1:]]}
+            for i, a in enumerate(gt["annotations"])]  # every class found exactly (one curve), but one
+    metrics = localization_metrics(gt, dets)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    at = page("pr_curves.py", monkeypatch).run()
+    at.text_input(key="eval_folder").set_value(str(tmp_path)).run()
+    every = at.multiselect(key="pr_classes").options
+    at.multiselect(key="pr_classes").set_value(every).run()
+    no_exception(at)
+    colours = {}
+    for iou in ("0.50", "0.75", "0.50:0.95"):
+        at.radio(key="iou").set_value(iou).run()
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        for trace in spec["data"]:
+            colours.setdefault(trace["name"].split(" (AP=")[0], set()).add(trace["line"]["color"])
+        groups: dict[tuple, list] = {}
+        for trace in spec["data"]:
+            groups.setdefault(tuple(trace["y"]), []).append(trace)
+        for same in groups.values():  # curves on top of each other: each in its own dash style, and said so
+            assert len({trace["line"]["dash"] for trace in same}) == len(same)
+            if len(same) > 1:
+                assert "share one curve" in texts(at.caption)
+    assert all(len(c) == 1 for c in colours.values()) and len(set().union(*colours.values())) == len(every)
+    assert any(len(same) > 1 for same in groups.values())  # the case was met
+
+
+def test_first_visit_shows_the_demo_evaluation_and_training(monkeypatch, tmp_path):
+    """Issue 22, 12: PR curves and Training runs were blank until the user ran `python -m eval` or trained."""
+    at = page("app.py", monkeypatch, tmp_path / "no-runs").run()
+    at.switch_page("pages/pr_curves.py").run()
+    no_exception(at)
+    assert "Showing the **demo**" in texts(at.info) and at.get("plotly_chart")
+    assert len(at.dataframe[0].value) == 12
+    at.switch_page("pages/training_runs.py").run()
+    no_exception(at)
+    assert "the bundled demo model's own training" in texts(at.info)
+    assert at.get("plotly_chart") and int(at.metric[0].value) == 8  # the demo's 8 epochs
+    at.switch_page("pages/dataset.py").run()
+    no_exception(at)
+    assert tables_with(at, "score") and "demo" in at.sidebar.text_input(key="ds_dets").value
