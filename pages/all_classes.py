@@ -50,7 +50,7 @@ def overlay_section(maps: Maps, image: Image.Image, names: list[str], ranked: li
 
 st.title("All classes at once")
 picked = pick_model()
-images = choose_images()
+images = choose_images(None if picked is None else picked[2])
 if picked is None or not images:
     st.stop()
 model_key, model, meta = picked

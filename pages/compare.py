@@ -75,7 +75,7 @@ def costly_tile(tile: Any, method: AppMethod, context: tuple, model_key: str, vi
 st.title("Compare methods and box recipes")
 side = st.sidebar
 picked = pick_model()
-images = choose_images()
+images = choose_images(None if picked is None else picked[2])
 gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     st.stop()

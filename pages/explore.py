@@ -34,7 +34,7 @@ def top_classes(names: list[str], ranked: list[int], probs, views: str) -> None:
 st.title("Explore class activation maps")
 side = st.sidebar
 picked = pick_model()
-images = choose_images()
+images = choose_images(None if picked is None else picked[2])
 gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     if picked is not None:

@@ -41,9 +41,9 @@ class InputImage:
         return digest(self.data)
 
 
-def choose_images(where=st.sidebar) -> list[InputImage]:
+def choose_images(meta: dict[str, Any] | None, where=st.sidebar) -> list[InputImage]:
     """Uploaded images (one set for every page: an upload adds to it), or the example picker when there are
-    none."""
+    none — which says, for a model that knows none of the examples' shapes, why no photo is offered."""
     where.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key="uploads",
                         on_change=remember_uploads, args=("uploads",),
                         help="Each upload adds to your images, on every page; “Remove this image” takes one away")
@@ -58,7 +58,18 @@ def choose_images(where=st.sidebar) -> list[InputImage]:
         return []
     carry("example", names[0], options_filter(names))
     name = where.selectbox("…or pick an example", names, key="example")
+    shapes = example_classes()
+    if meta is not None and not shapes & set(meta["class_names"]):
+        where.caption(f"The examples are the demo model's synthetic shapes ({', '.join(sorted(shapes))}), which this "
+                      "model does not know; no photo is bundled (each COCO photo has its own licence). Upload a photo "
+                      "to see this model at work.")
     return [InputImage(name, (EXAMPLES / name).read_bytes(), True)]
+
+
+@st.cache_data(show_spinner=False)
+def example_classes() -> set[str]:
+    """The class names of the bundled examples' ground truth."""
+    return {c["name"] for c in json.loads(EXAMPLE_ANNOTATIONS.read_text(encoding="utf-8"))["categories"]}
 
 
 def pick_image(images: list[InputImage], where=st) -> InputImage:

@@ -1136,3 +1136,14 @@ def test_first_visit_shows_the_demo_evaluation_and_training(monkeypatch, tmp_pat
     at.switch_page("pages/dataset.py").run()
     no_exception(at)
     assert tables_with(at, "score") and "demo" in at.sidebar.text_input(key="ds_dets").value
+
+
+def test_a_coco_model_on_the_examples_says_why_no_photo_is_offered(monkeypatch, coco_checkpoints):
+    """Issue 22, 12: with the COCO model selected, the examples were synthetic shapes without a word."""
+    at = page("explore.py", monkeypatch, coco_checkpoints).run()
+    assert "which this model does not know" not in texts(at.sidebar.caption)  # the demo model knows them
+    at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
+    no_exception(at)
+    assert ("The examples are the demo model's synthetic shapes (blue square, cyan cross, green triangle, magenta "
+            "ring, red disc, yellow star), which this model does not know; no photo is bundled") in texts(
+        at.sidebar.caption)
