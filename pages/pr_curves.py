@@ -57,9 +57,8 @@ typed = st.text_input("Evaluation folder (the --out of python -m eval)", key="ev
                       help="Empty: the bundled demo model's evaluation on its example scenes")
 folder = Path(typed.strip()) if typed.strip() else DEMO_EVAL
 if folder == DEMO_EVAL:
-    st.info("Showing the **demo**: the bundled demo model evaluated on its 6 example scenes (`python -m eval`, "
-            "made by `python -m camloc.demo --rebuild`). Enter the output folder of your own `python -m eval` run "
-            "above.")
+    st.info("Showing the **demo**: the bundled demo model evaluated on its 6 example scenes (by `python -m eval`). "
+            "Enter the output folder of your own `python -m eval` run above.")
 metrics = read_metrics(folder)
 if metrics is None:
     st.stop()

@@ -69,7 +69,7 @@ elif labels:
     folder = runs[labels.index(label)]
 else:
     folder = DEMO_RUN
-    st.info(f"Showing the **demo**: the bundled demo model's own training (`python -m camloc.demo --rebuild`). No "
+    st.info(f"Showing the **demo**: the bundled demo model's own training, from scratch on synthetic shapes. No "
             f"training run under {root}: train one with `python -m train ... --out runs/NAME` and choose its "
             "folder in the sidebar.")
 

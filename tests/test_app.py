@@ -1147,3 +1147,43 @@ def test_a_coco_model_on_the_examples_says_why_no_photo_is_offered(monkeypatch, 
     assert ("The examples are the demo model's synthetic shapes (blue square, cyan cross, green triangle, magenta "
             "ring, red disc, yellow star), which this model does not know; no photo is bundled") in texts(
         at.sidebar.caption)
+
+
+#: What a person should never read in the app: module names, docstring markup, option keys, metrics-file keys.
+INTERNALS = re.compile(r"camloc\.|:mod:|:class:|:func:|``|box_scale|num_gt|voc_AP50|GT1–GT1\b|\(s\)|\(es\)")
+
+
+def visible_text(at: AppTest) -> str:
+    """Every text of the page a person reads: texts, captions, labels, help, options, tables' columns, legends."""
+    parts = []
+    for kind in ("title", "header", "subheader", "caption", "markdown", "info", "warning", "error", "metric"):
+        parts += [str(getattr(e, "value", "")) for e in at.get(kind)]
+    parts += [c for e in at.get("image") for c in e.captions]
+    for kind in ("selectbox", "radio", "multiselect", "slider", "checkbox", "text_input", "number_input", "button"):
+        for widget in at.get(kind):
+            parts += [widget.proto.label, widget.proto.help, *getattr(widget, "options", [])]
+    parts += [str(c) for frame in at.dataframe for c in frame.value.columns]
+    parts += [t.get("name", "") for chart in at.get("plotly_chart") for t in json.loads(chart.proto.spec)["data"]]
+    return "\n".join(parts)
+
+
+def test_no_module_names_or_internal_keys_in_the_app(monkeypatch, tmp_path, eval_folder):
+    """Issue 22, 11: "camloc.recipes", "see camloc.boxes", "box_scale full", raw num_gt / voc_AP50 columns, "white boxes
+    GT1–GT1" and "box(es)" were in the UI."""
+    at = page("app.py", monkeypatch, tmp_path).run()
+    seen = []
+    for recipe in RECIPES:  # each recipe's description and settings, on Explore and Compare
+        at.sidebar.selectbox(key="recipe").set_value(recipe).run()
+        seen.append(visible_text(at))
+    at.switch_page("pages/compare.py").run()
+    seen.append(visible_text(at))
+    for name in ("all_classes", "pr_curves", "training_runs", "dataset"):
+        at.switch_page(f"pages/{name}.py").run()
+        seen.append(visible_text(at))
+    at.switch_page("pages/pr_curves.py").run()
+    at.text_input(key="eval_folder").set_value(str(eval_folder)).run()
+    seen.append(visible_text(at))
+    no_exception(at)
+    found = sorted({m.group(0) for text in seen for m in INTERNALS.finditer(text)})
+    assert not found, found
+    assert "traced at the image's resolution" in "".join(seen)  # a setting in words
