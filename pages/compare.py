@@ -81,11 +81,11 @@ if picked is None or not images:
     st.stop()
 model_key, model, meta = picked
 names = meta["class_names"]
-item = pick_image(images)
+class_slot, image_slot, remove_slot = st.columns([3, 3, 2], vertical_alignment="bottom")  # above the pictures
+item = pick_image(images, image_slot, remove_slot)
 decoded = decode(item)
 if decoded is None:
     st.stop()
-class_slot = side.container()
 recipe, options = pick_recipe()
 methods = offered(recipe)
 if any(m.one_view for m in methods) and recipe_views(recipe) > 1:
@@ -101,7 +101,6 @@ colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 
 # the skeleton, before anything is computed: every picture of the previous photo is replaced at once
 heading, hint = st.empty(), st.container()
-heading.caption(f"Computing the class probabilities of {item.name}…")
 st.subheader("Methods")
 setting = describe_options(options)
 st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map, numbered best "
@@ -113,6 +112,7 @@ st.subheader("Box recipes")
 recipes_area = st.container()
 st.subheader("Every method × recipe")
 table_note, table = st.empty(), st.empty()
+heading.caption(f"Computing the class probabilities of {item.name}…")  # named once nothing of the last photo is left
 
 try:
     ranking = analyze(item, model_key, model, meta, recipe=recipe, where=status)

@@ -42,14 +42,15 @@ if picked is None or not images:
     st.stop()
 model_key, model, meta = picked
 names = meta["class_names"]
-item = pick_image(images)
+class_slot, image_slot, remove_slot = st.columns([3, 3, 2], vertical_alignment="bottom")  # above the pictures
+item = pick_image(images, image_slot, remove_slot)
 decoded = decode(item)
 if decoded is None:
     st.stop()
 image = decoded.image
 status = st.empty()  # a long computation's progress bar, above the pictures it makes
 
-class_slot, method_slot = side.container(), side.container()  # class, then method: both need the recipe first
+method_slot = side.container()  # the method picker needs the recipe, which comes below it
 recipe, options = pick_recipe()
 try:  # every class's probability and CAM, over the views the recipe averages: one figure per page
     ranking = analyze(item, model_key, model, meta, recipe=recipe, where=status)

@@ -72,9 +72,9 @@ def example_classes() -> set[str]:
     return {c["name"] for c in json.loads(EXAMPLE_ANNOTATIONS.read_text(encoding="utf-8"))["categories"]}
 
 
-def pick_image(images: list[InputImage], where=st) -> InputImage:
+def pick_image(images: list[InputImage], where=st, remove_where=None) -> InputImage:
     """The image shown: the only one, or the one picked among several uploads (the one just added after an
-    upload), with a button that removes it from the uploads."""
+    upload), with a button (in ``remove_where``, default beside the picker) that removes it from the uploads."""
     newest = newest_upload()
     if len(images) == 1:
         return images[0]
@@ -82,10 +82,10 @@ def pick_image(images: list[InputImage], where=st) -> InputImage:
     carry("shown_image", names[-1], options_filter(names))
     if newest in names:
         st.session_state["shown_image"] = newest
-    picker, remove = where.columns([5, 2], vertical_alignment="bottom")
-    shown = images[names.index(picker.selectbox("Image", names, key="shown_image"))]
-    remove.button("Remove this image", on_click=remove_upload, args=(shown.name,), key="remove_upload",
-                  icon=":material/close:", help=f"Take {shown.name} out of your uploads")
+    shown = images[names.index(where.selectbox("Image", names, key="shown_image"))]
+    (remove_where or where).button("Remove this image", on_click=remove_upload, args=(shown.name,),
+                                   key="remove_upload", icon=":material/close:",
+                                   help=f"Take {shown.name} out of your uploads")
     return shown
 
 

@@ -162,7 +162,7 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     first = boxes_table(at).to_string()
     top = top_table(at)
     assert len(top) == 5 and top["probability"].is_monotonic_decreasing
-    at.sidebar.selectbox(key="class_name").select_index(1).run()
+    at.selectbox(key="class_name").select_index(1).run()
     after_class = boxes_table(at).to_string()
     at.sidebar.radio(key="threshold_mode").set_value("Fraction of max").run()
     at.sidebar.slider(key="fraction").set_value(0.8).run()
@@ -183,7 +183,7 @@ def test_explore_is_live_and_runs_the_network_once(monkeypatch, tmp_path):
     at.sidebar.selectbox(key="method").set_value("Grad-CAM++").run()
     no_exception(at)
     assert len(boxes_table(at)) == 1 and at.session_state["forward_passes"] == cam_views + 1
-    at.sidebar.selectbox(key="class_name").select_index(0).run()
+    at.selectbox(key="class_name").select_index(0).run()
     no_exception(at)
     assert at.session_state["forward_passes"] == cam_views + 1  # Grad-CAM++ of every class came from that pass
 
@@ -196,7 +196,7 @@ def test_tta_reuses_the_plain_pass_and_caches_its_views(monkeypatch, tmp_path):
     tta = views_computed(*EXPLORE_FIRST, ("cam", True, PLAIN_MAPS))
     assert tta == 6 and at.session_state["forward_passes"] == 6  # the plain pass + the 5 other views, once
     assert "TTA-CAM of" in heat_caption(at)
-    at.sidebar.selectbox(key="class_name").select_index(2).run()
+    at.selectbox(key="class_name").select_index(2).run()
     at.sidebar.radio(key="threshold_mode").set_value("Fraction of max").run()
     at.sidebar.selectbox(key="method").set_value("CAM").run()
     at.sidebar.selectbox(key="method").set_value("TTA-CAM").run()
@@ -218,28 +218,28 @@ def test_recipe_controls_follow_the_recipe_parameters(monkeypatch, tmp_path):
 def test_a_new_image_selects_its_own_top_class(monkeypatch, tmp_path):
     """Bug 1: the class picker kept the previous image's class after a new image."""
     at = page("explore.py", monkeypatch, tmp_path).run()
-    classes = at.sidebar.selectbox(key="class_name")
+    classes = at.selectbox(key="class_name")
     first_top = classes.value
     picked = classes.options[-1]
     classes.set_value(picked).run()
     at.sidebar.selectbox(key="example").set_value("shapes_000002.jpg").run()
     no_exception(at)
     top = top_table(at)["class"][0]
-    assert at.sidebar.selectbox(key="class_name").value == top != picked
+    assert at.selectbox(key="class_name").value == top != picked
     assert f"of “{top}”" in heat_caption(at)
     at.sidebar.selectbox(key="example").set_value("shapes_000001.jpg").run()
-    assert at.sidebar.selectbox(key="class_name").value == picked  # picked for this image: stays picked
+    assert at.selectbox(key="class_name").value == picked  # picked for this image: stays picked
     upload = (EXAMPLES / "shapes_000005.jpg").read_bytes()
     at.sidebar.file_uploader(key="uploads").set_value(("mine.jpg", upload, "image/jpeg")).run()
-    assert at.sidebar.selectbox(key="class_name").value == top_table(at)["class"][0] != first_top
+    assert at.selectbox(key="class_name").value == top_table(at)["class"][0] != first_top
 
 
 def test_a_new_model_selects_its_own_top_class(monkeypatch, coco_checkpoints):
     at = page("explore.py", monkeypatch, coco_checkpoints).run()
-    at.sidebar.selectbox(key="class_name").select_index(3).run()
+    at.selectbox(key="class_name").select_index(3).run()
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
     no_exception(at)
-    assert at.sidebar.selectbox(key="class_name").value == top_table(at)["class"][0]
+    assert at.selectbox(key="class_name").value == top_table(at)["class"][0]
 
 
 def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(monkeypatch, tmp_path):
@@ -285,7 +285,7 @@ def test_explore_shows_iou_for_annotated_examples(monkeypatch, tmp_path):
     category = next(c["name"] for c in EXAMPLE_ANNOTATIONS["categories"] if c["id"] == first["category_id"])
     at = page("explore.py", monkeypatch, tmp_path).run()
     at.sidebar.selectbox(key="example").set_value(name).run()
-    at.sidebar.selectbox(key="class_name").set_value(category).run()
+    at.selectbox(key="class_name").set_value(category).run()
     no_exception(at)
     ious = boxes_table(at)["IoU with GT"]
     assert ious.notna().all() and ious.max() > 0
@@ -305,7 +305,7 @@ def test_ground_truth_only_for_the_models_own_classes(monkeypatch, coco_checkpoi
     at = page("explore.py", monkeypatch, coco_checkpoints).run()
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
     for class_name in ("person", "bicycle"):  # COCO ids 1 and 2 = the shapes' red disc and blue square
-        at.sidebar.selectbox(key="class_name").set_value(class_name).run()
+        at.selectbox(key="class_name").set_value(class_name).run()
         no_exception(at)
         assert "Ground truth" not in texts(at.caption)
         assert "IoU with GT" not in boxes_table(at).columns
@@ -395,7 +395,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     at.sidebar.text_input(key="gt_file").set_value(str(VAL_ANN)).run()
     at.sidebar.file_uploader(key="uploads").set_value((zebra, (VAL_IMAGES / zebra).read_bytes(), "image/jpeg")).run()
     no_exception(at)
-    assert at.sidebar.selectbox(key="class_name").value == "zebra"
+    assert at.selectbox(key="class_name").value == "zebra"
     assert "2 “zebra” objects in the ground truth of 000000104455.jpg (white boxes GT1–GT2)" in texts(at.caption)
     table = boxes_table(at)
     assert table["IoU with GT"].max() > 0.3  # a weak model (see ../shared/README.md), but on target
@@ -421,7 +421,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     table = compare_table(at)
     assert table["IoU of top box"].max() > 0.3 and table["objects found (IoU ≥ 0.5)"].str.endswith("/2").all()
     assert f"“zebra” in {zebra} (p = {p_zebra}, " in texts(at.caption)  # the same figure as on Explore
-    at.sidebar.selectbox(key="class_name").set_value("toothbrush").run()  # not in this photo
+    at.selectbox(key="class_name").set_value("toothbrush").run()  # not in this photo
     no_exception(at)
     assert "IoU of top box" not in compare_table(at).columns and "0/0" not in texts(at.caption)
     assert "“toothbrush” is not in the ground truth of this image" in texts(at.caption)
@@ -440,10 +440,10 @@ def test_explore_with_a_real_coco_model_and_image(monkeypatch, tmp_path):
         ("dog.jpg", (VAL_IMAGES / "000000005001.jpg").read_bytes(), "image/jpeg")).run()
     no_exception(at)
     assert not at.info  # a real model on a real photo: no demo hint
-    classes = at.sidebar.selectbox(key="class_name").options
+    classes = at.selectbox(key="class_name").options
     assert len(classes) == 80 and set(classes) >= {"person", "toothbrush"}
     before = boxes_table(at).to_string()
-    at.sidebar.selectbox(key="class_name").set_value("toothbrush").run()
+    at.selectbox(key="class_name").set_value("toothbrush").run()
     assert boxes_table(at).to_string() != before
 
 
@@ -457,7 +457,7 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
     photo = image_bytes(gradient_image(120, 160, seed=3), "PNG")
     at.sidebar.file_uploader(key="uploads").set_value(("street.png", photo, "image/png")).run()
-    at.sidebar.selectbox(key="class_name").set_value("giraffe").run()
+    at.selectbox(key="class_name").set_value("giraffe").run()
     passes = at.session_state["forward_passes"]
     for target in ("pages/all_classes.py", "pages/pr_curves.py", "pages/compare.py", "pages/explore.py"):
         at.switch_page(target).run()
@@ -468,7 +468,7 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
         assert at.sidebar.selectbox(key="model_label").value == "coco.pt"
         assert "Your upload: street.png" in texts(at.sidebar.caption)
         if target != "pages/all_classes.py":
-            assert at.sidebar.selectbox(key="class_name").value == "giraffe"
+            assert at.selectbox(key="class_name").value == "giraffe"
     assert image_captions(at)[0].startswith("street.png")
     # only the views Compare adds (gradient methods, TTA, the recipes' mirror views); none for All classes
     added = views_computed(*COMPARE_CHEAP) - views_computed(*EXPLORE_FIRST)
@@ -561,7 +561,7 @@ def test_compare_shows_the_methods_and_recipes_with_iou_and_a_costly_method_when
     captions = [c for c in image_captions(at) if not c.startswith("The maps")]
     assert [c.split(":")[0].split(" (")[0] for c in captions] == [*cheap, "Score-CAM", *RECIPES]
     assert "Score-CAM (one view)" in compare_table(at)["method"].tolist()
-    at.sidebar.selectbox(key="class_name").select_index(1).run()
+    at.selectbox(key="class_name").select_index(1).run()
     # every method computed every class at once, but a costly one (fused LayerCAM) computes the class shown
     costly = [(method, tta, recipe) for method, tta, recipe in COMPARE_CHEAP if MAP_METHODS[method].costly
               and MAP_METHODS[method].per_class]
@@ -640,7 +640,7 @@ def test_torchvision_model_downloads_once_then_runs(monkeypatch, tmp_path, weigh
     cached = tmp_path / "torch" / "hub" / "checkpoints" / weights_server.rsplit("/", 1)[1]
     size = cached.stat().st_size
     assert cached.is_file() and len(reported) > 1 and reported[-1] == (size, size)  # the progress bar's feed
-    classes = at.sidebar.selectbox(key="class_name").options
+    classes = at.selectbox(key="class_name").options
     assert len(classes) < 80 and "dog" in classes and "person" not in classes  # no ImageNet counterpart
     at.sidebar.selectbox(key="model_label").set_value(at.sidebar.selectbox(key="model_label").options[0]).run()
     at.sidebar.selectbox(key="model_label").set_value(label).run()
@@ -972,7 +972,7 @@ def test_the_model_stays_until_the_user_picks_another_and_a_change_says_so(monke
     no_exception(at)
     kept = f"coco.pt (from {coco_checkpoints})"
     assert at.sidebar.selectbox(key="model_label").value == kept and not at.toast
-    assert len(at.sidebar.selectbox(key="class_name").options) == 80  # still the COCO model's classes
+    assert len(at.selectbox(key="class_name").options) == 80  # still the COCO model's classes
     at.switch_page("pages/all_classes.py").run()
     assert at.sidebar.selectbox(key="model_label").value == kept
     (coco_checkpoints / "coco.pt").unlink()  # its file is gone: the demo model, said so
