@@ -109,7 +109,8 @@ status = st.empty()
 method_grid = TileGrid(len(methods), "method")
 st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
 st.subheader("Box recipes")
-recipes_area = st.container()
+recipes_area = st.empty()  # nothing (an element, not a block: a block would keep the last photo's tiles) until
+recipes_area.empty()  # the tiles are drawn
 st.subheader("Every method × recipe")
 table_note, table = st.empty(), st.empty()
 heading.caption(f"Computing the class probabilities of {item.name}…")  # named once nothing of the last photo is left
@@ -132,7 +133,7 @@ demo_hint(model_key, meta, item, hint)
 found = ranking.detections(k, recipe, options)
 scene.fill(method_grid.tiles[0], CAM.label, ranking, found)
 method_grid.add_boxes(CAM.label, found, scene)
-with recipes_area:
+with recipes_area.container():
     recipe_tiles(item, model_key, model, meta, scene, methods)
 
 table_note.caption("Each recipe with its default options; every box counted, drawn or not."
