@@ -23,7 +23,7 @@ import torch
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_shapes_mobilenet_v2.pt"
 EXAMPLES = ASSETS / "examples"
-#: The demo model's own training log (``log.jsonl`` of the ``python -m train`` run that made it).
+#: The training log (``log.jsonl``) of a ``python -m train`` run of the demo model's recipe (``--rebuild``).
 DEMO_RUN = ASSETS / "demo_run"
 #: ``python -m eval`` of the demo model on the example scenes (``metrics.json``, ``detections.json``).
 DEMO_EVAL = ASSETS / "demo_eval"

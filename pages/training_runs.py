@@ -69,9 +69,10 @@ elif labels:
     folder = runs[labels.index(label)]
 else:
     folder = DEMO_RUN
-    st.info(f"Showing the **demo**: the bundled demo model's own training, from scratch on synthetic shapes. No "
-            f"training run under {root}: train one with `python -m train ... --out runs/NAME` and choose its "
-            "folder in the sidebar.")
+    st.info(f"Showing the **demo**: a training run of the bundled demo model's recipe, from scratch on synthetic "
+            "shapes (a re-run of the same data, settings and seed; the bundled weights came from this recipe). No "
+            f"training run under {root}: train one with `python -m train ... --out runs/NAME` and choose its folder "
+            "in the sidebar.")
 
 try:
     run = read_run(folder)

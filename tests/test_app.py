@@ -1131,7 +1131,7 @@ def test_first_visit_shows_the_demo_evaluation_and_training(monkeypatch, tmp_pat
     assert len(at.dataframe[0].value) == 12
     at.switch_page("pages/training_runs.py").run()
     no_exception(at)
-    assert "the bundled demo model's own training" in texts(at.info)
+    assert "a training run of the bundled demo model's recipe" in texts(at.info)
     assert at.get("plotly_chart") and int(at.metric[0].value) == 8  # the demo's 8 epochs
     at.switch_page("pages/dataset.py").run()
     no_exception(at)
