@@ -36,6 +36,8 @@ bench: $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/precision.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/train_speed.py
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/synthetic_settings.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/max_dets.py
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/metrics_tail.py
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

@@ -26,14 +26,18 @@ from camloc.io.data import DataError, check_image_files
 from camloc.io.images import ImageError
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.pipeline import Localizer
-from camloc.runtime.devices import resolve_device
+from camloc.pipeline.detections import MAX_DETECTIONS
+from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.errors import error_line
+from camloc.runtime.memory import DeviceMemoryError, memory_budget, parse_memory
 from camloc.runtime.workerpool import default_box_workers
 from eval.progress import ProgressError
 from eval.run import distributed_node, run_evaluation
 
 #: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
 MAX_BATCH, MAX_WORKERS = 1024, 64
+#: Batch size and loader processes on a CPU (two cores' worth; the network holds the cores).
+CPU_BATCH, CPU_WORKERS = 8, 2
 
 
 class CliError(Exception):
@@ -66,8 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=["full", "center"], help="ignore the maps: full-image or centre boxes")
     parser.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's)")
     parser.add_argument("--tta", action="store_true", help="average maps over scales 0.75/1/1.25 and flips")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"images per batch (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU)")
+    parser.add_argument("--workers", type=int,
+                        help="DataLoader processes reading images (default: on a GPU min(cores − 2, "
+                             f"{MAX_GPU_LOADERS}) shared by the processes of the machine, on a CPU {CPU_WORKERS})")
+    parser.add_argument("--max-dets", type=int, default=MAX_DETECTIONS, metavar="N",
+                        help=f"detections kept per image, the best scored (default {MAX_DETECTIONS}, COCO's "
+                             "convention; 0: all)")
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="bytes the box stage may hold at once, e.g. 4GiB (default: half the GPU's free memory, "
+                             "1 GiB on a CPU); a batch that still runs out of device memory is run in halves")
     parser.add_argument("--box-workers", type=int, default=default_box_workers(),
                         help="processes turning maps into boxes while the next batch runs through the network "
                              f"(0: in the main process; default: one per CPU core less one = {default_box_workers()})")
@@ -96,18 +109,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     box_scale=args.box_scale)
     except ValueError as exc:
         parser.error(str(exc))
-    if not 1 <= args.batch_size <= MAX_BATCH or not 0 <= args.workers <= MAX_WORKERS or (
+    if (args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH) or (
+            args.workers is not None and not 0 <= args.workers <= MAX_WORKERS) or (
             args.limit is not None and args.limit < 1) or not 0 <= args.box_workers <= MAX_WORKERS:
         parser.error(f"--batch-size must be from 1 to {MAX_BATCH}, --workers and --box-workers from 0 to "
                      f"{MAX_WORKERS}, --limit ≥ 1")
+    if args.max_dets < 0:
+        parser.error("--max-dets must be ≥ 0 (0: every detection)")
+    if args.max_memory is not None:
+        try:
+            args.max_memory = parse_memory(args.max_memory)
+        except ValueError as exc:
+            parser.error(f"--max-memory: {exc}")
     if args.faithfulness and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         parser.error("--faithfulness measures the images of one uninterrupted process: drop --resume / torchrun")
     if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
         parser.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
     try:
-        args.device = str(resolve_device(args.device))
+        device = resolve_device(args.device)
     except ValueError as exc:
         parser.error(f"--device: {exc}")
+    args.device = str(device)
+    args.batch_size, args.workers = loader_defaults(device, args.batch_size, args.workers, CPU_BATCH, CPU_WORKERS,
+                                                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return args
 
 
@@ -116,7 +140,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     (SHA-256 of the checkpoint, its JSON sidecar and the annotations) and the image folder by its real
     path; each image's file is checked when a run resumes (:func:`eval.progress.check_stamps`)."""
     keys = ("checkpoint", "ann", "method", "recipe", "threshold", "boxes", "classes", "box_scale", "baseline",
-            "img_size", "tta", "limit", "precision", "decode")
+            "img_size", "tta", "limit", "precision", "decode", "max_dets")
     settings = {k: str(getattr(args, k)) for k in keys}
     sidecar = args.checkpoint.with_suffix(".json")
     settings.update({"checkpoint_sha256": file_digest(args.checkpoint),
@@ -165,7 +189,8 @@ def build_localizer(args: argparse.Namespace, truth: GroundTruth) -> Localizer:
         localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe,
                                               threshold=args.threshold, boxes=args.boxes, classes=args.classes,
                                               box_scale=args.box_scale, img_size=args.img_size, tta=args.tta,
-                                              device=args.device, precision=args.precision)
+                                              device=args.device, precision=args.precision,
+                                              max_dets=args.max_dets, max_memory=args.max_memory)
     except (ModelError, RuntimeError, ValueError) as exc:
         raise CliError(f"--checkpoint: {exc}") from None
     known = truth.category_names
@@ -203,6 +228,16 @@ def print_report(metrics: dict[str, Any]) -> None:
               f"Top-1 Loc {wsol['Top-1 Loc']:.4f} over {wsol['num_maps']} (image, class) maps")
 
 
+def plan_line(args: argparse.Namespace, images: list[dict], localizer: Localizer, node) -> str:
+    """The run's first line: what runs where, with the sizes chosen for the device."""
+    memory = memory_budget(localizer.device, args.max_memory)
+    caps = f"at most {args.max_dets} detections per image" if args.max_dets else "every detection"
+    return (f"eval: {len(images)} images on {localizer.device}"
+            f"{f' × {node.world} processes' if node.world > 1 else ''}, batch {args.batch_size}, "
+            f"{args.workers} loader workers, {args.box_workers} box workers, recipe {localizer.recipe.name} on "
+            f"{localizer.method} maps, {caps}, box stage memory {memory / 2**30:.1f} GiB")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate (alone or as one rank of torchrun); rank 0 prints the report and returns the metrics."""
     node = distributed_node(args)
@@ -210,6 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         truth, images = load_split(args)
         args.device = str(node.device)
         localizer = build_localizer(args, truth)
+        if node.main:
+            print(plan_line(args, images, localizer, node), file=sys.stderr, flush=True)
         metrics = run_evaluation(args, truth, images, localizer, settings_of(args), node)
     finally:
         node.close()
@@ -233,6 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(error_line(exc, (CliError, EvaluationError, ModelError, DataError, ImageError, OutputError, OSError,
-                               ProgressError)), file=sys.stderr)
+                               ProgressError, DeviceMemoryError)), file=sys.stderr)
         return 2
     return 0

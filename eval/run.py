@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import queue
 import sys
-import threading
 import time
 from typing import Any
 
@@ -35,17 +33,23 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camloc.evaluation import BoxAccuracy, Detections, Faithfulness, GroundTruth, localization_metrics
+from camloc.evaluation import Faithfulness, GroundTruth
 from camloc.io.atomic import atomic_output, atomic_write_json, writable_folder
 from camloc.io.reader import SplitImages, collate, decode_batch
 from camloc.pipeline import Localizer
-from camloc.pipeline.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth
+from camloc.pipeline.boxstage import BoxPipeline, BoxStage, Truth
 from camloc.runtime.distributed import Dist, setup_distributed
-from camloc.runtime.profiling import StageClock, format_report, set_thread_lane, stage
+from camloc.runtime.errors import in_stage
+from camloc.runtime.memory import Halving
+from camloc.runtime.profiling import StageClock, format_report, stage
 from camloc.runtime.workerpool import OrderedPool
 from eval import progress
+from eval.results import RunResults
+from eval.writer import BOX_LANE, BatchWriter
 
-LOADER_LANE, BOX_LANE, FINISH_LANE = "loader workers", "box workers", "main: finishing thread"
+LOADER_LANE = "loader workers"
+#: The stage named when a loader worker fails (reading or decoding a file).
+LOADER_STAGE = "read + decode (loader workers)"
 
 
 def present_classes(truth: GroundTruth, localizer: Localizer) -> dict[int, Truth]:
@@ -92,78 +96,6 @@ def prepare_progress(args: argparse.Namespace, node: Dist, settings: dict[str, A
     return progress.Progress()
 
 
-class BatchWriter:
-    """Finishes batches in order (joins worker results, keeps only unfinished images, writes one progress
-    line per batch) — in the calling thread, or in a second thread that the main thread feeds."""
-
-    def __init__(self, pipeline: BoxPipeline, pool: OrderedPool, log, finished: progress.Progress,
-                 clock: StageClock | None, threaded: bool):
-        self.pipeline, self.pool, self.log, self.finished, self.clock = pipeline, pool, log, finished, clock
-        self.meta: dict[int, tuple] = {}
-        self.queue: queue.Queue | None = queue.Queue(maxsize=2) if threaded else None
-        self.thread = threading.Thread(target=self._serve, daemon=True) if threaded else None
-        self.error: BaseException | None = None
-        if self.thread:
-            self.thread.start()
-
-    def submit(self, index: int, job, meta: tuple) -> None:
-        """Hand over batch ``index``'s job (``None``: nothing readable) and ``(ids, stamps, unreadable)``."""
-        self.meta[index] = meta
-        if self.queue is None:
-            self._take(index, job)
-            return
-        if self.error:
-            raise self.error
-        self.queue.put((index, job))
-
-    def _serve(self) -> None:
-        if self.clock:
-            set_thread_lane(FINISH_LANE, self.clock)
-        while (item := self.queue.get()) is not None:
-            try:
-                self._take(*item)
-            except BaseException as exc:  # re-raised by the main thread at its next submit or close
-                self.error = exc
-                return
-
-    def _take(self, index: int, job) -> None:
-        if job is None:
-            self._write(index, None)
-            return
-        for result in self.pool.submit(job):
-            self._write(result.index, self.pipeline.finish(result))
-
-    def _write(self, index: int, batch: FinishedBatch | None) -> None:
-        ids, stamps, unreadable = self.meta.pop(index)
-        if batch is None:
-            batch = FinishedBatch(Detections.from_arrays(*(np.zeros(0),) * 4), (), ())
-        if self.clock:
-            self.clock.add("host box stage + wsol hits", batch.worker_seconds, BOX_LANE)
-        with stage("write progress"):
-            keep = [i for i, image_id in enumerate(ids) if image_id not in self.finished]
-            wanted = {ids[i] for i in keep}
-            dets = batch.detections
-            if len(keep) < len(ids):  # run only to keep its batch whole
-                dets = dets.rows(np.isin(dets.image, list(wanted)))
-            progress.write_batch(self.log, [ids[i] for i in keep], [stamps[i] for i in keep],
-                                 [u for u in unreadable if u[0] not in self.finished], dets,
-                                 [batch.hits[i] for i in keep], [batch.recognised[i] for i in keep])
-            self.log.flush()
-
-    def close(self, drain: bool = True) -> None:
-        """Finish what is in flight (``drain``) and stop the thread; re-raise its error."""
-        if self.queue is not None:
-            self.queue.put(None)
-            self.thread.join()
-        if self.error:
-            raise self.error
-        if drain:
-            for result in self.pool.drain():
-                self._write(result.index, self.pipeline.finish(result))
-        for index in sorted(self.meta):  # batches with nothing readable, after the last job
-            self._write(index, None)
-
-
 def finish_in_thread(device) -> bool:
     """Whether batches are finished by a second thread: on a GPU, where the main thread's launches of the next
     batch then overlap the host's work on the last one (on a CPU both would compete for the same cores)."""
@@ -172,16 +104,21 @@ def finish_in_thread(device) -> bool:
 
 def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, images: list[dict],
                    truth_of: dict[int, Truth], settings: dict[str, Any], clock: StageClock | None,
-                   faith: Faithfulness | None = None) -> int:
-    """Run this rank's share of ``images`` that are not done yet; returns how many it ran (``faith``: measure
-    the maps of the classes present in each image, see :class:`camloc.evaluation.Faithfulness`)."""
+                   results: RunResults, faith: Faithfulness | None = None) -> tuple[int, progress.Progress]:
+    """Run this rank's share of ``images`` that are not done yet, feeding ``results`` as batches finish; returns how
+    many it ran and what was finished before (``faith``: measure the maps of the classes present in each image, see
+    :class:`camloc.evaluation.Faithfulness`).
+
+    A batch that runs out of device memory is run again in halves, and later batches at that size
+    (:class:`~camloc.runtime.memory.Halving`); each part is its own progress line."""
     finished = prepare_progress(args, node, settings, images)
     batches = batches_to_run(images, args.batch_size, node, finished)
     todo = [im for batch in batches for im in batch]
     starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
     device = localizer.device
     device_decode = args.decode == "device" or (args.decode == "auto" and device.type == "cuda")
-    pipeline = BoxPipeline(localizer.recipe, localizer.category_ids, localizer.supported, args.baseline)
+    pipeline = BoxPipeline(localizer.recipe, localizer.category_ids, localizer.supported, args.baseline,
+                           max_dets=args.max_dets, memory=localizer.max_memory)
     loader = DataLoader(SplitImages(args.images, todo, device_decode), num_workers=args.workers, collate_fn=collate,
                         batch_sampler=[range(a, b) for a, b in itertools.pairwise(starts)],
                         pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
@@ -189,15 +126,31 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
         clock.lanes.update({LOADER_LANE: max(args.workers, 1), BOX_LANE: max(args.box_workers, 1)})
     own = progress.progress_path(args.out, node.rank, node.world)
     views = localizer.views()
+    names = {im["id"]: im["file_name"] for im in images}
+    halving = Halving(args.batch_size, device)
+    parts = itertools.count()
+
+    def run_part(part: list, meta_of: dict) -> None:
+        ids = [image_id for image_id, _ in part]
+        pixels = [p for _, p in part]
+        analysis = localizer.analyze_batch(pixels, views=views)
+        if faith is not None:
+            with stage("faithfulness"):
+                faith.add_analyses(localizer, pixels, analysis.images(), [[k for k, _ in truth_of.get(i, ())]
+                                                                          for i in ids])
+        index = next(parts)
+        job = pipeline.job(index, ids, analysis, [truth_of.get(i, ()) for i in ids])
+        writer.submit(index, job, (ids, [meta_of["stamps"][i] for i in ids], meta_of.pop("unreadable", [])))
+
     with OrderedPool(BoxStage(localizer.recipe), args.box_workers, max_pending=max(2, 2 * args.box_workers)) as pool, \
             own.open("a") as log, \
             tqdm(total=len(images), initial=len(finished.done) + len(finished.unreadable), unit="img", desc="eval",
                  file=sys.stderr, disable=not node.main) as bar:
-        writer = BatchWriter(pipeline, pool, log, finished, clock, threaded=finish_in_thread(device))
+        writer = BatchWriter(pipeline, pool, log, finished, results, clock, threaded=finish_in_thread(device))
         batch_iter = iter(loader)
         try:
-            for index in itertools.count():
-                with stage("wait for data"):
+            while True:
+                with stage("wait for data"), in_stage(LOADER_STAGE):
                     read = next(batch_iter, None)
                 if read is None:
                     break
@@ -205,28 +158,20 @@ def evaluate_shard(args: argparse.Namespace, node: Dist, localizer: Localizer, i
                     clock.add("read + decode", sum(item.seconds for item in read.items), LOADER_LANE)
                 with stage("decode on device"):
                     readable, unreadable = decode_batch(read, device)
-                ids = [image_id for image_id, _ in readable]
-                stamps = {item.image_id: item.stamp for item in read.items}
-                meta = (ids, [stamps[i] for i in ids], unreadable)
-                if not readable:
-                    writer.submit(index, None, meta)
-                else:
-                    analysis = localizer.analyze_batch([pixels for _, pixels in readable], views=views)
-                    if faith is not None:
-                        with stage("faithfulness"):
-                            faith.add_analyses(localizer, [pixels for _, pixels in readable], analysis.images(),
-                                               [[k for k, _ in truth_of.get(i, ())] for i in ids])
-                    job = pipeline.job(index, ids, analysis, [truth_of.get(i, ()) for i in ids])
-                    writer.submit(index, job, meta)
+                meta = {"stamps": {item.image_id: item.stamp for item in read.items}, "unreadable": unreadable}
+                halving.run(readable, lambda part, meta=meta: run_part(part, meta),
+                            lambda item: f"image {item[0]} ({names[item[0]]})")
+                if "unreadable" in meta:  # nothing readable: the batch is its unreadable images alone
+                    writer.submit(next(parts), None, ([], [], meta.pop("unreadable")))
                 bar.update(sum(item.image_id not in finished for item in read.items) * node.world)
         except KeyboardInterrupt:  # keep what the box workers have in hand, then stop
             writer.close()
             raise
         except BaseException:
-            writer.close(drain=False)
+            writer.abandon()
             raise
         writer.close()
-    return sum(im["id"] not in finished for im in todo)
+    return sum(im["id"] not in finished for im in todo), finished
 
 
 def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[dict], localizer: Localizer,
@@ -236,14 +181,15 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
     clock = StageClock(localizer.device) if args.profile else None
     with clock.active() if clock else contextlib.nullcontext():
         faith = Faithfulness() if getattr(args, "faithfulness", False) else None
-        ran = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings, clock,
-                             faith)
+        results = RunResults(truth, images)
+        ran, before = evaluate_shard(args, node, localizer, images, present_classes(truth, localizer), settings,
+                                     clock, results, faith)
         node.barrier()
         if not node.main:
             return None
         elapsed = time.perf_counter() - start
         with stage("metrics + outputs"):
-            metrics = finish_run(args, truth, images, settings, ran, node, elapsed, faith)
+            metrics = finish_run(args, images, settings, ran, node, elapsed, results, before, faith)
     if clock:
         report = clock.report(ran, time.perf_counter() - start)
         metrics["profile"] = report
@@ -252,56 +198,41 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
     return metrics
 
 
-def finish_run(args: argparse.Namespace, truth: GroundTruth, images: list[dict], settings: dict[str, Any], ran: int,
-               node: Dist, elapsed: float, faith: Faithfulness | None = None) -> dict[str, Any]:
-    """Merge every rank's progress, compute the metrics, write ``detections.json`` and ``metrics.json``."""
+def finish_run(args: argparse.Namespace, images: list[dict], settings: dict[str, Any], ran: int, node: Dist,
+               elapsed: float, results: RunResults, before: progress.Progress,
+               faith: Faithfulness | None = None) -> dict[str, Any]:
+    """Add what this process did not finish itself (resumed batches; other ranks' progress), then write
+    ``detections.json`` and ``metrics.json`` (only accumulating and summarizing is left to do here)."""
     ids = {im["id"] for im in images}
-    finished = progress.read_all(args.out, settings, ids)
-    missing = [im["id"] for im in images if im["id"] not in finished]
-    if missing:
-        raise RuntimeError(f"{len(missing)} images have no result after every rank finished (e.g. {missing[0]})")
-    if not finished.done:
-        reason = next(iter(finished.unreadable.values()))
+    finished = progress.read_all(args.out, settings, ids) if node.world > 1 else before
+    missing_ids = [im["id"] for im in images if im["id"] not in finished and im["id"] not in results.done]
+    if node.world == 1:  # this process holds its own batches; the file need not be read again
+        missing_ids = [i for i in missing_ids if i not in results.unreadable]
+    if missing_ids:
+        raise RuntimeError(f"{len(missing_ids)} images have no result after every rank finished (e.g. "
+                           f"{missing_ids[0]})")
+    results.missing(finished.done, finished.all_detections())
+    unreadable = {**finished.unreadable, **results.unreadable}
+    if not results.done:
+        reason = next(iter(unreadable.values()))
         raise progress.ProgressError(f"none of the {len(images)} images could be read ({reason}); check --images")
     names = {im["id"]: im["file_name"] for im in images}
-    failed = [{"image_id": i, "file_name": names[i], "reason": r} for i, r in sorted(finished.unreadable.items())]
+    failed = [{"image_id": i, "file_name": names[i], "reason": r} for i, r in sorted(unreadable.items())]
     if failed:
         print(f"warning: {len(failed)} of {len(images)} images could not be read and are left out of the metrics "
               f"(listed in metrics.json; first: {failed[0]['file_name']})", file=sys.stderr)
-    detections = in_image_order(finished.all_detections(), [im["id"] for im in images])
-    metrics = localization_metrics(truth, detections, [im["id"] for im in images if im["id"] in finished.done])
-    accuracy = BoxAccuracy()
-    for im in images:
-        if im["id"] in finished.done:
-            accuracy.add(*finished.done[im["id"]])
-    metrics["wsol"] = accuracy.result()
+    metrics, text = results.outputs([im["id"] for im in images if im["id"] in results.done])
     if faith is not None:
         metrics["faithfulness"] = faith.result()
     metrics["settings"] = settings
     metrics["unreadable_images"] = failed
     metrics["images_per_second"] = round(ran * node.world / elapsed, 3) if ran and elapsed > 0 else None
     with atomic_output(args.out / "detections.json") as handle:
-        handle.write(detections_json(detections))
+        handle.write(text)
     atomic_write_json(args.out / "metrics.json", metrics, indent=1)
     for path in progress.progress_files(args.out):
         path.unlink(missing_ok=True)
     return metrics
-
-
-def in_image_order(detections: Detections, order: list[int]) -> Detections:
-    """The detections grouped by image in ``order`` (stable: each image's own order kept)."""
-    rank = np.full(int(max(order)) + 1 if order else 1, -1, np.int64)
-    rank[np.asarray(order, np.int64)] = np.arange(len(order))
-    return detections.rows(np.argsort(rank[detections.image], kind="stable"))
-
-
-def detections_json(detections: Detections) -> str:
-    """COCO results JSON: ``[{"image_id", "category_id", "bbox", "score"}, ...]``, numbers in Python's exact
-    shortest form (what ``json.dumps`` of the dicts writes)."""
-    return "[" + ", ".join(
-        f'{{"image_id": {i}, "category_id": {c}, "bbox": [{x!r}, {y!r}, {w!r}, {h!r}], "score": {s!r}}}'
-        for i, c, (x, y, w, h), s in zip(detections.image.tolist(), detections.category.tolist(),
-                                        detections.bbox.tolist(), detections.score.tolist())) + "]"
 
 
 def distributed_node(args: argparse.Namespace) -> Dist:

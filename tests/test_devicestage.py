@@ -123,4 +123,4 @@ def test_a_batch_of_images_of_several_sizes_gives_each_image_its_own_device_maps
     for (raw, _, size), maps in zip(cases, together):
         alone = recipe.device_stage(raw, size)
         assert maps.size == alone.size == size and maps.per_map == alone.per_map
-        assert np.array_equal(maps.packed, alone.packed) and torch.equal(maps.tables, alone.tables)
+        assert np.array_equal(maps.packed, alone.packed) and torch.equal(maps.raw, alone.raw)

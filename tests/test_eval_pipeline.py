@@ -185,8 +185,9 @@ def test_resume_refuses_another_image_folder_or_a_changed_image(tmp_path):
 @pytest.mark.parametrize("recipe", [["--recipe", "seed"], ["--box-scale", "4"]])
 def test_the_pipeline_gives_the_localizers_own_detections(tmp_path, one_thread, recipe):
     """``python -m eval`` (batched reading, box stage and writing) = ``Localizer.detections`` image by image:
-    the course recipe at full resolution, and the default recipe with its boxes on the feature grid."""
-    assert main(eval_args(tmp_path / "run", "--box-workers", "0", "--limit", "8", *recipe)) == 0
+    the course recipe at full resolution, and the default recipe with its boxes on the feature grid (every
+    detection: ``--max-dets 0``)."""
+    assert main(eval_args(tmp_path / "run", "--box-workers", "0", "--limit", "8", "--max-dets", "0", *recipe)) == 0
     dets, _ = outputs(tmp_path / "run")
     options = {"recipe": "seed"} if recipe[0] == "--recipe" else {"box_scale": 4}
     localizer = Localizer.from_checkpoint(COCO80, device="cpu", **options)

@@ -11,10 +11,12 @@ uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,17 @@ from camloc.models import (
     checkpoint_payload,
 )
 from camloc.models import atomic_torch_save as save
-from camloc.runtime.devices import resolve_device
+from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.distributed import Dist, setup_distributed
 from camloc.runtime.errors import error_line
+from camloc.runtime.profiling import StageClock, format_report, stage
 from train.loop import amp_dtype, make_loader, param_groups, train_epoch, validate, warmup_cosine
 from train.state import TrainingError, calibrate, resume, warn_unreadable, write_log
 
 #: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
 MAX_BATCH, MAX_WORKERS = 1024, 64
+#: Batch size and loader processes on a CPU.
+CPU_BATCH, CPU_WORKERS = 32, 4
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     p.add_argument("--images", required=True, type=Path, help="training image folder (e.g. train2017)")
@@ -60,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="imagenet", help="imagenet | PATH (checkpoint / state_dict+json) | none")
     p.add_argument("--mode", default="multilabel", choices=["multilabel", "crops"])
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--batch-size", type=int,
+                   help=f"per process (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU)")
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (backbone: × --backbone-lr-scale)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -70,7 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze-backbone", action="store_true", help="train the linear head only")
     p.add_argument("--dilate", action="store_true",
                    help="dilate the last stage (output stride 16: finer maps; resnet*, mobilenet_v3*)")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int,
+                   help=f"loader processes per training process (default: on a GPU min(cores − 2, {MAX_GPU_LOADERS}) "
+                        f"shared by the machine's processes, on a CPU {CPU_WORKERS})")
+    p.add_argument("--profile", action="store_true",
+                   help="seconds per stage (data, to device, forward, backward, step, validation, checkpoint) and the "
+                        "stage that bounds training, printed and kept in log.jsonl")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -83,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     problems = [message for bad, message in [
         (args.epochs < 1, "--epochs must be ≥ 1"),
-        (not 1 <= args.batch_size <= MAX_BATCH, f"--batch-size must be from 1 to {MAX_BATCH}"),
+        (args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH,
+         f"--batch-size must be from 1 to {MAX_BATCH}"),
         (not (math.isfinite(args.lr) and args.lr > 0), "--lr must be a finite number > 0"),
         (not (math.isfinite(args.backbone_lr_scale) and args.backbone_lr_scale >= 0),
          "--backbone-lr-scale must be a finite number ≥ 0"),
@@ -93,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
          "--warmup-epochs must be a finite number ≥ 0"),
         (not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE,
          f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"),
-        (not 0 <= args.workers <= MAX_WORKERS, f"--workers must be from 0 to {MAX_WORKERS}"),
+        (args.workers is not None and not 0 <= args.workers <= MAX_WORKERS,
+         f"--workers must be from 0 to {MAX_WORKERS}"),
         (args.limit is not None and args.limit < 1, "--limit must be ≥ 1"),
         (args.val_limit < 0, "--val-limit must be ≥ 0"),
         (not 0 <= args.seed < 2**32, "--seed must be from 0 to 2**32 - 1"),
@@ -102,9 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problems:
         p.error("; ".join(problems))
     try:
-        args.device = str(resolve_device(args.device))
+        device = resolve_device(args.device)
     except ValueError as exc:
         p.error(f"--device: {exc}")
+    args.device = str(device)
+    args.batch_size, args.workers = loader_defaults(device, args.batch_size, args.workers, CPU_BATCH, CPU_WORKERS,
+                                                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return args
 
 
@@ -126,7 +142,6 @@ def build_datasets(args: argparse.Namespace, train_index: CocoIndex, val_index: 
     return train_set, val_set
 
 
-@torch.no_grad()
 def initial_model(args: argparse.Namespace, index: CocoIndex) -> tuple[CamModel, dict[str, Any]]:
     weights = None if args.weights == "none" else args.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():
@@ -165,26 +180,42 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     elif args.resume and node.main:
         print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
     net = DistributedDataParallel(model) if node.world > 1 else model
+    if node.main:
+        print(f"train: {len(train_set)} samples on {node.device}"
+              f"{f' × {node.world} processes' if node.world > 1 else ''}, batch {args.batch_size} per process, "
+              f"{args.workers} loader workers per process, {args.arch} at {args.img_size} px, "
+              f"{'bf16/fp16 autocast' if node.device.type == 'cuda' else 'float32'}", file=sys.stderr, flush=True)
     for epoch in range(start_epoch, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
-        record = {"epoch": epoch + 1, **train_epoch(net, model, meta, make_loader(train_set, args, node, epoch, True),
-                                                   optimizer, scheduler, scaler, args, node, epoch)}
+        clock = StageClock(node.device) if args.profile else None
+        started = time.perf_counter()
+        with clock.active() if clock else contextlib.nullcontext():
+            record = {"epoch": epoch + 1, **train_epoch(net, model, meta,
+                                                       make_loader(train_set, args, node, epoch, True), optimizer,
+                                                       scheduler, scaler, args, node, epoch)}
+            if node.main:
+                if val_set is not None:
+                    with stage("validation"):
+                        record.update(validate(model, meta, val_set, val_index, args, node))
+                score = record.get("val_map")
+                improved = score is not None and score > best
+                best = max(best, score) if score is not None else best
+                train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
+                               "history": [json.dumps(h) for h in [*history, record]]}
+                with stage("checkpoints"):
+                    save(checkpoint_payload(model, meta, train_state=train_state), last)
+                    if improved or val_set is None:
+                        save(checkpoint_payload(model, meta, epoch=epoch + 1, val_map=score), args.out / "best.pt")
         if node.main:
-            if val_set is not None:
-                record.update(validate(model, meta, val_set, val_index, args, node))
-            score = record.get("val_map")
-            improved = score is not None and score > best
-            best = max(best, score) if score is not None else best
+            record["epoch_images_per_s"] = record["images"] / (time.perf_counter() - started)
+            if clock:
+                record["profile"] = clock.report(record["images"], time.perf_counter() - started)
+                print(format_report(record["profile"]), file=sys.stderr)
             history.append(record)
-            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
-                           "history": [json.dumps(h) for h in history]}
-            save(checkpoint_payload(model, meta, train_state=train_state), last)
-            if improved or val_set is None:
-                save(checkpoint_payload(model, meta, epoch=epoch + 1, val_map=score), args.out / "best.pt")
             write_log(args.out / "log.jsonl", history)
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                           if not isinstance(v, list)), flush=True)
+                           if not isinstance(v, (list, dict))), flush=True)
         node.barrier()
     if node.main:
         warn_unreadable(history)

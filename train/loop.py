@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -29,6 +30,7 @@ from camloc.models import (
 )
 from camloc.pipeline import Localizer
 from camloc.runtime.distributed import Dist
+from camloc.runtime.profiling import stage
 from train.state import TrainingError
 
 #: Steps between the training loop's reads of the device (the running loss, the NaN check).
@@ -173,7 +175,14 @@ def train_epoch(net: nn.Module, model: CamModel, meta: dict[str, Any], loader: D
     count, dropped, unreadable, start = 0, 0, [], time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not node.main,
                file=sys.stderr)
-    for step, (images, targets, skipped) in enumerate(on_device(loader, node.device, mean, std), start=1):
+    steady = SteadyRate(node.device, warmup_steps(len(loader)))
+    batches = on_device(loader, node.device, mean, std)
+    for step in itertools.count(1):
+        with stage("wait for data"):
+            item = next(batches, None)
+        if item is None:
+            break
+        images, targets, skipped = item
         bar.update()
         unreadable += skipped
         size = 0 if images is None else len(images)
@@ -185,17 +194,20 @@ def train_epoch(net: nn.Module, model: CamModel, meta: dict[str, Any], loader: D
         if not usable:
             dropped += size
             continue
-        with torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=amp):
+        with stage("forward"), torch.autocast(node.device.type, dtype=amp_dtype(node.device), enabled=amp):
             logits = net(images)[0]
             loss = criterion(logits.float(), targets)
         nonfinite |= ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        with stage("backward"):
+            scaler.scale(loss).backward()
+        with stage("optimizer step"):
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
         total += loss.detach().double() * len(images)
         count += len(images)
+        steady.step(step, len(images))
         if step % SYNC_EVERY == 0:
             check_finite(nonfinite, node, epoch, args)
             bar.set_postfix(loss=f"{total.item() / count:.4f}",
@@ -218,8 +230,42 @@ def train_epoch(net: nn.Module, model: CamModel, meta: dict[str, Any], loader: D
                             "images or a larger --batch-size")
     elapsed = time.perf_counter() - start
     return {"train_loss": stats[0].item() / stats[1].item(), "images_per_s": stats[1].item() / elapsed,
+            "steady_images_per_s": steady.rate(node.world), "images": int(stats[1].item()),
             "skipped_images": len(unreadable), "unreadable_images": sorted({u.file_name for u in unreadable}),
             "dropped_samples": int(stats[2].item()), "lr": optimizer.param_groups[-1]["lr"]}
+
+
+def warmup_steps(steps: int) -> int:
+    """Steps left out of the steady-state rate: the first tenth of the epoch, at least 2 and at most 50 (cuDNN's
+    algorithm search, the allocator's growth, the loader's start), fewer when the epoch is short."""
+    return min(max(2, steps // 10), 50, max(steps // 2, 0))
+
+
+class SteadyRate:
+    """Images per second of the steps after the warm-up, the device synchronised where the window starts and ends
+    (the loop itself never waits for the device: two synchronisations per epoch)."""
+
+    def __init__(self, device: torch.device, warmup: int):
+        self.device, self.warmup = device, warmup
+        self.started: float | None = None
+        self.images, self.last = 0, 0.0
+
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def step(self, step: int, images: int) -> None:
+        if step == self.warmup:
+            self.started = self._sync()
+        elif self.started is not None:
+            self.images += images
+
+    def rate(self, processes: int = 1) -> float | None:
+        """Images per second of every process together (``None``: no step after the warm-up)."""
+        if self.started is None or not self.images:
+            return None
+        return self.images * processes / (self._sync() - self.started)
 
 
 def check_finite(nonfinite: Tensor, node: Dist, epoch: int, args) -> None:

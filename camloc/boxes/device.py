@@ -5,7 +5,14 @@ full-resolution maps per image on the CPU would be the whole cost of a run. Here
 leave the device: upsample → ReLU → min-max → ``uint8`` → threshold (Otsu from a 256-bin
 histogram per map, or fixed levels) → masks packed 8 pixels a byte; the CPU only traces the
 outer contours of the unpacked masks (OpenCV, as the CPU path) and the boxes' heat sums are read
-from summed-area tables kept on the device.
+from summed-area tables computed again on the device when the boxes come back (:func:`heat_sums`).
+
+Memory is a budget (:func:`camloc.runtime.memory.memory_budget`): the maps of a batch are normalised, cut and
+packed a chunk at a time (:func:`camloc.runtime.memory.chunks`, sized by :func:`stage_bytes`), and nothing of
+full resolution outlives its chunk but the packed masks (an eighth of a byte per pixel and level); the
+summed-area tables are rebuilt from the raw maps for the boxes' sums, a chunk at a time too. Otsu's levels need
+every map's histogram first: the maps are normalised twice (histograms, then masks), which costs a little time
+on the device and keeps no full-resolution map between the two passes.
 
 It gives the CPU path's boxes exactly: the masks are the same bits (the ``uint8`` maps are the same
 numbers, :func:`otsu_levels` is OpenCV's Otsu operation for operation, the fixed levels are the
@@ -25,9 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camloc.boxes.contours import outer_boxes, stacked_masks, trace_stacked
-from camloc.boxes.levels import histograms, otsu_levels, thresholds, to_uint8
+from camloc.boxes.contours import fraction_cut, outer_boxes, stacked_masks, trace_stacked
+from camloc.boxes.levels import histograms, otsu_levels, to_uint8
 from camloc.cam import check_finite_maps, normalize_maps
+from camloc.runtime.memory import chunks, memory_budget
 
 
 def pack(masks: Tensor) -> np.ndarray:
@@ -51,53 +59,78 @@ def unpack_stacked(packed: np.ndarray, width: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DeviceMaps:
-    """One image's maps after the device stage: packed masks (CPU) to trace, summed-area tables (device)."""
+    """One image's maps after the device stage: packed masks (CPU) to trace, and its raw maps (device) from which
+    :func:`heat_sums` rebuilds the normalised maps' summed-area tables within ``budget`` bytes."""
 
     size: tuple[int, int]
     packed: np.ndarray  # (n, H, ⌈W/8⌉) uint8: mask i belongs to map i // per_map
     per_map: int  # masks per map (1, or one per level)
-    tables: Tensor  # (k, H+1, W+1) float64 summed-area tables of the normalised maps, on the device
+    raw: Tensor  # (k, h, w) raw maps, on the device
+    budget: int  # bytes the tables may take at once
 
 
-def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], levels: Sequence[float] | None
-                ) -> list[DeviceMaps]:
+def stage_bytes(size: tuple[int, int], per_map: int) -> int:
+    """Bytes one map holds at its peak in :func:`device_maps`, per full-resolution pixel: the float32 map and its
+    upsampling's float32 intermediate, the ``uint8`` map, the int64 histogram index of a chunk, a mask byte per
+    level, and the packing's padded copy and products (three bytes per level)."""
+    return size[0] * size[1] * (4 + 4 + 1 + 8 + 4 * per_map)
+
+
+def table_bytes(size: tuple[int, int]) -> int:
+    """Bytes one map holds while :func:`heat_sums` rebuilds its table: float32 map and intermediate, its float64
+    copy, two cumulative sums and the padded table."""
+    return (size[0] + 1) * (size[1] + 1) * (4 + 4 + 8 * 4)
+
+
+def device_maps(raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]], levels: Sequence[float] | None,
+                budget: int | None = None) -> list[DeviceMaps]:
     """Normalise each image's raw maps ``(k, h, w)`` to its ``(H, W)`` on their device and threshold them there.
 
     ``levels``: fractions ``t`` of each map's max (foreground ``u8 > ⌈t·255⌉ − 1``), or ``None`` for Otsu's
     level of each map (histograms counted on the device; the levels themselves, 256 float64 steps for all
     maps of all images at once, computed exactly as OpenCV on the CPU). Images of one size (and map grid) are
-    processed together: one call per distinct size, not per image.
+    processed together, in chunks of maps that fit ``budget`` bytes (default: the device's
+    :func:`~camloc.runtime.memory.memory_budget`).
     """
     groups: dict[tuple[int, ...], list[int]] = {}  # by image size and map grid
     for index, size in enumerate(sizes):
         groups.setdefault((*size, *raw_maps[index].shape[-2:]), []).append(index)
-    heats, u8s = {}, {}
+    device = raw_maps[0].device if len(raw_maps) else torch.device("cpu")
+    budget = memory_budget(device, budget)
+    per_map = 1 if levels is None else len(levels)
+    stacked, spans = {}, {}
     for key, members in groups.items():
-        stacked = torch.cat([raw_maps[i] for i in members])
-        check_finite_maps(stacked)
-        heats[key] = normalize_maps(stacked, key[:2])
-        u8s[key] = to_uint8(heats[key])
-    if levels is None:  # every map's Otsu level in one pass
+        stacked[key] = torch.cat([raw_maps[i] for i in members])
+        check_finite_maps(stacked[key])
+        spans[key] = list(chunks(len(stacked[key]), stage_bytes(key[:2], per_map), budget))
+
+    def quantised(key: tuple[int, ...], span: slice) -> Tensor:
+        return to_uint8(normalize_maps(stacked[key][span], key[:2]))
+
+    if levels is None:  # every map's Otsu level in one pass over all histograms
         order = list(groups)
-        counts = np.concatenate([histograms(u8s[key]) for key in order]) if order else np.zeros((0, 256))
-        otsu = torch.from_numpy(otsu_levels(counts)).view(-1, 1)
-        bounds = np.cumsum([0] + [len(u8s[key]) for key in order])
-        cuts = {key: otsu[a:b] for key, a, b in zip(order, bounds[:-1], bounds[1:])}
+        counts = [histograms(quantised(key, span)) for key in order for span in spans[key]]
+        otsu = torch.from_numpy(otsu_levels(np.concatenate(counts) if counts else np.zeros((0, 256), np.int64)))
+        bounds = np.cumsum([0] + [len(stacked[key]) for key in order])
+        cuts = {key: otsu[a:b].view(-1, 1) for key, a, b in zip(order, bounds[:-1], bounds[1:])}
     else:
-        cuts = {key: thresholds(u8s[key], levels) for key in groups}
+        fixed = torch.tensor([fraction_cut(t) for t in levels]).view(1, -1)
+        cuts = {key: fixed.expand(len(stacked[key]), -1) for key in groups}
     out: list[DeviceMaps | None] = [None] * len(sizes)
     for key, members in groups.items():
         size = key[:2]
-        u8, per_map = u8s[key], cuts[key].shape[1]
-        masks = u8[:, None] > cuts[key].to(u8.device, torch.int16)[:, :, None, None]
-        packed = pack(masks.reshape(-1, *size))
-        tables = torch.zeros(len(u8), size[0] + 1, size[1] + 1, dtype=torch.float64, device=u8.device)
-        tables[:, 1:, 1:] = heats[key].double().cumsum(-1).cumsum(-2)
+        parts = []
+        for span in spans[key]:
+            u8 = quantised(key, span)
+            masks = u8[:, None] > cuts[key][span].to(u8.device, torch.int16)[:, :, None, None]
+            parts.append(pack(masks.reshape(-1, *size)))
+            del u8, masks
+        packed = np.concatenate(parts) if parts else np.zeros((0, *size[:1], -(-size[1] // 8)), np.uint8)
         start = 0
         for i in members:
             count = len(raw_maps[i])
-            out[i] = DeviceMaps(size, packed[start * per_map:(start + count) * per_map], per_map,
-                                tables[start:start + count])
+            out[i] = DeviceMaps(size, packed[start * per_map:(start + count) * per_map], per_map, raw_maps[i],
+                                budget)
             start += count
     return out
 
@@ -114,12 +147,24 @@ def trace(maps_on_cpu: np.ndarray, width: int, mode: str = "all", levels: bool =
     return outer_boxes(stacked, mode)
 
 
-def box_sums(tables: Tensor, owner: np.ndarray, xywh: np.ndarray) -> np.ndarray:
-    """``Σ m`` over each box from the device's summed-area tables (float64, back on the CPU)."""
-    if len(owner) == 0:
-        return np.zeros(0)
-    device = tables.device
-    k = torch.as_tensor(owner, device=device)
-    x, y, w, h = (torch.as_tensor(c, device=device) for c in np.asarray(xywh, dtype=np.int64).T)
-    sums = (tables[k, y + h, x + w] - tables[k, y, x + w]) - (tables[k, y + h, x] - tables[k, y, x])
-    return sums.cpu().numpy()
+def heat_sums(maps: DeviceMaps, owner: np.ndarray, xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Σ m over each box, Σ m over its whole map)`` of the normalised maps ``m`` (float64, on the CPU), from
+    summed-area tables rebuilt on the maps' device, a chunk of the maps that own boxes at a time."""
+    inside, total = np.zeros(len(owner)), np.zeros(len(owner))
+    owner = np.asarray(owner, dtype=np.int64)
+    xywh = np.asarray(xywh, dtype=np.int64).reshape(-1, 4)
+    used = np.unique(owner)
+    for span in chunks(len(used), table_bytes(maps.size), maps.budget):
+        chosen = used[span]
+        rows = np.flatnonzero(np.isin(owner, chosen))
+        heat = normalize_maps(maps.raw[torch.as_tensor(chosen, device=maps.raw.device)], maps.size)
+        tables = torch.zeros(len(chosen), maps.size[0] + 1, maps.size[1] + 1, dtype=torch.float64,
+                             device=heat.device)
+        tables[:, 1:, 1:] = heat.double().cumsum(-1).cumsum(-2)
+        del heat
+        k = torch.as_tensor(np.searchsorted(chosen, owner[rows]), device=tables.device)
+        x, y, w, h = (torch.as_tensor(c, device=tables.device) for c in xywh[rows].T)
+        sums = (tables[k, y + h, x + w] - tables[k, y, x + w]) - (tables[k, y + h, x] - tables[k, y, x])
+        inside[rows] = sums.cpu().numpy()
+        total[rows] = tables[k, -1, -1].cpu().numpy()
+    return inside, total

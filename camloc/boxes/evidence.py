@@ -19,8 +19,7 @@ from camloc.boxes.contours import (
     to_uint8,
     with_whole_image,
 )
-from camloc.boxes.device import DeviceMaps
-from camloc.boxes.device import box_sums as device_box_sums
+from camloc.boxes.device import DeviceMaps, heat_sums
 from camloc.boxes.device import trace as trace_masks
 from camloc.boxes.grid import GridBoxes, grid_boxes
 from camloc.boxes.proposals import box_evidence, evidence, integral_images, per_class_nms
@@ -61,21 +60,22 @@ class EvidenceScored(Recipe):
     #: Whether the recipe can trace its boxes on the feature grid (``box_scale``) at all.
     traces_on_grid: ClassVar[bool] = True
 
-    def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor) -> GridBoxes:
+    def grid(self, raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, budget: int | None = None
+             ) -> GridBoxes:
         """:func:`camloc.boxes.grid.grid_boxes` with this recipe's parameters."""
         mode = getattr(self, "mode", self.grid_mode)
         return grid_boxes(raw_maps, probs, sizes, group, int(self.box_scale), self.cut_levels(), mode,
-                          float(self.nms_iou))
+                          float(self.nms_iou), budget)
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
-                    sizes: Sequence[tuple[int, int]]) -> BatchBoxes:
+                    sizes: Sequence[tuple[int, int]], budget: int | None = None) -> BatchBoxes:
         if self.box_scale is None:
-            return super().batch_boxes(raw_maps, probs, classes, gate, sizes)
+            return super().batch_boxes(raw_maps, probs, classes, gate, sizes, budget)
         device = raw_maps.device
         classes = classes.to(device)
         image, row = torch.nonzero(gate.to(device)[:, classes], as_tuple=True)
         found = self.grid(raw_maps[image, row], probs.to(device)[image, classes[row]],
-                          torch.tensor(sizes, device=device)[image], image * len(classes) + row)
+                          torch.tensor(sizes, device=device)[image], image * len(classes) + row, budget)
         return BatchBoxes(image[found.map_index].cpu().numpy(), classes[row[found.map_index]].cpu().numpy(),
                           found.xywh.cpu().numpy(), found.score.cpu().numpy())
 
@@ -114,10 +114,9 @@ class EvidenceScored(Recipe):
         return ScoredBoxes(owner[kept], xywh[kept].astype(np.float64), score[kept])
 
     def finish(self, maps: DeviceMaps, owner: np.ndarray, xywh: np.ndarray, probs: Tensor) -> ScoredBoxes:
-        owner, xywh = with_whole_image(owner // maps.per_map, xywh, len(maps.tables), maps.size)
-        inside = device_box_sums(maps.tables, owner, xywh)
-        totals = maps.tables[:, -1, -1].cpu().numpy()
-        return self.keep_best(owner, xywh, evidence(inside, totals[owner], xywh), probs)
+        owner, xywh = with_whole_image(owner // maps.per_map, xywh, len(maps.raw), maps.size)
+        inside, totals = heat_sums(maps, owner, xywh)
+        return self.keep_best(owner, xywh, evidence(inside, totals, xywh), probs)
 
 
 

@@ -17,6 +17,7 @@ outer borders of the same 8-connected regions; a region nested in another's hole
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from camloc.boxes.levels import thresholds, to_uint8
 from camloc.boxes.nms import grouped_nms
 from camloc.boxes.proposals import evidence_of
 from camloc.cam import check_finite_maps, normalize_maps
+from camloc.runtime.memory import chunks, memory_budget
 from camloc.runtime.profiling import stage
 
 
@@ -63,15 +65,47 @@ def largest_per_map(owner: Tensor, area: Tensor) -> Tensor:
     return torch.sort(order[first]).values
 
 
+def grid_bytes(shape: tuple[int, int], per_map: int) -> int:
+    """Bytes one map holds at its peak in :func:`grid_boxes`, per pixel of the traced grid: the float32 map and
+    its upsampling's intermediate, its ``uint8`` copy and histogram index, and per level a mask byte and the
+    connected components' labels and their neighbours' (int64, three copies), plus its float64 summed-area table."""
+    return shape[0] * shape[1] * (4 + 4 + 1 + 8 + per_map * (1 + 3 * 8) + 8 * 3)
+
+
 def grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, scale: int,
-               levels: Sequence[float] | None, mode: str = "all", nms_iou: float = 0.5) -> GridBoxes:
+               levels: Sequence[float] | None, mode: str = "all", nms_iou: float = 0.5,
+               budget: int | None = None) -> GridBoxes:
     """Scored boxes of raw maps ``(N, h, w)`` (see the module docstring).
 
     ``probs (N,)``: each map's class probability (``score = p · evidence``); ``sizes (N, 2)``: its image's
-    ``(H, W)``; ``group (N,)``: maps of one group share NMS (one per image and class); ``levels``: fractions
-    of the max (``None``: Otsu); ``mode="largest"``: only the component with the most pixels per map and
-    level. A map with no region gets the whole image. Rows are sorted by group, best score first.
+    ``(H, W)``; ``group (N,)``: maps of one group share NMS (one per image and class; non-decreasing);
+    ``levels``: fractions of the max (``None``: Otsu); ``mode="largest"``: only the component with the most
+    pixels per map and level. A map with no region gets the whole image. Rows are sorted by group, best score
+    first. The maps are boxed a chunk at a time within ``budget`` bytes (default: the device's
+    :func:`~camloc.runtime.memory.memory_budget`), a group never split between chunks: the same boxes as all
+    at once.
     """
+    shape = (raw_maps.shape[-2] * scale, raw_maps.shape[-1] * scale)
+    per_map = 1 if levels is None else len(levels)
+    bounds = [0]
+    groups = group.cpu()
+    for span in chunks(len(raw_maps), grid_bytes(shape, per_map), memory_budget(raw_maps.device, budget)):
+        end = span.stop
+        while end < len(raw_maps) and groups[end] == groups[end - 1]:  # a group stays in one chunk
+            end += 1
+        if end > bounds[-1]:
+            bounds.append(end)
+    if len(bounds) == 2 or len(raw_maps) == 0:
+        return _grid_boxes(raw_maps, probs, sizes, group, scale, levels, mode, nms_iou)
+    parts = [_grid_boxes(raw_maps[a:b], probs[a:b], sizes[a:b], group[a:b], scale, levels, mode, nms_iou)
+             for a, b in itertools.pairwise(bounds)]
+    return GridBoxes(torch.cat([p.map_index + a for p, a in zip(parts, bounds)]),
+                     torch.cat([p.xywh for p in parts]), torch.cat([p.score for p in parts]))
+
+
+def _grid_boxes(raw_maps: Tensor, probs: Tensor, sizes: Tensor, group: Tensor, scale: int,
+                levels: Sequence[float] | None, mode: str, nms_iou: float) -> GridBoxes:
+    """:func:`grid_boxes` of maps that fit in memory at once."""
     device = raw_maps.device
     empty = GridBoxes(torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 4, dtype=torch.float64,
                       device=device), torch.zeros(0, dtype=torch.float64, device=device))

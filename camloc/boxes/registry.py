@@ -79,8 +79,11 @@ class BatchBoxes:
         return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
     def of_image(self, index: int) -> BatchBoxes:
-        rows = self.image == index
-        return BatchBoxes(self.image[rows], self.class_index[rows], self.xywh[rows], self.score[rows])
+        return self.rows(self.image == index)
+
+    def rows(self, keep: np.ndarray) -> BatchBoxes:
+        """The boxes at positions or mask ``keep``."""
+        return BatchBoxes(self.image[keep], self.class_index[keep], self.xywh[keep], self.score[keep])
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,11 @@ class Recipe:
         raise NotImplementedError
 
     def batch_boxes(self, raw_maps: Tensor, probs: Tensor, classes: Tensor, gate: Tensor,
-                    sizes: Sequence[tuple[int, int]]) -> BatchBoxes:
+                    sizes: Sequence[tuple[int, int]], budget: int | None = None) -> BatchBoxes:
         """Scored boxes of a whole batch: raw maps ``(B, k, h, w)`` of the class indices ``classes (k,)``,
         probabilities ``(B, K)`` of every class, ``gate (B, K)`` the classes to box (held ones only) and
-        each image's ``(H, W)``. Here: :meth:`boxes` image by image; a recipe that can box the whole
-        batch at once overrides it (the same boxes)."""
+        each image's ``(H, W)``. Here: :meth:`boxes` image by image (a few maps at a time); a recipe that can box
+        the whole batch at once overrides it (the same boxes, its working memory within ``budget`` bytes)."""
         held = gate[:, classes].cpu()
         parts = []
         for b, size in enumerate(sizes):
@@ -151,19 +154,21 @@ class Recipe:
         raise NotImplementedError
 
     def device_stage(self, raw_maps: Tensor, size: tuple[int, int]) -> DeviceMaps:
-        """Normalise and threshold on the device; packed masks to the CPU, summed-area tables kept."""
+        """Normalise and threshold on the device; packed masks to the CPU, the raw maps kept for the scores."""
         return self.device_stage_batch([raw_maps], [size])[0]
 
-    def device_stage_batch(self, raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> list[DeviceMaps]:
-        """:meth:`device_stage` of several images at once (:func:`camloc.boxes.device.device_maps`)."""
-        return device_maps(raw_maps, sizes, self.cut_levels())
+    def device_stage_batch(self, raw_maps: Sequence[Tensor], sizes: Sequence[tuple[int, int]],
+                           budget: int | None = None) -> list[DeviceMaps]:
+        """:meth:`device_stage` of several images at once, within ``budget`` bytes
+        (:func:`camloc.boxes.device.device_maps`)."""
+        return device_maps(raw_maps, sizes, self.cut_levels(), budget)
 
     def trace(self, packed: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """On the CPU: ``(mask index, xywh)`` of the packed masks."""
         raise NotImplementedError
 
     def finish(self, maps: DeviceMaps, owner: np.ndarray, xywh: np.ndarray, probs: Tensor) -> ScoredBoxes:
-        """Scores from the device's summed-area tables: the same boxes as :meth:`boxes`."""
+        """Scores from summed-area tables rebuilt on the device: the same boxes as :meth:`boxes`."""
         raise NotImplementedError
 
     def with_options(self, **options: Any) -> Recipe:

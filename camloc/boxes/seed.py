@@ -9,8 +9,7 @@ import numpy as np
 from torch import Tensor
 
 from camloc.boxes.contours import BoxSet, normalized_maps_to_boxes, parse_box_mode, parse_threshold, threshold_levels
-from camloc.boxes.device import DeviceMaps
-from camloc.boxes.device import box_sums as device_box_sums
+from camloc.boxes.device import DeviceMaps, heat_sums
 from camloc.boxes.device import trace as trace_masks
 from camloc.boxes.registry import BOX_CHUNK, Recipe, ScoredBoxes, register
 from camloc.cam.maps import check_finite_maps, normalize_maps
@@ -71,5 +70,5 @@ class Seed(Recipe):
         return trace_masks(packed, width, self.mode)
 
     def finish(self, maps: DeviceMaps, owner: np.ndarray, xywh: np.ndarray, probs: Tensor) -> ScoredBoxes:
-        heat = device_box_sums(maps.tables, owner, xywh) / (xywh[:, 2] * xywh[:, 3])
+        heat = heat_sums(maps, owner, xywh)[0] / (xywh[:, 2] * xywh[:, 3])
         return ScoredBoxes(owner, xywh.astype(np.float64), heat * probs.double().cpu().numpy()[owner])

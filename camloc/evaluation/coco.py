@@ -105,36 +105,40 @@ def coco_result(truth: GroundTruth, img_ids: np.ndarray, matches: CocoMatches) -
     cat_bounds = np.searchsorted(d_cat_s[by_cat], np.arange(num_cat + 1))
     g_cat_sorted = (g_group % num_cat) if len(g_group) else g_group
     npig = np.stack([np.bincount(g_cat_sorted[~g_ignore[a]], minlength=num_cat) for a in range(areas)], 1)
-    row_offsets = np.arange(thresholds)[:, None] * (recalls + 1)
+    rows = areas * thresholds  # every (area range, IoU threshold) of a category at once: (A·T, n) arrays
+    row_offsets = np.arange(rows)[:, None] * (recalls + 1)
+    counted = ~d_ignore  # (A, T, D)
     for k in np.flatnonzero(npig[:, 0]):  # a category with no non-ignored ground truth stays −1
         members = by_cat[cat_bounds[k]:cat_bounds[k + 1]]
+        live = npig[k] > 0  # area ranges without non-ignored ground truth stay −1
         for m, max_det in enumerate(MAX_DETS):
             dets = members[rank[members] < max_det]
             n = len(dets)
+            if n == 0:
+                recall[:, k, live, m] = 0
+                precision[:, :, k, live, m] = 0
+                scores[:, :, k, live, m] = 0
+                continue
             sorted_scores = d_score_s[dets]
-            for a in range(areas):
-                if npig[k, a] == 0:
-                    continue
-                tps = matched[a][:, dets] & ~d_ignore[a][:, dets]
-                fps = ~matched[a][:, dets] & ~d_ignore[a][:, dets]
-                tp = np.cumsum(tps, axis=1).astype(dtype=float)
-                fp = np.cumsum(fps, axis=1).astype(dtype=float)
-                rc = tp / npig[k, a]
-                pr = tp / (fp + tp + np.spacing(1))
-                recall[:, k, a, m] = rc[:, -1] if n else 0
-                if n == 0:
-                    precision[:, :, k, a, m] = 0
-                    scores[:, :, k, a, m] = 0
-                    continue
-                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-                # first i with rc[i] >= r  <=>  first i with (#thresholds <= rc[i]) > index of r
-                covered = np.searchsorted(RECALL_THRESHOLDS, rc, side="right") + row_offsets
-                pos = np.searchsorted(covered.ravel(), (row_offsets + np.arange(recalls)).ravel(), side="right")
-                pos = pos.reshape(thresholds, recalls) - np.arange(thresholds)[:, None] * n
-                reached = pos < n
-                clipped = np.minimum(pos, n - 1)
-                precision[:, :, k, a, m] = np.where(reached, np.take_along_axis(pr, clipped, 1), 0)
-                scores[:, :, k, a, m] = np.where(reached, sorted_scores[clipped], 0)
+            hit, kept = matched[:, :, dets], counted[:, :, dets]
+            tp = np.cumsum(hit & kept, axis=2).astype(dtype=float)
+            fp = np.cumsum(~hit & kept, axis=2).astype(dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):  # the −1 area ranges divide by 0; overwritten
+                rc = tp / npig[k][:, None, None]
+            pr = tp / (fp + tp + np.spacing(1))
+            pr = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1].reshape(rows, n)
+            rc = rc.reshape(rows, n)
+            # first i with rc[i] >= r  <=>  first i with (#thresholds <= rc[i]) > index of r
+            covered = np.searchsorted(RECALL_THRESHOLDS, np.where(np.isfinite(rc), rc, 0), side="right") + row_offsets
+            pos = np.searchsorted(covered.ravel(), (row_offsets + np.arange(recalls)).ravel(), side="right")
+            pos = pos.reshape(rows, recalls) - np.arange(rows)[:, None] * n
+            reached = pos < n
+            clipped = np.minimum(pos, n - 1)
+            sampled = np.where(reached, np.take_along_axis(pr, clipped, 1), 0).reshape(areas, thresholds, recalls)
+            picked = np.where(reached, sorted_scores[clipped], 0).reshape(areas, thresholds, recalls)
+            recall[:, k, live, m] = rc.reshape(areas, thresholds, n)[live, :, -1].T
+            precision[:, :, k, live, m] = sampled[live].transpose(1, 2, 0)
+            scores[:, :, k, live, m] = picked[live].transpose(1, 2, 0)
 
     stats = _summarize(precision, recall)
     t50, t75 = np.where(IOU_THRESHOLDS == 0.5)[0], np.where(IOU_THRESHOLDS == 0.75)[0]

@@ -117,6 +117,10 @@ class CocoMatches:
     def __len__(self) -> int:
         return len(self.group)
 
+    def rows(self, keep: np.ndarray) -> CocoMatches:
+        """The matches of the detections ``keep`` (a mask or positions)."""
+        return CocoMatches(**{f.name: getattr(self, f.name)[..., keep] for f in fields(self)})
+
     @classmethod
     def concatenate(cls, parts: Sequence[CocoMatches]) -> CocoMatches:
         """The matches of disjoint image sets as one: the arrays :func:`match_coco` gives for all of them."""

@@ -24,9 +24,9 @@ class MetricsStream:
 
     :meth:`add` matches the detections of some of the images to their ground truth at once (COCO's per-image
     matching and VOC's true/false positives: independent per image, so this is most of the work); :meth:`result`
-    only accumulates and summarizes. Parts must cover disjoint images, each image's detections in one part;
-    :meth:`add` them in the images' order for VOC's tie order (equal scores ranked in the order the detections
-    are listed), which is then that of one call on the detections of all parts in turn.
+    only accumulates and summarizes. Parts cover disjoint images, each image's detections in one part, each part
+    listing its detections in its images' order (as a run's batches do); added in any order, the result is that of
+    one call on all of them listed in the images' order (VOC ranks equal scores in the order they are listed).
     """
 
     def __init__(self, gt: str | Path | dict | GroundTruth, image_ids: Iterable[int] | None = None):
@@ -55,10 +55,18 @@ class MetricsStream:
         self.voc.append(match_voc(self.truth, dets, self.img_ids, 0.5, part))
         self.num_detections += int(np.isin(dets.image, part).sum())
 
-    def result(self) -> dict[str, Any]:
-        """The report (see :func:`localization_metrics`)."""
-        coco = coco_result(self.truth, self.img_ids, CocoMatches.concatenate(self.coco))
-        voc = voc_result(self.truth, self.img_ids, VocMatches.concatenate(self.voc), 0.5)
+    def result(self, image_ids: Iterable[int] | None = None) -> dict[str, Any]:
+        """The report (see :func:`localization_metrics`) of every image, or of ``image_ids`` (some of them: a run
+        leaves out the images it could not read)."""
+        img_ids = self.img_ids if image_ids is None else self.truth.select_images(list(image_ids))
+        if not np.isin(img_ids, self.img_ids).all():
+            raise EvaluationError("image_ids must be images this stream evaluates")
+        coco, voc = CocoMatches.concatenate(self.coco), VocMatches.concatenate(self.voc)
+        if len(img_ids) < len(self.img_ids):
+            coco = coco.rows(np.isin(self.img_ids[coco.group // len(self.truth.category_ids)], img_ids))
+            voc = voc.rows(np.isin(self.img_ids[voc.image], img_ids))
+        coco = coco_result(self.truth, img_ids, coco)
+        voc = voc_result(self.truth, img_ids, voc, 0.5)
         precision = coco["precision"][:, :, :, 0, -1]  # (T, R, K)
         t50, t75 = int(np.where(IOU_THRESHOLDS == 0.5)[0][0]), int(np.where(IOU_THRESHOLDS == 0.75)[0][0])
         per_class, curves = [], {}

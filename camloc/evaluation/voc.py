@@ -69,20 +69,31 @@ def voc_map(gt: str | Path | dict | GroundTruth, detections: Detections | str | 
 
 @dataclass(frozen=True)
 class VocMatches:
-    """Each detection of the evaluated classes, in input order: its category id, score, and whether it is a true
-    positive or a false positive (a detection on a "difficult" — crowd — ground truth is neither)."""
+    """Each detection of the evaluated classes, in input order: its image (index in the evaluated ids), category id,
+    score, and whether it is a true positive or a false positive (a detection on a "difficult" — crowd — ground
+    truth is neither)."""
 
+    image: np.ndarray  # (D,) int64
     category: np.ndarray  # (D,) int64
     score: np.ndarray  # (D,) float64
     tp: np.ndarray  # (D,) float64, 0 or 1
     fp: np.ndarray  # (D,) float64, 0 or 1
 
+    def rows(self, keep: np.ndarray) -> VocMatches:
+        """The matches of the detections ``keep`` (a mask or positions)."""
+        return VocMatches(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
     @classmethod
     def concatenate(cls, parts: Sequence[VocMatches]) -> VocMatches:
-        """Parts in input order as one (the detections of disjoint image sets, in the order they are listed)."""
+        """The matches of disjoint image sets as one: a single part as it is (ties ranked in its input order), several
+        in the images' order, each image's detections in their part's order — so the parts' order does not matter."""
+        if len(parts) == 1:
+            return parts[0]
         if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
-        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+        joined = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)}
+        order = np.argsort(joined["image"], kind="stable")
+        return cls(**{name: values[order] for name, values in joined.items()})
 
 
 def match_voc(truth: GroundTruth, dets: Detections, img_ids: np.ndarray, iou_threshold: float = 0.5,
@@ -127,7 +138,8 @@ def match_voc(truth: GroundTruth, dets: Detections, img_ids: np.ndarray, iou_thr
         tp[first_claim] = 1.0
         tp_all[d_sel] = tp
         fp_all[d_sel] = (~hit | (hit & ~difficult)).astype(float) - tp
-    return VocMatches(d_category[d_all], d_score[d_all], tp_all[d_all], fp_all[d_all])
+    return VocMatches(np.searchsorted(img_ids, d_image[d_all]), d_category[d_all], d_score[d_all], tp_all[d_all],
+                      fp_all[d_all])
 
 
 def voc_result(truth: GroundTruth, img_ids: np.ndarray, matches: VocMatches, iou_threshold: float = 0.5,

@@ -106,7 +106,9 @@ class BoxPipeline:
     """The main process's side of the box stage (see the module docstring).
 
     ``baseline``: ``"full"`` or ``"center"`` boxes instead of the maps' (scored by the class probability);
-    ``device_path``: force (True) or forbid (False) the traced path (default: when the maps are on a GPU).
+    ``device_path``: force (True) or forbid (False) the traced path (default: when the maps are on a GPU);
+    ``max_dets``: the detections kept per image, the best scored (0: all); ``memory``: the bytes the device's share
+    of the box stage may hold at once (default: :func:`~camloc.runtime.memory.memory_budget`).
     """
 
     recipe: Recipe
@@ -114,6 +116,8 @@ class BoxPipeline:
     supported: Tensor  # (K,) bool
     baseline: str | None = None
     device_path: bool | None = None
+    max_dets: int = 0
+    memory: int | None = None
     waiting: dict[int, tuple] = field(default_factory=dict)
 
     def path(self, batch: BatchAnalysis) -> str:
@@ -142,7 +146,7 @@ class BoxPipeline:
         if path == "device":
             with stage("box stage (device)"):
                 boxes = self.baseline_boxes(batch, gate) if self.baseline else \
-                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes)
+                    self.recipe.batch_boxes(batch.raw_maps, probs, batch.classes, gate, batch.sizes, self.memory)
             self.waiting[index] = (image_ids, boxes)
             return BatchJob(**common)
         if path == "traced":
@@ -151,7 +155,8 @@ class BoxPipeline:
                 classes = [[k for k in torch.nonzero(gated[b]).flatten().tolist() if k in held]
                            for b in range(len(batch))]
                 maps = self.recipe.device_stage_batch(
-                    [batch.raw_maps[b, [held[k] for k in chosen]] for b, chosen in enumerate(classes)], batch.sizes)
+                    [batch.raw_maps[b, [held[k] for k in chosen]] for b, chosen in enumerate(classes)], batch.sizes,
+                    self.memory)
             self.waiting[index] = (image_ids, [(chosen, image_maps, probs_cpu[b, chosen])
                                                for b, (chosen, image_maps) in enumerate(zip(classes, maps))])
             return BatchJob(**common, packed=tuple(m.packed for m in maps))
@@ -186,5 +191,5 @@ class BoxPipeline:
             boxes = BatchBoxes.concatenate(parts)
         else:
             boxes = waited
-        return FinishedBatch(batch_detections(boxes, image_ids, self.category_ids), result.hits, result.recognised,
-                             result.seconds)
+        return FinishedBatch(batch_detections(boxes, image_ids, self.category_ids, self.max_dets), result.hits,
+                             result.recognised, result.seconds)

@@ -14,10 +14,29 @@ from camloc.boxes import BatchBoxes, Recipe, ScoredBoxes
 from camloc.evaluation import Detections
 from camloc.pipeline.analysis import TTA_SCALES, Analysis
 
+#: Detections kept per image by default: COCO's results convention (its AP reads at most 100 per image and class;
+#: torchvision's detectors keep ``box_detections_per_img=100``).
+MAX_DETECTIONS = 100
 
-def batch_detections(boxes: BatchBoxes, image_ids: Sequence[int], category_ids: Sequence[int]) -> Detections:
+
+def best_per_image(image: np.ndarray, score: np.ndarray, limit: int) -> np.ndarray:
+    """Boolean mask of each image's ``limit`` best-scored rows (ties: the earlier row); every row if ``limit`` is 0."""
+    keep = np.ones(len(image), dtype=bool)
+    if not limit or not len(image):
+        return keep
+    order = np.lexsort((np.arange(len(image)), -score, image))
+    grouped = image[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep[order[rank >= limit]] = False
+    return keep
+
+
+def batch_detections(boxes: BatchBoxes, image_ids: Sequence[int], category_ids: Sequence[int],
+                     max_dets: int = 0) -> Detections:
     """A batch's boxes as detections: ``image_id`` from each box's position in the batch, ``category_id`` from its
-    class index."""
+    class index; at most ``max_dets`` per image, the best scored (0: all), in their order."""
+    boxes = boxes.rows(best_per_image(boxes.image, boxes.score, max_dets))
     return Detections.from_arrays(np.asarray(image_ids, np.int64)[boxes.image],
                                   np.asarray(category_ids, np.int64)[boxes.class_index], boxes.xywh, boxes.score)
 

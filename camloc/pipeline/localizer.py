@@ -8,6 +8,7 @@ an interactive caller runs the network once per image and re-derives boxes as se
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from camloc.pipeline.analysis import (
     sum_in_order,
 )
 from camloc.pipeline.detections import (
+    MAX_DETECTIONS,
     baseline_detections,
     batch_detections,
     recipe_box_options,
     recipe_boxes,
     recipe_detections,
 )
+from camloc.runtime.memory import Halving, parse_memory
 from camloc.runtime.profiling import stage
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,14 +72,19 @@ class Localizer:
     probabilities over scales 0.75/1/1.25 and horizontal flips; ``gradcam_layer`` a module name for
     a method with a ``layer`` option (default: the feature layer); ``precision`` the backbone's
     arithmetic for CAM, the default method (see :func:`resolve_precision`; its maps, probabilities and
-    boxes are always computed in float32; the other methods run in float32 throughout).
+    boxes are always computed in float32; the other methods run in float32 throughout); ``max_dets`` the
+    detections :meth:`detect` keeps per image, the best scored (default 100, COCO's convention; 0: all);
+    ``max_memory`` the bytes the box stage may hold at once (``"2GiB"``, or a number; default:
+    :func:`~camloc.runtime.memory.memory_budget`). A batch that runs out of device memory in :meth:`detect` is run
+    again in halves (and later batches at that size).
     """
 
     def __init__(self, model: CamModel, meta: dict[str, Any], method: str | MapMethod = DEFAULT_METHOD,
                  recipe: str | Recipe = DEFAULT_RECIPE, threshold: str | float | None = None, boxes: str | None = None,
                  classes: str | Sequence[int] | None = None, img_size: int | None = None, tta: bool = False,
                  device: str | torch.device | None = None, gradcam_layer: str | None = None,
-                 precision: str = "auto", **recipe_options: Any):
+                 precision: str = "auto", max_dets: int = MAX_DETECTIONS, max_memory: int | str | None = None,
+                 **recipe_options: Any):
         self.map_method = make_method(method, **({"layer": gradcam_layer} if gradcam_layer else {}))
         self.map_method.check(model)
         self.thresholds = tuple(meta["class_thresholds"]) if meta.get("class_thresholds") else None
@@ -97,6 +105,11 @@ class Localizer:
         self.supported = torch.tensor([n not in unsupported for n in self.class_names], device=self.device)
         self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(meta["std"], device=self.device).view(1, 3, 1, 1)
+        if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 0:
+            raise ValueError(f"max_dets must be a whole number ≥ 0 (0: every detection), got {max_dets!r}")
+        self.max_dets = max_dets
+        self.max_memory = None if max_memory is None else parse_memory(max_memory)
+        self._halving = Halving(sys.maxsize, self.device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options: Any) -> Localizer:
@@ -269,11 +282,18 @@ class Localizer:
         ids = list(range(len(images))) if image_ids is None else list(image_ids)
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
-        batch = self.analyze_batch(self.pixels(images))
-        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, batch.gate(self.recipe,
-                                                                                               self.supported),
-                                        batch.sizes)
-        return batch_detections(boxes, ids, self.category_ids)
+        pixels = self.pixels(images)
+        parts = self._halving.run(list(range(len(pixels))), lambda part: self._detect([pixels[i] for i in part],
+                                                                                      [ids[i] for i in part]),
+                                  lambda i: f"image {ids[i]}")
+        return Detections.concatenate(parts)
+
+    def _detect(self, pixels: Sequence[Tensor], ids: Sequence[int]) -> Detections:
+        """:meth:`detect` of decoded images that fit in device memory together."""
+        batch = self.analyze_batch(pixels)
+        gate = batch.gate(self.recipe, self.supported)
+        boxes = self.recipe.batch_boxes(batch.raw_maps, batch.probs, batch.classes, gate, batch.sizes, self.max_memory)
+        return batch_detections(boxes, ids, self.category_ids, self.max_dets)
 
     def predict_batch(self, images: Sequence[ImageSource], image_ids: Sequence[int] | None = None) -> list[list[dict]]:
         """Detections for each image of a batch as COCO-results dicts (see :meth:`detect`); ``image_id`` only

@@ -10,21 +10,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import multiprocessing
-import os
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from camloc.runtime.devices import usable_cores
+
 
 def default_box_workers() -> int:
     """One worker per CPU core the process may use, less one for the main process (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, usable_cores() - 1)
 
 
 def _quiet_worker() -> None:
