@@ -18,7 +18,6 @@ from typing import Any
 from camloc.boxes import RECIPES
 from camloc.cam import DEFAULT_METHOD, MapMethod
 from camloc.cam import METHODS as MAP_METHODS
-from camloc.viz import format_score
 
 COSTS_FILE = Path(__file__).with_name("method_costs.json")
 #: What a costly method needs here: Score-CAM runs one forward pass per feature channel (1280 for
@@ -77,14 +76,14 @@ class AppMethod:
         return measured().get("cost", {}).get(self.label)
 
     def cost_text(self) -> str:
-        """``"≈ 110 CAM passes a view"``, or ``""`` when not measured."""
+        """``"≈ 211 passes a view"`` (in CAM passes), ``"1 pass"`` for CAM, ``""`` when not measured."""
         cost = self.cost
         if cost is None:
             return ""
-        views = "for its six views" if self.tta else "a view"
         if cost == 1.0 and not self.tta:
-            return "1 CAM pass a view: every class's map at once"
-        return f"≈ {format_score(cost if cost < 10 else round(cost))} CAM passes {views}"
+            return "1 pass"
+        rounded = f"{cost:.2g}" if cost < 10 else f"{round(cost)}"  # two digits: a measured cost is rough
+        return f"≈ {rounded} passes " + ("(six views)" if self.tta else "a view")
 
     def map_caption(self, class_name: str) -> str:
         """``"Grad-CAM of “dog”"``, or for a class-agnostic method that its map is every class's."""
@@ -131,5 +130,5 @@ def costs_help() -> str:
     lines = [f"- {m.label}: {m.cost_text()}" for m in METHODS.values() if m.cost_text()]
     if not lines:
         return "How the maps are made: see the map methods in the docs."
-    return ("What each method costs, in CAM passes (one CAM pass gives every class's map):\n\n" + "\n".join(lines)
-            + f"\n\nMeasured {measured()['measured']}.")
+    return ("What each method costs, in passes of CAM (one CAM pass gives every class's map), for one view of the "
+            "image:\n\n" + "\n".join(lines) + f"\n\nMeasured {measured()['measured']}.")
