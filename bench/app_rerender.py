@@ -3,9 +3,12 @@
 Each round starts a fresh ``streamlit run app.py`` of each checkout in turn (the order alternates
 between rounds) and walks the same steps a person takes: the shared COCO-80 MobileNetV2, a real
 640×480 COCO photo with its ground truth, class, opacity, recipe, threshold and method changes on
-Explore, then Compare. A step's time runs from the key press or click to the end of the rerun it
-causes — Streamlit's ``script_finished`` message on the page's websocket — and every picture on the
-page loaded. Prints the median over the rounds per step and checkout, and after / before.
+Explore, then Compare under the default recipe: opened, and a new photo uploaded there. A step's time
+runs from the key press or click to the end of the rerun it causes — Streamlit's ``script_finished``
+message on the page's websocket — and every picture on the page loaded. Compare's two steps also
+give their *first useful render*: the first state of the page whose heading names the photo and
+whose CAM tile and recipe tiles show it (none greyed as the run before's), pictures loaded. Prints
+the median over the rounds per step and checkout, and after / before.
 
     PYTHONPATH=. .venv/bin/python bench/app_rerender.py --before /tmp/app-before [--rounds 3]
 
