@@ -19,6 +19,7 @@ both run with this interpreter. Needs ``../shared/data`` and Debian's ``chromium
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -133,10 +134,15 @@ class Timer:
 
 
 def choose(page: Page, label: str, option: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Open the select box ``label``, type ``option``; then click the option that reads ``option`` (or starts
+    with it and a " · " of more words: the method picker gives each method's cost)."""
+    wanted = page.locator('[role="option"]').filter(has_text=re.compile(rf"^{re.escape(option)}( · .*)?$"))
+
     def prepare() -> None:
         page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
         page.keyboard.type(option)
-    return prepare, lambda: page.keyboard.press("Enter")
+        wanted.first.wait_for()
+    return prepare, lambda: wanted.first.click()
 
 
 def radio(page: Page, label: str, option: str) -> Callable[[], None]:
