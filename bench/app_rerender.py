@@ -3,9 +3,12 @@
 Each round starts a fresh ``streamlit run app.py`` of each checkout in turn (the order alternates
 between rounds) and walks the same steps a person takes: the shared COCO-80 MobileNetV2, a real
 640×480 COCO photo with its ground truth, class, opacity, recipe, threshold and method changes on
-Explore, then Compare. A step's time runs from the key press or click to the end of the rerun it
-causes — Streamlit's ``script_finished`` message on the page's websocket — and every picture on the
-page loaded. Prints the median over the rounds per step and checkout, and after / before.
+Explore, then Compare under the default recipe: opened, and a new photo uploaded there. A step's time
+runs from the key press or click to the end of the rerun it causes — Streamlit's ``script_finished``
+message on the page's websocket — and every picture on the page loaded. Compare's two steps also
+give their *first useful render*: the first state of the page whose heading names the photo and
+whose CAM tile and recipe tiles show it (none greyed as the run before's), pictures loaded. Prints
+the median over the rounds per step and checkout, and after / before.
 
     PYTHONPATH=. .venv/bin/python bench/app_rerender.py --before /tmp/app-before [--rounds 3]
 
@@ -16,6 +19,7 @@ both run with this interpreter. Needs ``../shared/data`` and Debian's ``chromium
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,12 +34,25 @@ from playwright.sync_api import Page, sync_playwright
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 from bench.checkouts import parse_checkouts, side_by_side
+from camloc.boxes import DEFAULT_RECIPE, RECIPES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COCO80 = DATA / "weights" / "mobilenet_v2_coco80_linear.pth"
 VAL = DATA / "coco-mini" / "val2017"
 ANNOTATIONS = DATA / "coco-mini" / "annotations" / "instances_val2017_mini.json"
 PHOTOS = (VAL / "000000104455.jpg", VAL / "000000005001.jpg")  # a zebra (its top class), a street
+NEW_ON_COMPARE = VAL / "000000018575.jpg"  # a third 640×480 photo, uploaded on Compare
+#: Compare's first useful render of photo ``name``: its heading names it, and CAM's tile and every recipe's tile
+#: show its pictures (none greyed as the previous run's), all loaded.
+USEFUL_COMPARE = """([name, tiles]) => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (!main) return false;
+  const named = [...main.querySelectorAll('[data-testid="stCaptionContainer"]')]
+    .some(e => e.innerText.includes(`in ${name} (p = `));
+  const live = [...main.querySelectorAll('[data-testid="stImage"]')].filter(e => !e.closest('[data-stale="true"]'));
+  const shown = tiles.every(t => live.some(e => e.innerText.trim().startsWith(t + ':')));
+  return named && shown && live.every(e => [...e.querySelectorAll('img')].every(i => i.complete && i.naturalWidth));
+}"""
 BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
 
@@ -90,12 +107,25 @@ class Timer:
         prepare()
         start = time.perf_counter()
         fire()
+        return self.finish(start, done)
+
+    def useful_then_finished(self, fire: Callable[[], None], useful: str, arg: object) -> tuple[float, float]:
+        """Seconds from ``fire()`` to the first state in which the JavaScript predicate ``useful(arg)`` holds, and
+        to the end of the rerun with every picture loaded."""
+        start = time.perf_counter()
+        fire()
+        self.page.wait_for_function(useful, arg=arg, polling=20, timeout=900_000)
+        first = time.perf_counter() - start
+        return first, self.finish(start)
+
+    def finish(self, start: float, done: str | None = None) -> float:
+        """Seconds from ``start`` to the end of the rerun started after it (and ``done`` shown), pictures loaded."""
         while not any(t > start for t in self.finished):
             self.page.wait_for_timeout(5)
         if done:
             self.page.wait_for_selector(done, timeout=300_000)
         self.page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=300_000)
-        self.page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=300_000)
+        self.page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=900_000)
         return time.perf_counter() - start
 
     def settle(self) -> None:
@@ -104,15 +134,28 @@ class Timer:
 
 
 def choose(page: Page, label: str, option: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Open the select box ``label``, type ``option``; then click the option that reads ``option`` (or starts
+    with it and a " · " of more words: the method picker gives each method's cost)."""
+    wanted = page.locator('[role="option"]').filter(has_text=re.compile(rf"^{re.escape(option)}( · .*)?$"))
+
     def prepare() -> None:
         page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
         page.keyboard.type(option)
-    return prepare, lambda: page.keyboard.press("Enter")
+        wanted.first.wait_for()
+    return prepare, lambda: wanted.first.click()
 
 
 def radio(page: Page, label: str, option: str) -> Callable[[], None]:
     group = page.locator('[data-testid="stRadio"]').filter(has_text=label)
     return lambda: group.get_by_text(option, exact=True).click()
+
+
+def pick(page: Page, label: str, option: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``option`` of the radio group ``label``, or of the select box ``label`` (the method: a radio group before
+    issue 22, a select box after)."""
+    if page.locator('[data-testid="stRadio"]').filter(has_text=label).count():
+        return lambda: None, radio(page, label, option)
+    return choose(page, label, option)
 
 
 def slider_step(page: Page, label: str) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -155,15 +198,21 @@ def walk(page: Page, url: str) -> dict[str, float]:
     times["opacity (no network, no boxes)"] = timer(slider_step(page, "Overlay opacity"))
     times["recipe (default → seed)"] = timer(choose(page, "Box recipe", "seed"))
     times["threshold (Otsu → 0.3 of the max)"] = timer(radio(page, "Threshold", "Fraction of max"))
-    times["switch to TTA-CAM, first time for this photo"] = timer(radio(page, "Method", "TTA-CAM"))
+    times["switch to TTA-CAM, first time for this photo"] = timer(pick(page, "Method", "TTA-CAM"))
     times["class under TTA-CAM"] = timer(choose(page, "Class", "zebra"))
     times["threshold under TTA-CAM"] = timer(radio(page, "Threshold", "Otsu"))
-    times["back to CAM"] = timer(radio(page, "Method", "CAM"))
-    times["TTA-CAM again"] = timer(radio(page, "Method", "TTA-CAM"))
-    timer(radio(page, "Method", "CAM"))
-    timer(choose(page, "Box recipe", "multilevel-flip"))
+    times["back to CAM"] = timer(pick(page, "Method", "CAM"))
+    times["TTA-CAM again"] = timer(pick(page, "Method", "TTA-CAM"))
+    timer(pick(page, "Method", "CAM"))
+    timer(choose(page, "Box recipe", DEFAULT_RECIPE))
     compare = page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Compare").first
-    times["open Compare (every method's and recipe's views)"] = timer(compare.click, 'h1:has-text("Compare")')
+    tiles = ["CAM", *RECIPES]
+    times["open Compare, default recipe: first useful render"], times["open Compare: page done"] = \
+        timer.useful_then_finished(compare.click, USEFUL_COMPARE, [PHOTOS[0].name, tiles])
+    uploader = page.locator('input[type="file"]')
+    times["Compare, a new photo: first useful render"], times["Compare, a new photo: page done"] = \
+        timer.useful_then_finished(lambda: uploader.set_input_files(str(NEW_ON_COMPARE)), USEFUL_COMPARE,
+                                   [NEW_ON_COMPARE.name, tiles])
     times["class on Compare"] = timer(choose(page, "Class", "person"))
     times["“Maps from” on Compare"] = timer(radio(page, "Maps from", "Grad-CAM"))
     times["opacity on Compare"] = timer(slider_step(page, "Overlay opacity"))

@@ -40,12 +40,12 @@ for name in ("explore", "compare"):
     start = time.perf_counter()
     at.sidebar.file_uploader(key="uploads").set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
     times[f"{name}: a new photo (the network's passes)"] = time.perf_counter() - start
-    at.sidebar.selectbox(key="class_name").set_value("person").run()
-    at.sidebar.selectbox(key="class_name").set_value("zebra").run()  # both classes' boxes computed once
+    at.selectbox(key="class_name").set_value("person").run()
+    at.selectbox(key="class_name").set_value("zebra").run()  # both classes' boxes computed once
     at.sidebar.slider(key="alpha").set_value(0.55).run()
     at.sidebar.slider(key="alpha").set_value(0.5).run()
     for step, action in (("rerun, nothing changed", at.run),
-                         ("class (its boxes computed before)", lambda: at.sidebar.selectbox(key="class_name")
+                         ("class (its boxes computed before)", lambda: at.selectbox(key="class_name")
                           .set_value("person").run()),
                          ("opacity (pictures made before)", lambda: at.sidebar.slider(key="alpha")
                           .set_value(0.55).run()),

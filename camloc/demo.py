@@ -4,13 +4,16 @@ The demo model is a MobileNetV2 trained *from scratch* with image-level labels o
 synthetic shapes benchmark (:mod:`camloc.synthetic`), so a machine with no network and no
 checkpoint still has a working model. ``python -m camloc.demo --rebuild`` re-creates it from
 the seed: same data, same single-threaded deterministic training, same weights, bit for bit
-(``--check`` compares the result with the bundled file).
+(``--check`` compares the result with the bundled file), with its training log and its
+evaluation on the examples (:data:`DEMO_RUN`, :data:`DEMO_EVAL`: what the app shows first).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +25,10 @@ from camloc.models.geometry import META_KEY
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_shapes_mobilenet_v2.pt"
 EXAMPLES = ASSETS / "examples"
+#: The training log (``log.jsonl``) of a ``python -m train`` run of the demo model's recipe (``--rebuild``).
+DEMO_RUN = ASSETS / "demo_run"
+#: ``python -m eval`` of the demo model on the example scenes (``metrics.json``, ``detections.json``).
+DEMO_EVAL = ASSETS / "demo_eval"
 
 EXAMPLE_RECIPE = {"count": 6, "classes": 6, "size": 320, "seed": 99}
 RECIPE = {"train": 1200, "val": 200, "classes": 6, "size": 160, "seed": 0}
@@ -65,8 +72,9 @@ def weights_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def rebuild(out: Path) -> Path:
-    """Generate the recipe's data, train deterministically, write the half-precision checkpoint."""
+def rebuild(out: Path, log_folder: Path | None = None) -> Path:
+    """Generate the recipe's data, train deterministically, write the half-precision checkpoint (and the
+    run's ``log.jsonl`` into ``log_folder``)."""
     from camloc.models import load_model, save_checkpoint
     from camloc.synthetic import generate
     from train.cli import main as train_main
@@ -82,6 +90,9 @@ def rebuild(out: Path) -> Path:
         if code != 0:
             raise SystemExit(f"training failed with exit code {code}")
         model, meta = load_model(Path(tmp) / "run" / "best.pt")
+        if log_folder is not None:
+            log_folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / "run" / "log.jsonl", log_folder / "log.jsonl")
     meta = {k: v for k, v in meta.items() if k != "training"}
     meta[META_KEY] = demo_geometry(model)
     meta["source"] = (f"camloc.demo recipe: synthetic shapes {RECIPE}, python -m train {' '.join(TRAIN_ARGS)}; "
@@ -109,6 +120,20 @@ def store_geometry(path: Path = DEMO_CHECKPOINT) -> None:
     save_checkpoint(model.to(dtype), meta, path, **extras)
 
 
+def evaluate_examples(checkpoint: Path = DEMO_CHECKPOINT, out: Path = DEMO_EVAL) -> Path:
+    """``python -m eval`` of ``checkpoint`` on the example scenes into ``out`` (what the app's PR curves and Dataset
+    browser show before the user has evaluated anything)."""
+    from eval.cli import main as eval_main
+
+    paths = [os.path.relpath(p) for p in (EXAMPLES, EXAMPLES / "annotations.json", checkpoint, out)]  # none of
+    # this machine's folders in the files written
+    code = eval_main(["--images", paths[0], "--ann", paths[1], "--checkpoint", paths[2], "--out", paths[3],
+                      "--device", "cpu"])
+    if code != 0:
+        raise SystemExit(f"evaluation failed with exit code {code}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m camloc.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--rebuild", action="store_true", help="re-create the demo checkpoint from the seed")
@@ -122,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stored the map geometry of {DEMO_CHECKPOINT}")
     if args.rebuild:
         write_examples()
-        rebuild(args.out)
-        print(f"wrote {args.out} (weights sha256 {weights_digest(args.out)})")
+        bundled = args.out.resolve() == DEMO_CHECKPOINT.resolve()
+        rebuild(args.out, DEMO_RUN if bundled else args.out.parent / DEMO_RUN.name)
+        evaluate_examples(args.out, DEMO_EVAL if bundled else args.out.parent / DEMO_EVAL.name)
+        print(f"wrote {args.out} (weights sha256 {weights_digest(args.out)}), its training log and its evaluation "
+              "on the examples")
     if args.check:
         ours, bundled = weights_digest(args.out), weights_digest(DEMO_CHECKPOINT)
         print(f"rebuilt {ours}\nbundled {bundled}\n{'identical' if ours == bundled else 'DIFFERENT'}")

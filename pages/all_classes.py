@@ -9,9 +9,10 @@ from PIL import Image
 from camloc.detector import is_detector_meta
 from camloc.viz import cam_grid, color_hex, colorbar, distinct_colors, format_score, multiclass_overlay
 from pages import detector_view
-from pages.analysis import Maps, analyze, chosen_recipe, ranked_classes
+from pages.analysis import Maps, analyze
 from pages.inputs import choose_images, decode, demo_hint, pick_image
 from pages.model_picker import pick_model
+from pages.pickers import chosen_recipe, ranked_classes
 from pages.state import carry, options_filter
 from pages.tables import show_table
 
@@ -33,7 +34,8 @@ def overlay_picture(key: tuple, chosen: tuple[int, ...], floor: float, _image: I
 def overlay_section(maps: Maps, image: Image.Image, names: list[str], ranked: list[int], context: tuple) -> None:
     """The multi-class overlay and its legend (a fragment: its controls rerun only this section)."""
     st.subheader("Multi-class overlay")
-    floor = st.slider("Hide heat below", 0.0, 0.9, 0.3, 0.05, key="overlay_floor")
+    carry("overlay_floor", 0.3)
+    floor = st.slider("Hide heat below", 0.0, 0.9, step=0.05, key="overlay_floor")
     options = [names[c] for c in ranked]
     carry("overlay_classes", options[:4], options_filter(options), context=context)
     chosen = st.multiselect("Classes", options, key="overlay_classes")
@@ -50,7 +52,7 @@ def overlay_section(maps: Maps, image: Image.Image, names: list[str], ranked: li
 
 st.title("All classes at once")
 picked = pick_model()
-images = choose_images()
+images = choose_images(None if picked is None else picked[2])
 if picked is None or not images:
     st.stop()
 model_key, model, meta = picked
@@ -72,9 +74,13 @@ names = meta["class_names"]
 probs = maps.probs
 ranked = ranked_classes(probs, meta)
 demo_hint(model_key, meta, item)
-k = st.sidebar.slider("Classes shown (top-k)", 1, min(16, len(ranked)), min(8, len(ranked)), key="grid_k")
-columns = st.sidebar.slider("Grid columns", 1, 6, 4, key="grid_columns")
-alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="grid_alpha")
+most = min(16, len(ranked))
+carry("grid_k", min(8, most), lambda value: 1 <= value <= most)
+k = st.sidebar.slider("Classes shown (top-k)", 1, most, key="grid_k")
+carry("grid_columns", 4)
+columns = st.sidebar.slider("Grid columns", 1, 6, key="grid_columns")
+carry("grid_alpha", 0.5)
+alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="grid_alpha")
 top = ranked[:k]
 
 st.subheader(f"Top-{k} class activation maps")

@@ -1,5 +1,11 @@
-"""Compare: one image, one class — every CAM method and every box recipe side by side, with IoU against
-the ground truth when the image is annotated (the comparison the course makes by hand)."""
+"""Compare: one image, one class — every map method and every box recipe side by side, with IoU against
+the ground truth when the image is annotated (the comparison the course makes by hand).
+
+What is on screen and cheap comes first: the page's skeleton (so no picture of the previous photo
+stays under the new one's name), the heading, CAM's tile and the recipes' tiles, then the other
+methods one by one under a progress bar, then the method × recipe table, row by row. A method
+costly even for one class (Score-CAM) is computed when asked, by the button in its tile.
+"""
 
 from __future__ import annotations
 
@@ -12,66 +18,66 @@ from camloc.boxes import RECIPES
 from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
 from pages import detector_view
-from pages.analysis import METHODS, Maps, analyze, pick_class, pick_recipe, ranked_classes
-from pages.geometry import best_iou
+from pages.analysis import analyze, estimate_seconds
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
+from pages.methods import CAM, METHODS, AppMethod, offered, recipe_views
 from pages.model_picker import pick_model
-from pages.pictures import BoxDisplay, encoded, pick_box_display, scene
+from pages.pickers import describe_options, pick_class, pick_recipe, ranked_classes
+from pages.pictures import pick_box_display
 from pages.state import carry, options_filter
 from pages.tables import show_table
+from pages.tiles import NOT_IN_TRUTH, Scene, TileGrid, scored
+from pages.words import truth_caption
 
-PER_ROW = 4
-NOT_IN_TRUTH = "not in the ground truth"
-
-
-def scored(detections: list[dict[str, Any]], truth: list[list[float]] | None) -> dict[str, Any]:
-    """A table row: how many boxes, the top score and, when the class is in the image's ground truth, how
-    well the boxes match it."""
-    row: dict[str, Any] = {"boxes": len(detections), "top score": detections[0]["score"] if detections else None}
-    if truth:
-        row["IoU of top box"] = best_iou(detections[0]["bbox"], truth) if detections else 0.0
-        found = sum(best_iou(g, [d["bbox"] for d in detections]) >= 0.5 for g in truth)
-        row["objects found (IoU ≥ 0.5)"] = f"{found}/{len(truth)}"
-    return row
+_ASKED = "_costly_asked"  # {(image digest, model key, method label)} the user asked Compare to compute
 
 
-def caption(label: str, maps: Maps, shown_views: str, detections: list[dict[str, Any]], display: BoxDisplay,
-            truth: list[list[float]] | None, k: int) -> str:
-    """A tile's caption: what it is, its probability where its views differ from the heading's, its boxes and
-    how they match the ground truth."""
-    text = f"{label}: {display.caption(detections, short=True)}"
-    if maps.views != shown_views:
-        text += f"; p = {format_score(maps.probs[k])} ({maps.views})"
-    if truth:
-        row = scored(detections, truth)
-        text += f"; top box IoU {format_score(row['IoU of top box'])}, found {row['objects found (IoU ≥ 0.5)']}"
-    elif truth is not None:
-        text += f"; {NOT_IN_TRUTH}"
-    return text
+def ask(context: tuple) -> None:
+    """``on_click`` of a costly method's button: compute it for this image and model from now on."""
+    st.session_state.setdefault(_ASKED, set()).add(context)
+
+
+def asked(context: tuple) -> bool:
+    return context in st.session_state.get(_ASKED, set())
+
+
+def one_view(method: AppMethod, recipe: str) -> bool:
+    """Whether ``method`` computes one view here (Score-CAM, unless the sidebar asks for the recipe's views)."""
+    return method.one_view and recipe_views(recipe) > 1 and not st.session_state.get("all_views", False)
 
 
 @st.fragment
-def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], image, k: int, display: BoxDisplay,
-                 truth: list[list[float]] | None, alpha: float, colormap: str, shown_views: str) -> None:
+def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], scene: Scene, methods: list[AppMethod]) -> None:
     """Every recipe on one method's maps (a fragment: picking the method reruns only these tiles)."""
-    carry("compare_maps", next(iter(METHODS)), options_filter(METHODS))
-    source = st.radio("Maps from", list(METHODS), horizontal=True, key="compare_maps")
-    st.caption("Each recipe with its default options.")
-    method, tta = METHODS[source]
-    recipes = list(RECIPES)
-    for start in range(0, len(recipes), PER_ROW):
-        for column, name in zip(st.columns(PER_ROW), recipes[start:start + PER_ROW]):
-            maps = analyze(item, model_key, model, meta, method, tta, name, focus=k)
-            found = maps.detections(k, name)
-            column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
-                         output_format="JPEG",
-                         caption=caption(name, maps, shown_views, found, display, truth, k))
+    labels = [m.label for m in methods]
+    carry("compare_maps", CAM.label, options_filter(labels))
+    source = METHODS[st.radio("Maps from", labels, horizontal=True, key="compare_maps")]
+    st.caption("Each recipe with its default options." + (" One view of the image (the sidebar's box asks for the "
+                                                           "recipes' views)." if source.one_view else ""))
+    grid = TileGrid(len(RECIPES), "recipe")
+    status = st.empty()
+    for tile, name in zip(grid.tiles, RECIPES):
+        maps = analyze(item, model_key, model, meta, source, name, focus=scene.k, one_view=one_view(source, name),
+                       where=status)
+        found = maps.detections(scene.k, name)
+        scene.fill(tile, name, maps, found)
+        grid.add_boxes(name, found, scene)
+
+
+def costly_tile(tile: Any, method: AppMethod, context: tuple, model_key: str, views: int) -> None:
+    """The tile of a method computed when asked: what it costs, and the button that asks."""
+    seconds = estimate_seconds(model_key, method, views)
+    cost = ", ".join(filter(None, (method.cost_text(), f"≈ {seconds:.0f} s here" if seconds else "")))
+    box = tile.container(border=True)
+    box.caption(f"{method.label}: not computed yet" + (f" ({cost})" if cost else "") + ".")
+    box.button(f"Compute {method.label}", key=f"compute_{method.name}", on_click=ask, args=(context,),
+               help="It runs the network once per masked image; a progress bar follows it")
 
 
 st.title("Compare methods and box recipes")
 side = st.sidebar
 picked = pick_model()
-images = choose_images()
+images = choose_images(None if picked is None else picked[2])
 gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     st.stop()
@@ -80,59 +86,88 @@ if is_detector_meta(meta):  # a detector's boxes, no maps
     detector_view.show("compare", model_key, model, meta, images, gt_data)
     st.stop()
 names = meta["class_names"]
-item = pick_image(images)
+class_slot, image_slot, remove_slot = st.columns([3, 3, 2], vertical_alignment="bottom")  # above the pictures
+item = pick_image(images, image_slot, remove_slot)
 decoded = decode(item)
 if decoded is None:
     st.stop()
-image = decoded.image
-class_slot = side.container()
 recipe, options = pick_recipe()
-try:
-    ranking = analyze(item, model_key, model, meta, "cam", False, recipe)
-    k = pick_class(ranked_classes(ranking.probs, meta), meta, (model_key, item.digest), where=class_slot)
-    # a costly method (fused LayerCAM) computes the class shown only
-    by_method = {label: analyze(item, model_key, model, meta, method, tta, recipe, focus=k)
-                 for label, (method, tta) in METHODS.items()}
-    by_pair = {(label, name): analyze(item, model_key, model, meta, method, tta, name, focus=k)
-               for label, (method, tta) in METHODS.items() for name in RECIPES}
-except (ValueError, RuntimeError) as exc:
-    st.error(f"Could not run the model on {item.name}: {exc}")
-    st.stop()
+methods = offered(recipe)
+if any(m.one_view for m in methods) and recipe_views(recipe) > 1:
+    carry("all_views", False)
+    side.checkbox(f"Score-CAM over the recipe's {recipe_views(recipe)} views", key="all_views",
+                  help="Score-CAM computes one view of the image unless asked (the recipe's boxes then skip their "
+                       "averaging of views)")
 display = pick_box_display()
 carry("alpha", 0.5)
 alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))
 colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 
+# the skeleton, before anything is computed: every picture of the previous photo is replaced at once
+heading, hint = st.empty(), st.container()
+st.subheader("Methods")
+setting = describe_options(options)
+st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map, numbered best "
+           f"first; drawn: {display.rule} (sidebar); the tables list the boxes drawn, the last one counts them all.")
+status = st.empty()
+method_grid = TileGrid(len(methods), "method")
+st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
+st.subheader("Box recipes")
+recipes_area = st.empty()  # nothing (an element, not a block: a block would keep the last photo's tiles) until
+recipes_area.empty()  # the tiles are drawn
+st.subheader("Every method × recipe")
+table_note, table = st.empty(), st.empty()
+heading.caption(f"Computing the class probabilities of {item.name}…")  # named once nothing of the last photo is left
+
+try:
+    ranking = analyze(item, model_key, model, meta, recipe=recipe, where=status)
+    k = pick_class(ranked_classes(ranking.probs, meta), meta, (model_key, item.digest), where=class_slot)
+except (ValueError, RuntimeError) as exc:
+    st.error(f"Could not run the model on {item.name}: {exc}")
+    st.stop()
 class_name = names[k]
 truth = ground_truth(gt_data, item.name, class_name)
-demo_hint(model_key, meta, item)
-if truth:
-    known = f"white boxes GT1–GT{len(truth)}: its {len(truth)} ground-truth object(s)"
-elif truth is not None:
-    known = f"“{class_name}” is {NOT_IN_TRUTH} of this image"
-else:
-    known = "no ground truth for this image and class"
-st.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[k])}, {ranking.views}, as on "
-           f"Explore with recipe {recipe}); {known}.")
+scene = Scene(decoded.image, k, truth, display, alpha, colormap, ranking.views)
+known = truth_caption(None if truth is None else len(truth), class_name, "this image")
+heading.caption(f"“{class_name}” in {item.name} (p = {format_score(ranking.probs[k])}, {ranking.views}, as on "
+                f"Explore with recipe {recipe}); {known}.")
+demo_hint(model_key, meta, item, hint)
 
-st.subheader("Methods")
-setting = ", ".join(f"{key} {value}" for key, value in options.items())
-st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map, numbered "
-           f"best first; drawn: {display.rule} (sidebar); the table below counts them all.")
-for column, (label, maps) in zip(st.columns(len(by_method)), by_method.items()):
-    found = maps.detections(k, recipe, options)
-    column.image(encoded(scene(maps, k, image, found, display, truth, alpha, colormap, tile=True)),
-                 output_format="JPEG",
-                 caption=caption(label, maps, ranking.views, found, display, truth, k))
-st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
+# what is on screen and cheap first: CAM's tile (its maps made the heading) and the recipes' tiles
+found = ranking.detections(k, recipe, options)
+scene.fill(method_grid.tiles[0], CAM.label, ranking, found)
+method_grid.add_boxes(CAM.label, found, scene)
+with recipes_area.container():
+    recipe_tiles(item, model_key, model, meta, scene, methods)
 
-st.subheader("Box recipes")
-recipe_tiles(item, model_key, model, meta, image, k, display, truth, alpha, colormap, ranking.views)
-
-st.subheader("Every method × recipe")
-st.caption("Each recipe with its default options; every box counted, drawn or not."
-           + ("" if truth else f" IoU: {NOT_IN_TRUTH}." if truth is not None else ""))
-rows = [{"method": label, "recipe": name, **scored(maps.detections(k, name), truth)}
-        for (label, name), maps in by_pair.items()]
-show_table(pd.DataFrame(rows), key="compare_table", height="content")
+table_note.caption("Each recipe with its default options; every box counted, drawn or not."
+                   + ("" if truth else f" IoU: {NOT_IN_TRUTH}." if truth is not None else ""))
+rows: list[dict[str, Any]] = []
+computed: list[AppMethod] = []
+for position, (tile, method) in enumerate(zip(method_grid.tiles, methods)):
+    context = (item.digest, model_key, method.label)
+    if method.opt_in and not asked(context):
+        costly_tile(tile, method, context, model_key, 1 if one_view(method, recipe) else recipe_views(recipe))
+        continue
+    if method != CAM:
+        status.progress(position / len(methods), text=f"Computing {method.label} ({position + 1} of {len(methods)})…")
+        try:
+            maps = analyze(item, model_key, model, meta, method, recipe, focus=k, one_view=one_view(method, recipe),
+                           where=status)
+        except (ValueError, RuntimeError) as exc:
+            tile.caption(f"{method.label}: could not run on {item.name} ({exc})")
+            continue
+        found = maps.detections(k, recipe, options)
+        scene.fill(tile, method.label, maps, found)
+        method_grid.add_boxes(method.label, found, scene)
+    computed.append(method)
+for method in computed:  # the table, a method's row of recipes at a time
+    status.progress(len(rows) / (len(computed) * len(RECIPES)), text=f"Table: {method.label} under every recipe…")
+    for name in RECIPES:
+        maps = analyze(item, model_key, model, meta, method, name, focus=k, one_view=one_view(method, name),
+                       where=status)
+        label = method.label + (" (one view)" if maps.overrides else "")
+        rows.append({"method": label, "recipe": name, **scored(maps.detections(k, name), truth)})
+    show_table(pd.DataFrame(rows), where=table.container(), height="content")
+status.empty()

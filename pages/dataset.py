@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from camloc.demo import EXAMPLES
+from camloc.demo import DEMO_EVAL, EXAMPLES
 from camloc.io.images import ImageError, load_image
-from camloc.viz import color_hex, distinct_colors, draw_boxes, format_score
-from pages.geometry import best_match
-from pages.pictures import encoded
-from pages.state import carry
-from pages.tables import show_table
+from camloc.viz import color_hex, distinct_colors, draw_boxes
+from pages.pictures import encoded, pick_box_display
+from pages.state import carry, options_filter
+from pages.tables import NO_TRUTH, boxes_table, show_table
+from pages.words import plural
 
 
 @st.cache_data(max_entries=8)
@@ -39,7 +39,7 @@ carry("ds_images", str(EXAMPLES))
 folder = Path(side.text_input("Images folder", key="ds_images"))
 carry("ds_ann", str(EXAMPLES / "annotations.json"))
 ann_path = Path(side.text_input("Annotations (COCO instances JSON)", key="ds_ann"))
-carry("ds_dets", "")
+carry("ds_dets", str(DEMO_EVAL / "detections.json"))
 det_text = side.text_input("Detections (COCO results JSON, optional)", key="ds_dets")
 if not folder.is_dir():
     st.error(f"{folder} is not a folder.")
@@ -58,12 +58,19 @@ if det_text.strip():
             st.error("The detections file must be a list of COCO results.")
         st.stop()
     detections = loaded
+    if Path(det_text.strip()) == DEMO_EVAL / "detections.json":
+        st.info("Detections of the **demo** model: the bundled demo model's on its example scenes (`python -m eval`). "
+                "Give your own detections file in the sidebar.")
 
 names = {c["id"]: c["name"] for c in gt["categories"]}
+carry("ds_classes", [], options_filter(names.values()), context=str(ann_path))
 wanted = side.multiselect("Classes", sorted(names.values()), key="ds_classes",
                           help="Only images with these classes, and only their boxes (empty: all)")
 wanted_ids = {cid for cid, n in names.items() if n in wanted} or set(names)
-min_score = side.slider("Minimum detection score", 0.0, 1.0, 0.1, 0.01, key="ds_min_score")
+carry("ds_min_score", 0.1)
+min_score = side.slider("Minimum detection score", 0.0, 1.0, step=0.01, key="ds_min_score",
+                        help="Detections below it are left out of the picture and the table")
+display = pick_box_display()
 by_image: dict[int, list] = {}
 for ann in gt["annotations"]:
     by_image.setdefault(ann["image_id"], []).append(ann)
@@ -72,7 +79,8 @@ images = [im for im in sorted(gt["images"], key=lambda im: im["id"])
 if not images:
     st.warning("No image matches the filter." if wanted else f"{ann_path} lists no images.")
     st.stop()
-index = st.number_input(f"Image (1–{len(images)})", 1, len(images), 1, key="ds_index") - 1
+carry("ds_index", 1, lambda value: 1 <= value <= len(images), context=(str(ann_path), tuple(wanted)))
+index = st.number_input(f"Image (1–{len(images)})", 1, len(images), key="ds_index") - 1
 info = images[index]
 try:
     image = load_image(folder / info["file_name"])
@@ -83,29 +91,27 @@ except ImageError as exc:
 truth = [a for a in by_image.get(info["id"], []) if a["category_id"] in wanted_ids]
 preds = sorted((d for d in detections if d.get("image_id") == info["id"] and d.get("category_id") in wanted_ids
                 and d.get("score", 0) >= min_score), key=lambda d: -d["score"])
+drawn = preds[:display.drawn(preds)]
 shown = list(dict.fromkeys(a["category_id"] for a in [*truth, *preds]))  # this image's classes, truth first
 colours = dict(zip(shown, distinct_colors(len(shown))))
 cols = st.columns(2)
-cols[0].image(encoded(draw_boxes(image, truth, names, colors=colours)), output_format="JPEG",
-              caption=f"{info['file_name']}: {len(truth)} ground-truth box(es), GT1…")
-cols[1].image(encoded(draw_boxes(image, preds, names, colors=colours)), output_format="JPEG",
-              caption=f"{len(preds)} detection(s) with score ≥ {min_score:.2f}, numbered best first")
+cols[0].image(encoded(draw_boxes(image, truth, names, colors=colours)), output_format="JPEG", width="stretch",
+              caption=f"{info['file_name']}: {plural(len(truth), 'ground-truth box')}"
+                      + (f" (GT1–GT{len(truth)})" if len(truth) > 1 else " (GT1)" if truth else ""))
+cols[1].image(encoded(draw_boxes(image, drawn, names, colors=colours)), output_format="JPEG", width="stretch",
+              caption=f"{display.caption(preds)} of score ≥ {min_score:.2f}, numbered best first")
 if not det_text.strip():
     st.caption("Give a detections file (e.g. the detections.json of `python -m eval`) to see predictions here.")
 elif not preds:
     st.info(f"No detection on this image with score ≥ {min_score:.2f}"
             + (" among the chosen classes." if wanted else "."))
 else:
-    rows = []
-    for rank, d in enumerate(preds, 1):
-        same = [(i, a["bbox"]) for i, a in enumerate(truth, 1) if a["category_id"] == d["category_id"]]
-        iou, at = best_match(d["bbox"], [box for _, box in same])
-        x, y, w, h = (round(float(v)) for v in d["bbox"])
-        rows.append({"#": rank, "class": names.get(d["category_id"], d["category_id"]), "score": float(d["score"]),
-                     "x": x, "y": y, "w": w, "h": h, "IoU": format_score(iou) if same else "—",
-                     "best GT": f"GT{same[at][0]}" if same else "class not in the ground truth"})
-    st.caption("Detections, best first; IoU with the ground-truth box of the same class it overlaps most.")
-    show_table(pd.DataFrame(rows), key="ds_table", colours=[color_hex(colours[d["category_id"]]) for d in preds])
+    table = boxes_table(preds, [a["bbox"] for a in truth], [a["category_id"] for a in truth], names)
+    unmatched = " “—”: the ground truth has no box of its class." if (table.get("best GT") == NO_TRUTH).any() else ""
+    st.caption("Every detection of score ≥ "
+               f"{min_score:.2f}, best first, numbered as on the picture; IoU with the ground-truth box of its class "
+               f"it overlaps most.{unmatched}")
+    show_table(table, key="ds_table", colours=[color_hex(colours[d["category_id"]]) for d in preds])
 if truth:
     st.caption("Ground truth")
     show_table(pd.DataFrame([{"#": f"GT{i}", "class": names.get(a["category_id"], a["category_id"]),

@@ -11,18 +11,23 @@ import streamlit as st
 from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
 from pages import detector_view
-from pages.analysis import METHODS, align_toggle, analyze, pick_class, pick_recipe, ranked_classes
+from pages.analysis import align_toggle, analyze
 from pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
+from pages.methods import CAM, recipe_views
 from pages.model_picker import pick_model
+from pages.pickers import describe_options, pick_class, pick_method, pick_recipe, ranked_classes
 from pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
 from pages.state import carry, options_filter
 from pages.tables import boxes_table, show_table
+from pages.words import truth_caption
 
 
 @st.fragment
 def top_classes(names: list[str], ranked: list[int], probs, views: str) -> None:
     """The top-k table (a fragment: its slider reruns only this table)."""
-    top_k = st.slider("Top-k classes", 1, min(20, len(ranked)), min(5, len(ranked)), key="top_k")
+    most = min(20, len(ranked))
+    carry("top_k", min(5, most), lambda value: 1 <= value <= most)
+    top_k = st.slider("Top-k classes", 1, most, key="top_k")
     show_table(pd.DataFrame({"class": [names[c] for c in ranked[:top_k]],
                              "probability": [float(probs[c]) for c in ranked[:top_k]]}), key="topk_table")
     st.caption(f"Probabilities of {views}, as the boxes use them.")
@@ -31,7 +36,7 @@ def top_classes(names: list[str], ranked: list[int], probs, views: str) -> None:
 st.title("Explore class activation maps")
 side = st.sidebar
 picked = pick_model()
-images = choose_images()
+images = choose_images(None if picked is None else picked[2])
 gt_data = annotations_input(st.sidebar.expander("Ground truth"))
 if picked is None or not images:
     if picked is not None:
@@ -42,24 +47,25 @@ if is_detector_meta(meta):  # a detector's boxes, no maps
     detector_view.show("explore", model_key, model, meta, images, gt_data)
     st.stop()
 names = meta["class_names"]
-item = pick_image(images)
+class_slot, image_slot, remove_slot = st.columns([3, 3, 2], vertical_alignment="bottom")  # above the pictures
+item = pick_image(images, image_slot, remove_slot)
 decoded = decode(item)
 if decoded is None:
     st.stop()
 image = decoded.image
+status = st.empty()  # a long computation's progress bar, above the pictures it makes
 
-carry("method", next(iter(METHODS)), options_filter(METHODS))
-method_label = side.radio("Method", list(METHODS), horizontal=True, key="method")
-method, tta = METHODS[method_label]
+method_slot = side.container()  # the method picker needs the recipe, which comes below it
 align_toggle(side)
-class_slot = side.container()  # the class picker goes here; its order needs the recipe's probabilities
 recipe, options = pick_recipe()
-try:  # every class's probability and CAM, over the views the recipe (or TTA) averages: one figure per page
-    ranking = analyze(item, model_key, model, meta, "cam", tta, recipe)
+try:  # every class's probability and CAM, over the views the recipe averages: one figure per page
+    ranking = analyze(item, model_key, model, meta, recipe=recipe, where=status)
     probs = ranking.probs
     ranked = ranked_classes(probs, meta)
     k = pick_class(ranked, meta, (model_key, item.digest), where=class_slot)
-    maps = ranking if method == "cam" else analyze(item, model_key, model, meta, method, tta, recipe, focus=k)
+    method, one_view = pick_method(recipe, where=method_slot)
+    maps = ranking if method == CAM else analyze(item, model_key, model, meta, method, recipe, focus=k,
+                                                  one_view=one_view, where=status)
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not run the model on {item.name}: {exc}")
     st.stop()
@@ -75,26 +81,27 @@ truth = ground_truth(gt_data, item.name, class_name)
 heat = heat_picture(maps.key, k, alpha, colormap, image, maps)
 boxed = scene(maps, k, image, detections, display, truth, alpha, colormap)
 
-top_classes(names, ranked, probs, ranking.views)
 cols = st.columns(3)
-cols[0].image(image, caption=describe(item, decoded))
+cols[0].image(image, caption=describe(item, decoded), width="stretch")
 demo_hint(model_key, meta, item, cols[0])
-cols[1].image(heat, caption=f"{method_label} of “{class_name}” (p = {format_score(probs[k])})")
+p_shown = "" if method.registered.class_agnostic else f" (p = {format_score(probs[k])})"
+views = f", over {maps.views}" if maps.views != ranking.views else ""
+cols[1].image(heat, caption=f"{method.map_caption(class_name)}{p_shown}{views}", width="stretch")
 cols[1].image(colorbar(colormap), caption="The map, 0 at its minimum and 1 at its maximum")
-setting = ", ".join(f"{key} {value}" for key, value in options.items())
+setting = describe_options(options)
 boxes_caption = f"{display.caption(detections)}, recipe {recipe}" + (f": {setting}" if setting else "")
-cols[2].image(encoded(boxed), caption=boxes_caption, output_format="JPEG")
+if maps.overrides:
+    boxes_caption += f" (on one view: without the recipe's averaging of {recipe_views(recipe)} views)"
+cols[2].image(encoded(boxed), caption=boxes_caption, output_format="JPEG", width="stretch")
 
 if detections:
     show_table(boxes_table(detections, truth), key="boxes_table")
 else:
     st.caption(f"No box for “{class_name}” with recipe {recipe}.")
-if truth:
-    keys = "GT1" if len(truth) == 1 else f"GT1–GT{len(truth)}"
-    st.caption(f"Ground truth: {len(truth)} “{class_name}” object(s) in {item.name} (white boxes {keys}); "
-               "“best GT” is the one each box overlaps most.")
-elif truth is not None:
-    st.caption(f"“{class_name}” is not in the ground truth of {item.name}: no IoU to show.")
+if truth is not None:
+    st.caption(truth_caption(len(truth), class_name, item.name)
+               + ("; “best GT” is the one each box overlaps most." if truth else ": no IoU to show."))
+top_classes(names, ranked, probs, ranking.views)
 
 down = st.columns(2)
 down[0].download_button("Overlay PNG", functools.partial(png_bytes, boxed),

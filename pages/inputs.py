@@ -3,7 +3,6 @@ errors, ground truth matched to the model's classes by name, and the demo model'
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from PIL import Image
 from camloc.demo import EXAMPLES, example_images
 from camloc.io.images import FORMATS, ImageError, load_image
 from pages.model_picker import DEMO_KEY
-from pages.state import carry, clear_uploads, newest_upload, options_filter, remember_uploads, uploads
+from pages.state import carry, options_filter
+from pages.uploads import clear_uploads, digest, newest_upload, remember_uploads, remove_upload, uploads
 
 #: The file name extensions the uploader takes: those of every format ``load_image`` opens (GIF and
 #: WebP included: their first frame), so the browser refuses nothing that camloc can read.
@@ -38,39 +38,55 @@ class InputImage:
 
     @cached_property
     def digest(self) -> str:
-        return hashlib.sha1(self.data).hexdigest()
+        return digest(self.data)
 
 
-def choose_images(where=st.sidebar) -> list[InputImage]:
-    """Uploaded images (kept across pages until replaced), or the example picker when there are none."""
+def choose_images(meta: dict[str, Any] | None, where=st.sidebar) -> list[InputImage]:
+    """Uploaded images (one set for every page: an upload adds to it), or the example picker when there are
+    none — which says, for a model that knows none of the examples' shapes, why no photo is offered."""
     where.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key="uploads",
-                        on_change=remember_uploads, args=("uploads",))
+                        on_change=remember_uploads, args=("uploads",),
+                        help="Each upload adds to your images, on every page; “Remove this image” takes one away")
     kept = uploads()
     if kept:
-        if not st.session_state.get("uploads"):  # uploaded on another page: the widget there held them
-            where.caption(f"Showing your upload{'s' if len(kept) > 1 else ''}: {', '.join(n for n, _ in kept)}")
-            where.button("Back to the examples", on_click=clear_uploads, key="clear_uploads")
+        where.caption(f"Your upload{'s' if len(kept) > 1 else ''}: {', '.join(n for n, _ in kept)}")
+        where.button("Back to the examples", on_click=clear_uploads, key="clear_uploads",
+                     help="Forget every uploaded image")
         return [InputImage(name, data, False) for name, data in kept]
     names = [p.name for p in example_images()]
     if not names:
         return []
     carry("example", names[0], options_filter(names))
     name = where.selectbox("…or pick an example", names, key="example")
+    shapes = example_classes()
+    if meta is not None and not shapes & set(meta["class_names"]):
+        where.caption(f"The examples are the demo model's synthetic shapes ({', '.join(sorted(shapes))}), which this "
+                      "model does not know; no photo is bundled (each COCO photo has its own licence). Upload a photo "
+                      "to see this model at work.")
     return [InputImage(name, (EXAMPLES / name).read_bytes(), True)]
 
 
-def pick_image(images: list[InputImage], where=st) -> InputImage:
-    """The image shown: the only one, or the one picked among several uploads — the one just added after
-    an upload."""
+@st.cache_data(show_spinner=False)
+def example_classes() -> set[str]:
+    """The class names of the bundled examples' ground truth."""
+    return {c["name"] for c in json.loads(EXAMPLE_ANNOTATIONS.read_text(encoding="utf-8"))["categories"]}
+
+
+def pick_image(images: list[InputImage], where=st, remove_where=None) -> InputImage:
+    """The image shown: the only one, or the one picked among several uploads (the one just added after an
+    upload), with a button (in ``remove_where``, default beside the picker) that removes it from the uploads."""
     newest = newest_upload()
     if len(images) == 1:
         return images[0]
     names = [im.name for im in images]
-    carry("shown_image", names[0], options_filter(names))
+    carry("shown_image", names[-1], options_filter(names))
     if newest in names:
         st.session_state["shown_image"] = newest
-    shown = where.selectbox("Image", names, key="shown_image")
-    return images[names.index(shown)]
+    shown = images[names.index(where.selectbox("Image", names, key="shown_image"))]
+    (remove_where or where).button("Remove this image", on_click=remove_upload, args=(shown.name,),
+                                   key="remove_upload", icon=":material/close:",
+                                   help=f"Take {shown.name} out of your uploads")
+    return shown
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import streamlit as st
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.detector import checkpoint_kind, load_any
 from camloc.models import DETECTOR_KIND, CamModel, ModelError, pretrained
-from pages.state import carry, options_filter
+from pages.state import carry
 
 TORCHVISION_MODELS = {"torchvision ResNet-50 (ImageNet → COCO)": "resnet50",
                       "torchvision MobileNetV2 (ImageNet → COCO)": "mobilenet_v2"}
@@ -115,30 +115,69 @@ def fetch_weights(weights: pretrained.PretrainedWeights) -> None:
         bar.empty()
 
 
+_CHOSEN = "_model_key"  # the key of the model the user chose last, on any page
+_LABELS = "_model_labels"  # {label: key} of the picker as last drawn
+_IN_USE = "_model_in_use"  # (key, label) of the model the last run used
+
+
+def _chosen() -> None:
+    """``on_change`` of the picker: the user chose the model of this label."""
+    st.session_state[_CHOSEN] = st.session_state.get(_LABELS, {}).get(st.session_state.get("model_label"))
+
+
+def kept_choice(key: str | None, usable: list[ModelChoice]) -> ModelChoice | None:
+    """The model chosen before, as a choice of its own when the folder now shown does not list it (it stays
+    the model until the user picks another); ``None`` when it is listed, or is a file that is gone."""
+    if key is None or any(c.key == key for c in usable):
+        return None
+    kind, _, value = key.partition(":")
+    if kind != "file" or not Path(value).is_file():
+        return None
+    return ModelChoice(f"{Path(value).name} (from {Path(value).parent})", key, True)
+
+
+def say_model_change(choice: ModelChoice) -> None:
+    """One line when the model differs from the one the last run used: which, and why if the user did not
+    pick it."""
+    before = st.session_state.get(_IN_USE)
+    st.session_state[_IN_USE] = (choice.key, choice.label)
+    if before is None or before[0] == choice.key:
+        return
+    asked = st.session_state.get(_CHOSEN) in (None, choice.key)
+    why = "" if asked else f" ({before[1]} is no longer available)"
+    st.toast(f"Model: now {choice.label}, was {before[1]}{why}.", icon=":material/swap_horiz:")
+
+
 def pick_model(where=st.sidebar) -> tuple[str, CamModel, dict[str, Any]] | None:
     """The model picker; returns ``(key, model, meta)`` or shows in one line why nothing can be loaded. The
-    key names the file and its modification time, so the cached maps of a checkpoint overwritten in place
-    (a new training epoch) are not taken for the new one's."""
+    model chosen stays chosen on every page, whatever folder is shown, until the user picks another (or its
+    file is gone). The key names the file and its modification time, so the cached maps of a checkpoint
+    overwritten in place (a new training epoch) are not taken for the new one's."""
     carry("checkpoint_folder", str(checkpoint_folder()))
     folder = Path(where.text_input("Checkpoint folder", key="checkpoint_folder",
                                    help="*.pt / *.pth files below this folder are offered (camloc checkpoints or "
                                         "state_dicts with a JSON sidecar)"))
     choices = model_choices(folder)
     usable = [c for c in choices if c.available]
+    kept = kept_choice(st.session_state.get(_CHOSEN), usable)
+    usable += [kept] if kept else []
     if not usable:
         st.error("No model is available: the bundled demo checkpoint is missing and no checkpoint was found. "
                  f"Put a checkpoint under {folder} or train one with `python -m train`.")
         return None
-    labels = [c.label for c in usable]
-    carry("model_label", labels[0], options_filter(labels))
-    label = where.selectbox("Model", labels, key="model_label")
+    keys = [c.key for c in usable]
+    chosen = st.session_state.get(_CHOSEN)
+    choice = usable[keys.index(chosen)] if chosen in keys else usable[0]
+    st.session_state[_LABELS] = {c.label: c.key for c in usable}
+    st.session_state["model_label"] = choice.label
+    where.selectbox("Model", [c.label for c in usable], key="model_label", on_change=_chosen)
     for c in choices:
         if c.hint:
             where.caption(f"{c.label}: {c.hint}")
     offline = offline_caption(choices)
     if offline:
         where.caption(offline)
-    choice = next(c for c in usable if c.label == label)
+    say_model_change(choice)
     try:
         if choice.weights is not None and not choice.weights.is_cached():
             fetch_weights(choice.weights)

@@ -6,14 +6,24 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from camloc.viz import color_hex, distinct_colors, format_score
+from camloc.demo import DEMO_EVAL
+from camloc.viz import format_score
+from pages.pr_chart import Curve, class_colours, coinciding, coinciding_note, pr_figure
 from pages.state import carry, options_filter
 from pages.tables import show_table
+from pages.words import plural
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+#: COCO's 12 stats in pycocotools' order, with what each one averages.
+STATS = {"AP": "AP at IoU 0.50:0.95", "AP50": "AP at IoU 0.50", "AP75": "AP at IoU 0.75",
+         "APs": "AP, small objects (< 32² px)", "APm": "AP, medium objects (32²–96² px)",
+         "APl": "AP, large objects (> 96² px)", "AR1": "AR, 1 detection per image",
+         "AR10": "AR, 10 detections per image", "AR100": "AR, 100 detections per image",
+         "ARs": "AR, small objects", "ARm": "AR, medium objects", "ARl": "AR, large objects"}
+#: The per-class table's columns: the metrics file's keys and their titles.
+PER_CLASS = {"name": "class", "num_gt": "objects", "AP": "AP", "AP50": "AP50", "AP75": "AP75",
+             "voc_AP50": "VOC AP50"}
 IOU_CHOICES = {"0.50": "iou50", "0.75": "iou75", "0.50:0.95": "iou50_95"}
 AP_KEY = {"iou50": "AP50", "iou75": "AP75", "iou50_95": "AP"}
 
@@ -43,45 +53,41 @@ def read_metrics(folder: Path) -> dict | None:
 
 st.title("Precision-recall curves")
 carry("eval_folder", "")
-folder = Path(st.text_input("Evaluation folder (the --out of python -m eval)", key="eval_folder"))
-if not str(folder) or str(folder) == ".":
-    st.info("Enter the output folder of `python -m eval` to plot its curves.")
-    st.stop()
+typed = st.text_input("Evaluation folder (the --out of python -m eval)", key="eval_folder",
+                      help="Empty: the bundled demo model's evaluation on its example scenes")
+folder = Path(typed.strip()) if typed.strip() else DEMO_EVAL
+if folder == DEMO_EVAL:
+    st.info("Showing the **demo**: the bundled demo model evaluated on its 6 example scenes (by `python -m eval`). "
+            "Enter the output folder of your own `python -m eval` run above.")
 metrics = read_metrics(folder)
 if metrics is None:
     st.stop()
 
 curves = metrics["pr_curves"]
+carry("iou", next(iter(IOU_CHOICES)), options_filter(IOU_CHOICES))
 iou_label = st.radio("IoU", list(IOU_CHOICES), horizontal=True, key="iou")
 key = IOU_CHOICES[iou_label]
 rows = [r for r in metrics["per_class"] if r.get("AP") is not None and str(r["category_id"]) in curves["classes"]]
+left_out = [r["name"] for r in metrics["per_class"] if r not in rows]
 rows.sort(key=lambda r: -(r.get(AP_KEY[key]) or 0))
 names = [r["name"] for r in rows]
 carry("pr_classes", names[:5], options_filter(names), context=str(folder.resolve()))
 chosen = st.multiselect("Classes", names, key="pr_classes")
 
-figure = go.Figure()
-shown = [row for row in rows if row["name"] in chosen]
-colours = distinct_colors(len(shown))
-for i, row in enumerate(shown):  # the first curves drawn widest, so curves lying on each other all stay visible
-    precision = curves["classes"][str(row["category_id"])][key]
-    width = 2 + 4 * (len(shown) - 1 - i) / max(len(shown) - 1, 1)
-    figure.add_trace(go.Scatter(x=curves["recall"], y=precision, mode="lines", line_shape="hv",
-                                line={"color": color_hex(colours[i]), "width": width},
-                                name=f"{row['name']} (AP={format_score(row[AP_KEY[key]])})", hovertemplate="%{y:.3~g}"))
-figure.update_layout(xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1], yaxis_range=[0, 1.02],
-                     legend_title_text=f"IoU {iou_label}", height=480, hovermode="x unified")
-st.plotly_chart(figure, key="pr_chart")
-st.caption("Steps: COCO's interpolated precision at 101 recall points. Hover a recall to read every class's "
-           "precision there; curves on top of each other show as nested lines. The colours are chosen for the "
-           "classes shown, as far apart as possible.")
+shown = [Curve(row["name"], tuple(curves["classes"][str(row["category_id"])][key]), float(row[AP_KEY[key]]))
+         for row in rows if row["name"] in chosen]
+st.plotly_chart(pr_figure(curves["recall"], shown, class_colours(chosen), iou_label), key="pr_chart")
+st.caption(" ".join(filter(None, (
+    "Steps: COCO's interpolated precision at 101 recall points. Hover a recall to read every class's precision "
+    "there. Each class keeps its colour (chosen in the order the classes were picked, as far apart as possible).",
+    coinciding_note(coinciding(shown))))))
 
 st.subheader("COCO summary")
 coco = metrics["coco"]
-show_table(pd.DataFrame({"metric": list(STAT_NAMES), "value": [float(coco[n]) for n in STAT_NAMES]}),
-           key="coco_stats", height="content")
+show_table(pd.DataFrame({"metric": list(STATS), "what": list(STATS.values()),
+                         "value": [float(coco[n]) for n in STATS]}), key="coco_stats", height="content")
 if metrics.get("voc_map50") is not None:
-    st.caption(f"VOC mAP@0.5 (all-point): {format_score(metrics['voc_map50'])}")
+    st.caption(f"VOC mAP at IoU 0.5 (all-point interpolation): {format_score(metrics['voc_map50'])}")
 wsol = metrics.get("wsol")
 if isinstance(wsol, dict) and isinstance(wsol.get("MaxBoxAcc"), dict) and wsol.get("MaxBoxAccV2") is not None:
     st.subheader("WSOL metrics of the maps (wsolevaluation)")
@@ -97,7 +103,10 @@ if isinstance(wsol, dict) and isinstance(wsol.get("MaxBoxAcc"), dict) and wsol.g
                "threshold when one of its boxes (all contours, at 224×224) matches a ground-truth box of its "
                "class. Top-1 Loc also needs the class among the image's n most probable (n classes present).")
 st.subheader("Per-class AP")
-per_class = pd.DataFrame([{k: r.get(k) for k in ("name", "num_gt", "AP", "AP50", "AP75", "voc_AP50")} for r in rows])
-scores = ["AP", "AP50", "AP75", "voc_AP50"]
+per_class = pd.DataFrame([{title: r.get(field) for field, title in PER_CLASS.items()} for r in rows])
+scores = [title for field, title in PER_CLASS.items() if field not in ("name", "num_gt")]
 per_class[scores] = per_class[scores].astype(float)
 show_table(per_class, key="per_class_table")
+if left_out:
+    st.caption(f"Not listed: {plural(len(left_out), 'class', 'classes')} of the model with no ground-truth object in "
+               f"this evaluation ({', '.join(left_out)}): no AP to compute.")

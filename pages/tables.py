@@ -7,7 +7,7 @@ same in a table and on the picture beside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -21,7 +21,8 @@ SWATCH = "colour"
 NUMBER_FORMAT = "%.3g"
 
 
-def show_table(frame: pd.DataFrame, key: str, where=st, colours: Sequence[str] | None = None, **options: Any) -> None:
+def show_table(frame: pd.DataFrame, key: str | None = None, where=st, colours: Sequence[str] | None = None,
+               **options: Any) -> None:
     """``frame`` without its index, float columns with 3 significant digits, and with ``colours`` (one
     ``#rrggbb`` per row) a first column of colour swatches."""
     if colours is not None:
@@ -42,16 +43,30 @@ def with_swatches(table: pd.DataFrame, colours: Sequence[str]) -> Styler:
             .format(format_score, subset=floats, na_rep=""))
 
 
-def boxes_table(detections: Sequence[dict[str, Any]], truth: Sequence[Sequence[float]] | None) -> pd.DataFrame:
-    """One row per detection, best score first, numbered as on the picture (``#``): its box ``x, y, w,
-    h`` in pixels, its score and, with ground truth, its IoU with the best-matching ground-truth box and
-    that box's key (``GT1``, …)."""
+NO_TRUTH = "—"
+BOX_COLUMNS = ["#", "x", "y", "w", "h", "score"]
+
+
+def boxes_table(detections: Sequence[dict[str, Any]], truth: Sequence[Sequence[float]] | None,
+                truth_classes: Sequence[int] | None = None, names: Mapping[int, str] | None = None) -> pd.DataFrame:
+    """One row per detection, best score first, numbered as on the picture (``#``): with ``names`` its class,
+    its box ``x, y, w, h`` in pixels, its score and, with ground truth, its IoU with the best-matching
+    ground-truth box and that box's key (``GT1``, … in the order of ``truth``).
+
+    ``truth_classes`` (one category id per ground-truth box) matches a detection only with the boxes of its
+    own class (``category_id``): :data:`NO_TRUTH` where the ground truth has none of its class."""
     rows = []
     for rank, det in enumerate(sorted(detections, key=lambda d: -d["score"]), 1):
         x, y, w, h = (round(float(v)) for v in det["bbox"])
-        row: dict[str, Any] = {"#": rank, "x": x, "y": y, "w": w, "h": h, "score": float(det["score"])}
+        row: dict[str, Any] = {"#": rank}
+        if names is not None:
+            row["class"] = names.get(det.get("category_id"), str(det.get("category_id")))
+        row.update({"x": x, "y": y, "w": w, "h": h, "score": float(det["score"])})
         if truth:
-            iou, index = best_match(det["bbox"], truth)
-            row.update({"IoU with GT": iou, "best GT": f"GT{index + 1}"})
+            keys = [i for i in range(len(truth))
+                    if truth_classes is None or truth_classes[i] == det.get("category_id")]
+            iou, index = best_match(det["bbox"], [truth[i] for i in keys])
+            row.update({"IoU with GT": iou if keys else None, "best GT": f"GT{keys[index] + 1}" if keys else NO_TRUTH})
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["#", "x", "y", "w", "h", "score"])
+    columns = BOX_COLUMNS[:1] + (["class"] if names is not None else []) + BOX_COLUMNS[1:]
+    return pd.DataFrame(rows, columns=None if rows else columns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from camloc.demo import DEMO_RUN
+from camloc.demo import RECIPE as DEMO_DATA
+from camloc.demo import TRAIN_ARGS as DEMO_TRAIN_ARGS
 from pages.model_picker import checkpoint_folder
 from pages.run_log import Run, RunLogError, find_runs, read_run
 from pages.state import carry, options_filter
@@ -20,6 +24,14 @@ CURVES = (  # (subplot, log key, label)
     (2, "val_loc_ap50", "localisation AP50 (CAM boxes)"),
     (3, "lr", "learning rate"),
 )
+
+
+def demo_settings() -> dict[str, str]:
+    """The demo model's training settings, as camloc.demo trains it (its checkpoint keeps no settings)."""
+    pairs = dict(zip(DEMO_TRAIN_ARGS[::2], DEMO_TRAIN_ARGS[1::2]))
+    data = (f"synthetic shapes: {DEMO_DATA['train']} training and {DEMO_DATA['val']} validation images, "
+            f"{DEMO_DATA['classes']} classes, {DEMO_DATA['size']} px, seed {DEMO_DATA['seed']}")
+    return {"data": data, **{name.removeprefix("--"): value for name, value in pairs.items()}}
 
 
 def curves(run: Run) -> go.Figure:
@@ -40,9 +52,10 @@ def curves(run: Run) -> go.Figure:
 
 st.title("Training runs")
 side = st.sidebar
-carry("checkpoint_folder", str(checkpoint_folder()))
-root = Path(side.text_input("Checkpoint folder", key="checkpoint_folder",
-                            help="Run folders (with a log.jsonl) below this folder are listed"))
+carry("runs_folder", str(checkpoint_folder()))
+root = Path(side.text_input("Runs folder", key="runs_folder",
+                            help="Run folders (with a log.jsonl) below this folder are listed; the image pages' "
+                                 "checkpoint folder and model stay as they are"))
 runs = find_runs(root)
 labels = [str(p.relative_to(root)) if p != root else "." for p in runs]
 if labels:
@@ -55,15 +68,19 @@ if typed.strip():
 elif labels:
     folder = runs[labels.index(label)]
 else:
-    st.info(f"No training run under {root}. Train one with `python -m train ... --out {root}/NAME`, "
-            "or type a run folder in the sidebar.")
-    st.stop()
+    folder = DEMO_RUN
+    st.info(f"Showing the **demo**: a training run of the bundled demo model's recipe, from scratch on synthetic "
+            "shapes (a re-run of the same data, settings and seed; the bundled weights came from this recipe). No "
+            f"training run under {root}: train one with `python -m train ... --out runs/NAME` and choose its folder "
+            "in the sidebar.")
 
 try:
     run = read_run(folder)
 except RunLogError as exc:
     st.error(str(exc))
     st.stop()
+if folder == DEMO_RUN:
+    run = replace(run, settings=demo_settings())
 
 best = run.best()
 last = run.epochs[-1]

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camloc.boxes import RECIPES
+from camloc.boxes import DEFAULT_RECIPE, RECIPES
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
 from camloc.models.pretrained import OFFLINE_ENV
 from camloc.synthetic import generate
 from camloc.viz import format_score
-from pages.analysis import METHODS
+from pages.methods import offered
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 from tests.helpers import gradient_image
 from train.cli import main as train_main
@@ -32,8 +32,24 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.realdata, pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")]
 ZEBRA = VAL_IMAGES / "000000104455.jpg"  # 640×480, the model's top class: zebra
+STREET = VAL_IMAGES / "000000005001.jpg"  # 640×480, another photo
 BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+#: Watches the main area from now on: counts the states in which a caption names the photo ``name`` while a
+#: picture of the run before (greyed, ``data-stale``) is still shown.
+WATCH_STALE = """name => {
+  window.__named = false; window.__staleWhileNamed = 0;
+  const main = document.querySelector('[data-testid="stMain"]');
+  const check = () => {
+    const captions = [...main.querySelectorAll('[data-testid="stCaptionContainer"]')].map(e => e.innerText);
+    if (!captions.some(text => text.includes(name))) return;
+    window.__named = true;
+    if (main.querySelector('[data-stale="true"] img')) window.__staleWhileNamed += 1;
+  };
+  new MutationObserver(check).observe(main, {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
 
 
 def free_port() -> int:
@@ -150,7 +166,7 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     page.locator('input[type="file"]').set_input_files(str(ZEBRA))
     page.wait_for_selector(f"text={ZEBRA.name}")
     settle(page)
-    page.wait_for_selector("text=Ground truth: 2 “zebra” object(s)")  # the photo's own top class and its truth
+    page.wait_for_selector("text=2 “zebra” objects in the ground truth")  # the photo's own top class and its truth
     shoot(page, tmp_path, "explore")
     default_recipe = boxes_image_src(page)
     choose(page, "Box recipe", "seed")  # the course recipe: Otsu or a fraction of the max
@@ -172,12 +188,12 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     no_exception(page)
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 
-    # the other image pages, by the sidebar: same model, same photo, same class, and the two-view recipe (with the
-    # six-view default, Compare computes every method over six views: minutes on this CPU for a COCO model)
+    # the other image pages, by the sidebar: same model, same photo, same class, the default recipe (issue 22:
+    # Compare now computes what is cheap first and Score-CAM when asked: seconds, not minutes, on this CPU)
     choose(page, "Class", "zebra")
-    choose(page, "Box recipe", "multilevel-flip")
+    choose(page, "Box recipe", DEFAULT_RECIPE)
     go_to(page, "All classes")
-    page.wait_for_selector(f"text=Showing your upload: {ZEBRA.name}")
+    page.wait_for_selector(f"text=Your upload: {ZEBRA.name}")
     page.wait_for_selector('text=zebra')
     no_exception(page)
     page.locator('[data-testid="stDataFrame"]').last.wait_for()  # the overlay's legend: its colours, 3 digits
@@ -186,14 +202,26 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     shoot(page, tmp_path, "all_classes")
     go_to(page, "Compare")
     page.wait_for_selector("text=“zebra” in 000000104455.jpg")
-    pictures = len(METHODS) + 1 + len(RECIPES)  # the methods, their colour bar, the recipes
+    cheap = [m for m in offered(DEFAULT_RECIPE) if not m.opt_in]  # Score-CAM: when its button asks
+    pictures = len(cheap) + 1 + len(RECIPES)  # the methods, their colour bar, the recipes
     page.wait_for_selector(f'[data-testid="stImage"] >> nth={pictures - 1}')
     settle(page)
     assert page.locator('[data-testid="stImage"]').count() == pictures
+    assert page.get_by_role("button", name="Compute Score-CAM").count() == 1
     no_exception(page)
     shoot(page, tmp_path, "compare")
+
+    # issue 22, 4: a photo uploaded on Compare left the previous photo's pictures on screen (greyed) for the whole
+    # computation while the page already named the new one. Every state of the page is watched from the upload on.
+    page.evaluate(WATCH_STALE, STREET.name)
+    page.locator('input[type="file"]').set_input_files(str(STREET))
+    page.wait_for_selector(f"text=in {STREET.name} (p = ", timeout=300_000)
+    settle(page)
+    seen, stale_while_named = page.evaluate("[window.__named, window.__staleWhileNamed]")
+    assert seen and stale_while_named == 0, f"{stale_while_named} page states showed a stale picture under the new name"
+    no_exception(page)
     go_to(page, "Explore")
-    page.wait_for_selector(f"text={ZEBRA.name} (640×480)")
+    page.wait_for_selector(f"text={STREET.name} (640×480)")  # the upload made on Compare, shown on every page
     no_exception(page)
 
     # issue 17: an animated GIF is taken by the uploader (it showed a red "!") and shown at once (first frame)
@@ -253,3 +281,56 @@ def test_every_page_renders_without_exceptions(page, server, tmp_path):
             page.wait_for_selector("text=best epoch")
         no_exception(page)
         shoot(page, tmp_path, name)
+
+
+def script_runs(page) -> list[float]:
+    """The times of Streamlit's ``script_finished`` messages on the page's websocket, from now on."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    finished = []
+
+    def frame(payload) -> None:
+        message = ForwardMsg()
+        if isinstance(payload, bytes):
+            try:
+                message.ParseFromString(payload)
+            except Exception:  # not a ForwardMsg
+                return
+            if message.WhichOneof("type") == "script_finished":
+                finished.append(time.time())
+
+    page.on("websocket", lambda ws: ws.on("framereceived", frame))
+    return finished
+
+
+def test_the_pages_fit_1280_by_800(page, server):
+    """Issue 22, 13: at 1280×800 the pictures started at the bottom edge, the class picker sat under ten method
+    radio buttons, and a 320 px image's boxes picture was wider than its neighbours."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    runs = script_runs(page)
+    page.goto(server, wait_until="domcontentloaded")
+    page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img')
+    settle(page)
+    pictures = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    boxes = [pictures.nth(i).bounding_box() for i in range(pictures.count())]
+    original, heat, boxed = boxes[0], boxes[1], boxes[-1]  # the bundled 320×320 example; the colour bar between
+    assert max(original["y"], heat["y"], boxed["y"]) < 800 / 2  # the pictures in the upper half of the screen
+    assert abs(original["width"] - boxed["width"]) <= 2 and abs(heat["width"] - boxed["width"]) <= 2
+    picker = page.locator('[data-testid="stSelectbox"]').filter(has_text="Class").first.bounding_box()
+    method = page.locator('[data-testid="stSelectbox"]').filter(has_text="Method").first.bounding_box()
+    assert picker["y"] + picker["height"] < min(800, original["y"]) and picker["y"] < method["y"]
+    resolution = page.locator('[data-testid="stRadio"]').filter(has_text="Box resolution")
+    for option in ("1× grid", "4× grid"):  # a click on Box resolution: one rerun of the page
+        before = len(runs)
+        resolution.get_by_text(option, exact=True).click()
+        settle(page)
+        page.wait_for_timeout(1000)
+        assert len(runs) - before == 1
+    go_to(page, "Compare")
+    page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] >> nth=5')
+    settle(page)
+    tiles = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    boxes = [tiles.nth(i).bounding_box() for i in range(tiles.count())]
+    first_row = [b for b in boxes if abs(b["y"] - boxes[0]["y"]) < 2]
+    assert boxes[0]["y"] < 800 and len(first_row) == 4 and min(b["width"] for b in first_row) > 150
+    no_exception(page)

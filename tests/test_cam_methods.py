@@ -61,6 +61,14 @@ def test_every_method_is_registered_with_a_label_and_its_formula():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_class_agnostic_method_is_one_that_gives_every_class_the_same_map(tiny, name):
+    """``class_agnostic`` (the app captions such a method's map as the same for every class) says what the maps do."""
+    model, _, images = tiny
+    maps, _ = method(name).maps(model, images, torch.tensor([3, 60]))
+    assert torch.equal(maps[:, 0], maps[:, 1]) == METHODS[name].class_agnostic
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_per_image_classes_batches_and_empty_selections_agree(tiny, name):
     """Maps of ``(B, k)`` per-image classes = rows of the all-class maps; a batch = its images one by one."""
     model, _, images = tiny

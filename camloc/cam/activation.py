@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -67,6 +67,7 @@ class EigenCAM(MapMethod):
     """
 
     layer: str | None = None
+    class_agnostic: ClassVar[bool] = True
 
     def maps(self, model: CamModel, images: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.inference_mode():

@@ -44,6 +44,8 @@ class MapMethod:
     #: Tens of forward-pass equivalents per image or more (for every class of a COCO model): an interactive
     #: caller asks for the class it shows only (a ``per_class`` method) or caps the work (Score-CAM).
     costly: ClassVar[bool] = False
+    #: The same map for every class (the method does not look at the head).
+    class_agnostic: ClassVar[bool] = False
 
     def maps(self, model: CamModel, images: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(raw maps (B, k, h, w), logits (B, K))`` of ``classes`` (see the module docstring)."""
