@@ -53,7 +53,7 @@ def test_real_fine_tune_beats_chance_and_its_best_checkpoint_is_usable(tmp_path)
     # the per-class gating thresholds of the 369 training images (camloc.calibration)
     assert meta["calibration"]["images"] == 369 and len(meta["class_thresholds"]) == 80
     assert sum(t > 0.001 for t in meta["class_thresholds"]) >= 40
-    assert len(Localizer(model, meta, recipe="seed").predict(VAL_IMAGES / "000000005001.jpg")) >= 80
+    assert len(Localizer(model, meta, recipe="seed", max_dets=0).predict(VAL_IMAGES / "000000005001.jpg")) >= 80
     assert eval_main(["--images", str(VAL_IMAGES), "--ann", str(VAL_ANN), "--checkpoint", str(out / "best.pt"),
                       "--out", str(tmp_path / "eval"), "--limit", "8", "--workers", "0"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 8
@@ -100,7 +100,7 @@ def test_torchrun_with_two_cpu_processes_writes_one_checkpoint_set(tmp_path):
                              *tiny_args(out, "--epochs", "2", "--device", "cpu")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".camloc.lock", "best.pt", "last.pt", "log.jsonl"]  # one set
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert result.stdout.count("epoch=2") == 1  # only rank 0 reports

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from camloc.models.geometry.base import Axes, GeometryError, MapGeometry, layer_output
+from camloc.models.geometry.base import Axes, GeometryError, MapGeometry, NarrowMapError, layer_output
 
 if TYPE_CHECKING:
     from camloc.models.cammodel import CamModel
@@ -136,6 +136,9 @@ def analytic_geometry(model: CamModel, layer: str | None = None, input_size: int
     with torch.inference_mode():
         output = layer_output(model, layer, probe)
     axes = getattr(output, "axes", None)
+    if axes is None and min(output.shape[-2:]) <= 1:
+        raise NarrowMapError(f"layer {layer!r} of {model.arch} makes a one-cell map of a {input_size} px input: "
+                             "a cell's place needs at least two")
     if axes is None:
         raise GeometryError(f"layer {layer!r} of {model.arch}: its map's geometry was lost on the way")
     return MapGeometry((axes[0][1], axes[1][1]), (axes[0][0], axes[1][0]), "analytic")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from camloc.models.geometry.analytic import analytic_geometry
-from camloc.models.geometry.base import MapGeometry, NarrowMapError
+from camloc.models.geometry.base import GeometryError, MapGeometry, NarrowMapError
 from camloc.models.geometry.measured import measured_geometry
 
 if TYPE_CHECKING:
@@ -62,15 +62,26 @@ LARGEST_FACTOR = 8
 def _measured_or_larger(model: CamModel, layer: str, input_size: int) -> MapGeometry:
     """:func:`measured_geometry` at ``input_size``; a map too few cells wide to measure takes the offset measured at
     the smallest multiple of the size that can be (the weights' offset is the same number of input pixels at every
-    size: the demo model's measured 16.5 / 14.5, 16.0 / 15.8 and 16.5 / 14.9 px at 240, 320 and 400), and the
-    analytic geometry when none can."""
+    size: the demo model's measured 16.5 / 14.5, 16.0 / 15.8 and 16.5 / 14.9 px at 240, 320 and 400). When none can
+    be measured — maps too small at every multiple, or maps with no mirror symmetry to find (an untrained or barely
+    trained network) — the analytic geometry, at the smallest multiple whose map keeps one (a 1-cell map has
+    none), with the reason in its ``source``."""
+    reason = "map too small to measure"
     for factor in range(1, LARGEST_FACTOR + 1):
         try:
             found = measured_geometry(model, input_size * factor, layer)
         except NarrowMapError:
             continue
+        except GeometryError as exc:
+            reason = str(exc)
+            break
         return found if factor == 1 else replace(found, source=f"measured at {input_size * factor} px")
-    return replace(analytic_geometry(model, layer, input_size), source="analytic (map too small to measure)")
+    for factor in range(1, LARGEST_FACTOR + 1):
+        try:
+            return replace(analytic_geometry(model, layer, input_size * factor), source=f"analytic ({reason})")
+        except GeometryError:
+            continue
+    return replace(analytic_geometry(model, layer, input_size), source=f"analytic ({reason})")  # raises: says why
 
 
 def geometry_entries(model: CamModel, sizes: Sequence[int], layer: str | None = None) -> list[dict[str, Any]]:
