@@ -185,7 +185,7 @@ def test_torchrun_with_two_cpu_processes(scenes, tmp_path):
                             cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".camloc.lock", "best.pt", "last.pt", "log.jsonl"]  # one set
     assert result.stdout.count("epoch=1") == 1  # only rank 0 reports
     load_detector(out / "last.pt")
 
