@@ -99,10 +99,14 @@ def train(images: Path, ann: Path, out: Path, weights: Path, schedule: dict[str,
     if reuse and finished_run(out, ann, schedule):
         print(f"  reusing {out / 'last.pt'} (a finished run of this schedule)", flush=True)
         return out / "last.pt"
-    code = train_main(["--detector", DEFAULT_DETECTOR, "--images", str(images), "--ann", str(ann), "--out", str(out),
-                       "--weights", str(weights), "--freeze-backbone", "--img-size", str(schedule["detector_size"]),
-                       "--epochs", str(schedule["epochs"]), "--batch-size", str(schedule["batch"]),
-                       "--lr", str(schedule["lr"]), "--workers", "1", "--device", "cpu", "--seed", "0"])
+    resume = ["--resume"] if reuse and (out / "last.pt").is_file() else []  # an unfinished run of this schedule
+    if resume:
+        print(f"  resuming {out / 'last.pt'} (train --resume refuses it if any setting differs)", flush=True)
+    code = train_main([*resume, "--detector", DEFAULT_DETECTOR, "--images", str(images), "--ann", str(ann),
+                       "--out", str(out), "--weights", str(weights), "--freeze-backbone",
+                       "--img-size", str(schedule["detector_size"]), "--epochs", str(schedule["epochs"]),
+                       "--batch-size", str(schedule["batch"]), "--lr", str(schedule["lr"]), "--workers", "1",
+                       "--device", "cpu", "--seed", "0"])
     if code != 0:
         raise SystemExit(f"detector training failed ({code})")
     return out / "last.pt"
@@ -205,7 +209,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the data, pseudo-labels and detectors in this folder")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: reuse the pseudo-labels and the finished detector runs of this schedule "
-                             "found there (the rows are measured again)")
+                             "found there, resume the unfinished ones (the rows are measured again)")
     args = parser.parse_args()
     torch.manual_seed(0)
     results, seconds = {}, {}
