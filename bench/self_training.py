@@ -83,25 +83,27 @@ def timed(what: str, seconds: dict[str, float], call, *args) -> Any:
     return result
 
 
-def finished_run(out: Path, ann: Path, schedule: dict[str, Any]) -> bool:
-    """Whether ``out/last.pt`` is a finished run of this schedule on ``ann`` (``--reuse``)."""
+def run_state(out: Path, ann: Path, schedule: dict[str, Any]) -> int | None:
+    """The epochs ``out/last.pt`` has done if it is a run of this schedule on ``ann`` (``--reuse``), else ``None``."""
     if not (out / "last.pt").is_file():
-        return False
+        return None
     _, meta, extras = load_detector(out / "last.pt")
     given = meta.get("training", {})
     wanted = {"ann": str(ann), "img_size": str(schedule["detector_size"]), "epochs": str(schedule["epochs"]),
               "batch_size": str(schedule["batch"]), "lr": str(schedule["lr"]), "freeze_backbone": "True"}
-    return extras.get("train_state", {}).get("epoch") == schedule["epochs"] and all(
-        given.get(k) == v for k, v in wanted.items())
+    return extras.get("train_state", {}).get("epoch") if all(given.get(k) == v for k, v in wanted.items()) else None
 
 
 def train(images: Path, ann: Path, out: Path, weights: Path, schedule: dict[str, Any], reuse: bool = False) -> Path:
-    if reuse and finished_run(out, ann, schedule):
+    done = run_state(out, ann, schedule) if reuse else None
+    if done == schedule["epochs"]:
         print(f"  reusing {out / 'last.pt'} (a finished run of this schedule)", flush=True)
         return out / "last.pt"
-    resume = ["--resume"] if reuse and (out / "last.pt").is_file() else []  # an unfinished run of this schedule
+    # an unfinished run of this schedule goes on (its settings checked above: a checkpoint of an older camloc
+    # records no fingerprint for train --resume to check)
+    resume = ["--resume", "--resume-anyway"] if done is not None else []
     if resume:
-        print(f"  resuming {out / 'last.pt'} (train --resume refuses it if any setting differs)", flush=True)
+        print(f"  resuming {out / 'last.pt'} after epoch {done} of {schedule['epochs']}", flush=True)
     code = train_main([*resume, "--detector", DEFAULT_DETECTOR, "--images", str(images), "--ann", str(ann),
                        "--out", str(out), "--weights", str(weights), "--freeze-backbone",
                        "--img-size", str(schedule["detector_size"]), "--epochs", str(schedule["epochs"]),
