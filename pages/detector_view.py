@@ -13,9 +13,9 @@ from torch import nn
 
 from camloc.detector import Detector
 from camloc.viz import draw_labelled, format_score
-from pages.pickers import pick_class
 from pages.geometry import best_iou
 from pages.inputs import InputImage, decode, describe, ground_truth, pick_image
+from pages.pickers import pick_class
 from pages.pictures import encoded, pick_box_display, tagged_boxes
 from pages.tables import boxes_table, show_table
 

@@ -254,9 +254,8 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
         node.barrier()
     if node.main:
         warn_unreadable(history)
-        for checkpoint in (args.out / "best.pt", last):  # the final weights' geometry: align="measured" reads it
-            if checkpoint.is_file():
-                store_geometry(checkpoint, node)
+        # the final weights' geometry: align="measured" reads it
+        store_geometry([c for c in (args.out / "best.pt", last) if c.is_file()], node)
         if not args.no_calibrate:
             calibrate(args.out / "best.pt", train_index, args, node)
     return {"history": history, "best": best}

@@ -46,12 +46,21 @@ def calibrate(checkpoint: Path, index: CocoIndex, args: argparse.Namespace, node
     save(checkpoint_payload(model, meta, **extras), checkpoint)
 
 
-def store_geometry(checkpoint: Path, node: Dist) -> None:
+def store_geometry(checkpoints: list[Path], node: Dist) -> None:
     """Write the trained weights' map geometry (:func:`camloc.models.geometry.geometry_entries`, measured at every input
-    size a Localizer runs the model at) into ``checkpoint``'s meta, so that ``align="measured"`` needs no measuring."""
-    model, meta, extras = load_checkpoint(checkpoint, node.device)
-    meta[META_KEY] = geometry_entries(model, view_sizes(meta["input_size"]))
-    save(checkpoint_payload(model, meta, **extras), checkpoint)
+    size a Localizer runs the model at) into each checkpoint's meta, so that ``align="measured"`` needs no measuring.
+    Checkpoints that hold the same weights (``best.pt`` is often the last epoch's) are measured once."""
+    measured: list[tuple[dict[str, torch.Tensor], list[dict[str, Any]]]] = []
+    for checkpoint in checkpoints:
+        model, meta, extras = load_checkpoint(checkpoint, node.device)
+        weights = model.state_dict()
+        entries = next((e for w, e in measured if w.keys() == weights.keys()
+                        and all(torch.equal(w[k], weights[k]) for k in weights)), None)
+        if entries is None:
+            entries = geometry_entries(model, view_sizes(meta["input_size"]))
+            measured.append((weights, entries))
+        meta[META_KEY] = entries
+        save(checkpoint_payload(model, meta, **extras), checkpoint)
 
 
 def warn_unreadable(history: list[dict[str, Any]]) -> None:

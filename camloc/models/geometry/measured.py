@@ -63,6 +63,21 @@ def stimuli(count: int, size: int, seed: int = 0) -> Tensor:
     return batch / batch.flatten(1).std(1).view(-1, 1, 1, 1)
 
 
+def shift_range(width: int, stride: float, input_size: int) -> tuple[int, int]:
+    """The shifts (in 1/:data:`SAMPLES_PER_CELL` cell) :func:`mirror_offset` searches for a map ``width`` cells wide:
+    those of offsets from ``−stride`` to ``+stride``; :class:`NarrowMapError` when the map is too narrow for them."""
+    per_cell = SAMPLES_PER_CELL
+    fine = (width - 1) * per_cell + 1
+
+    def shift_of(offset: float) -> float:
+        return width - 1 - (input_size - 1 - 2 * offset) / stride
+
+    low_shift, high_shift = math.ceil(shift_of(-stride) * per_cell), math.floor(shift_of(stride) * per_cell)
+    if high_shift - low_shift < 2 or max(abs(low_shift), abs(high_shift)) >= fine - per_cell:
+        raise NarrowMapError(f"a map {width} cells wide is too narrow to measure where its cells look")
+    return low_shift, high_shift
+
+
 def mirror_offset(maps: Tensor, mirrored: Tensor, stride: float, input_size: int) -> float:
     """The offset ``a`` (input pixels) of the last axis's cells about which ``maps`` and ``mirrored`` (maps of the
     mirrored inputs, flipped back; both ``(B, h, w)``) are one another's mirror image.
@@ -74,17 +89,10 @@ def mirror_offset(maps: Tensor, mirrored: Tensor, stride: float, input_size: int
     the best three); only cells are compared, never the image's borders."""
     height, width = maps.shape[-2:]
     per_cell = SAMPLES_PER_CELL
+    low_shift, high_shift = shift_range(width, stride, input_size)
     fine = (width - 1) * per_cell + 1
     first, second = (F.interpolate(m[:, None].double(), size=(height, fine), mode="bilinear", align_corners=True)[:, 0]
                      for m in (maps, mirrored))
-
-    def shift_of(offset: float) -> float:
-        return width - 1 - (input_size - 1 - 2 * offset) / stride
-
-    low_shift = math.ceil(shift_of(-stride) * per_cell)
-    high_shift = math.floor(shift_of(stride) * per_cell)
-    if high_shift - low_shift < 2 or max(abs(low_shift), abs(high_shift)) >= fine - per_cell:
-        raise NarrowMapError(f"a map {width} cells wide is too narrow to measure where its cells look")
     from camloc.evaluation.flip import pearson
 
     scores = []
@@ -130,6 +138,10 @@ def measured_geometry(model: CamModel, input_size: int, layer: str | None = None
     analytic = analytic_geometry(model, layer, input_size)
     parameter = next(model.parameters())
     images = stimuli(count, input_size, seed).to(parameter.device, parameter.dtype)
+    with torch.inference_mode():  # a map too narrow to measure is known from one pass, before the stimuli's
+        grid = layer_output(model, layer, images[:1]).shape[-2:]
+    for cells, stride in zip(grid, analytic.stride):
+        shift_range(cells, stride, input_size)
     plain, across, down = [], [], []
     for start in range(0, count, batch):
         x = images[start:start + batch]
