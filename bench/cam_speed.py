@@ -12,9 +12,13 @@ ResNet-50, 448×448, batch 8, all 80 COCO classes:
    pytorch-grad-cam and torchcam side by side, each peer called as its documentation shows, once per
    class (torchcam: one forward pass, then one backward pass per class with ``retain_graph``)   target ≥ 1×
 
+5. maps laid on the image by the model's measured geometry (``align="measured"``) vs stretched over it
+   (``none``), side by side: 80 maps normalised to a 640×480 image, and the default recipe's six-view
+   analysis of a batch (the demo model, whose checkpoint stores its geometry)              target ≈ 1×
+
 The slow references are timed on a few classes and scaled linearly to 80 (their cost per class is
 constant: one Python loop, one forward + backward or one set of masked passes per class); the script
-says so. ``--methods-only`` runs section 4 alone.
+says so. ``--methods-only`` runs section 4 alone, ``--align-only`` section 5.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import numpy as np
 import torch
 
 from camloc.boxes import boxes_from_raw_maps
-from camloc.cam import class_activation_maps, make_method
+from camloc.cam import class_activation_maps, make_method, normalize_maps
+from camloc.demo import DEMO_CHECKPOINT, example_images
 from camloc.localize import Localizer
 from camloc.models import build_model, load_model
 from camloc.models.classes import COCO_NAMES
+from camloc.models.geometry import MapGeometry
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -158,10 +164,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sample-classes", type=int, default=4, help="classes timed for the slow references")
     parser.add_argument("--methods-only", action="store_true", help="run section 4 (every method vs the peers) alone")
+    parser.add_argument("--align-only", action="store_true", help="run section 5 (aligned vs stretched maps) alone")
     args = parser.parse_args()
     torch.manual_seed(0)
-    if args.methods_only:
-        method_throughput(args)
+    if args.methods_only or args.align_only:
+        (method_throughput if args.methods_only else alignment_cost)(args)
         return
     model, _ = build_model("resnet50", list(COCO_NAMES))
     model.eval()
@@ -226,6 +233,24 @@ def main() -> None:
         print(f"   {label}: {len(found)} boxes, {boxes * 1e3:.0f} ms → ratio {boxes / per_image:.2f} "
               f"(batched forward) / {boxes / single:.2f} (batch-1 forward)")
     method_throughput(args)
+    alignment_cost(args)
+
+
+def alignment_cost(args: argparse.Namespace) -> None:
+    """Section 5: what laying maps by the measured geometry costs, side by side with the stretched grid."""
+    raw = torch.randn(80, 14, 14, generator=torch.Generator().manual_seed(0))
+    frame = MapGeometry((32.0, 32.0), (-12.8, -11.5)).frame(448)
+    stretched, laid = timed_pair(lambda: normalize_maps(raw, (480, 640)),
+                                 lambda: normalize_maps(raw, (480, 640), frame), args.repeat * 3)
+    print(f"\n5. 80 maps normalised to 640×480: stretched {stretched * 1e3:.1f} ms, laid by a measured frame "
+          f"{laid * 1e3:.1f} ms → ratio {laid / stretched:.2f}")
+    model, meta = load_model(DEMO_CHECKPOINT)
+    images = example_images()[:4]
+    plain, aligned = (Localizer(model, meta, img_size=320, device="cpu", align=align) for align in ("none", "measured"))
+    none_s, measured_s = timed_pair(lambda: plain.analyze(images), lambda: aligned.analyze(images), args.repeat)
+    print(f"   the default recipe's six views of {len(images)} images (demo model @ 320, every class's map): "
+          f"none {len(images) / none_s:.2f} images/s, measured {len(images) / measured_s:.2f} images/s → "
+          f"time ratio {measured_s / none_s:.2f} (target ≈ 1)")
 
 
 def box_inputs() -> list[tuple[str, torch.Tensor]]:
