@@ -174,21 +174,8 @@ def show_upload(page: Page, timer: Timer, photo: Path) -> None:
             act()
 
 
-def walk(page: Page, url: str) -> dict[str, float]:
-    """The steps, timed; returns seconds per step."""
-    timer = Timer(page)
-    page.goto(url, wait_until="domcontentloaded")
-    page.wait_for_selector('[data-testid="stImage"]', timeout=300_000)
-    timer.settle()
-    times: dict[str, float] = {}
-    timer(choose(page, "Model", COCO80.name))
-    page.locator('[data-testid="stExpander"]').filter(has_text="Ground truth").locator("summary").click()
-    field = page.locator('input[aria-label="Ground truth (COCO instances JSON)"]')
-    field.fill(str(ANNOTATIONS))
-    timer(lambda: field.press("Enter"))
-    uploader = page.locator('input[type="file"]')
-    times["a new photo (upload, decode, the network's passes)"] = timer(
-        lambda: uploader.set_input_files(str(PHOTOS[0])), f"text={PHOTOS[0].name} (640×480")
+def explore_steps(page: Page, timer: Timer, times: dict[str, float]) -> None:
+    """Explore's steps after the first photo, timed into ``times``; ends on CAM and the default recipe."""
     times["a 2nd photo (shown: picked, where the upload did not show it)"] = timer(
         lambda: show_upload(page, timer, PHOTOS[1]), f"text={PHOTOS[1].name} (640×480")
     timer(choose(page, "Image", PHOTOS[0].name), f"text={PHOTOS[0].name} (640×480")
@@ -205,6 +192,26 @@ def walk(page: Page, url: str) -> dict[str, float]:
     times["TTA-CAM again"] = timer(pick(page, "Method", "TTA-CAM"))
     timer(pick(page, "Method", "CAM"))
     timer(choose(page, "Box recipe", DEFAULT_RECIPE))
+
+
+def walk(page: Page, url: str, compare_only: bool = False) -> dict[str, float]:
+    """The steps, timed; returns seconds per step (``compare_only``: from the first photo straight to
+    Compare's two renders, opened and a new photo there)."""
+    timer = Timer(page)
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector('[data-testid="stImage"]', timeout=300_000)
+    timer.settle()
+    times: dict[str, float] = {}
+    timer(choose(page, "Model", COCO80.name))
+    page.locator('[data-testid="stExpander"]').filter(has_text="Ground truth").locator("summary").click()
+    field = page.locator('input[aria-label="Ground truth (COCO instances JSON)"]')
+    field.fill(str(ANNOTATIONS))
+    timer(lambda: field.press("Enter"))
+    uploader = page.locator('input[type="file"]')
+    times["a new photo (upload, decode, the network's passes)"] = timer(
+        lambda: uploader.set_input_files(str(PHOTOS[0])), f"text={PHOTOS[0].name} (640×480")
+    if not compare_only:
+        explore_steps(page, timer, times)
     compare = page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Compare").first
     tiles = ["CAM", *RECIPES]
     times["open Compare, default recipe: first useful render"], times["open Compare: page done"] = \
@@ -213,6 +220,8 @@ def walk(page: Page, url: str) -> dict[str, float]:
     times["Compare, a new photo: first useful render"], times["Compare, a new photo: page done"] = \
         timer.useful_then_finished(lambda: uploader.set_input_files(str(NEW_ON_COMPARE)), USEFUL_COMPARE,
                                    [NEW_ON_COMPARE.name, tiles])
+    if compare_only:
+        return times
     times["class on Compare"] = timer(choose(page, "Class", "person"))
     times["“Maps from” on Compare"] = timer(radio(page, "Maps from", "Grad-CAM"))
     times["opacity on Compare"] = timer(slider_step(page, "Overlay opacity"))
@@ -220,7 +229,8 @@ def walk(page: Page, url: str) -> dict[str, float]:
 
 
 def main() -> None:
-    args = parse_checkouts(__doc__.split("\n\n")[0], rounds=3)
+    args = parse_checkouts(__doc__.split("\n\n")[0], rounds=3, add_options=lambda parser: parser.add_argument(
+        "--compare-only", action="store_true", help="only Compare's renders: opened, and a new photo uploaded there"))
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None or not COCO80.is_file():
         sys.exit("error: needs Debian's chromium and ../shared/data (the COCO-80 weights, coco-mini)")
@@ -234,7 +244,7 @@ def main() -> None:
             process, url = start_server(app, checkpoints)
             try:
                 tab = browser.new_page(viewport={"width": 1500, "height": 1000})
-                times = walk(tab, url)
+                times = walk(tab, url, args.compare_only)
                 tab.close()
                 return times
             finally:

@@ -13,12 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 Times = dict[str, float]
 
 
-def parse_checkouts(description: str, rounds: int) -> argparse.Namespace:
-    """``--before`` (required), ``--after`` (default: this checkout) and ``--rounds``."""
+def parse_checkouts(description: str, rounds: int,
+                    add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--before`` (required), ``--after`` (default: this checkout), ``--rounds`` and a script's own options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--before", type=Path, required=True, help="the other checkout (the app before a change)")
     parser.add_argument("--after", type=Path, default=ROOT, help="this checkout (default)")
     parser.add_argument("--rounds", type=int, default=rounds)
+    if add_options is not None:
+        add_options(parser)
     return parser.parse_args()
 
 
