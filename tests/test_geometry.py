@@ -115,6 +115,9 @@ def test_model_geometry_is_measured_once_then_stored_and_read_back(tmp_path, mon
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # new weights: measured again
     assert model_geometry(model, None, 64) == fake and len(calls) == 2
+    twin, _ = build_model("mobilenet_v2", ["a", "b"], input_size=64)
+    twin.load_state_dict(model.state_dict())  # the same weights in another model (loaded twice): not measured again
+    assert model_geometry(twin, None, 64) == fake and len(calls) == 2
     meta = dict(meta, **{META_KEY: geometry_entries(model, [48, 64])})
     save_checkpoint(model, meta, tmp_path / "m.pt")
     loaded, loaded_meta = load_model(tmp_path / "m.pt")

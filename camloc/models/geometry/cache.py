@@ -1,13 +1,17 @@
-"""A model's geometry: the one its checkpoint stores, or measured once per model, layer, input size and weights and
-kept while the model lives; what a checkpoint stores."""
+"""A model's geometry: the one its checkpoint stores, or measured once per weights (their content: the same weights
+loaded twice are measured once in a process), layer and input size; what a checkpoint stores."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from camloc.models.geometry.analytic import analytic_geometry
@@ -18,8 +22,13 @@ if TYPE_CHECKING:
     from camloc.models.cammodel import CamModel
 
 
-#: Measured geometries of live models: ``{model: {(layer, input size, weights version): geometry}}``.
-_MEASURED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int, int], MapGeometry]] = weakref.WeakKeyDictionary()
+#: The content digest of each live model's weights, per weights version: ``{model: (version, digest)}``.
+_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[int, str]] = weakref.WeakKeyDictionary()
+#: Measured geometries by ``(weights digest, layer, input size)``, the least recently used forgotten past
+#: :data:`KEPT_GEOMETRIES` (each a few numbers).
+_MEASURED: OrderedDict[tuple[str, str, int], MapGeometry] = OrderedDict()
+KEPT_GEOMETRIES = 1024
+_LOCK = threading.Lock()  # the app's sessions are threads of one process
 #: The metadata key a checkpoint keeps its geometries under: a list of ``{"layer", "input_size", "stride", "offset",
 #: "source"}``, measured for the checkpoint's own weights.
 META_KEY = "map_geometry"
@@ -29,6 +38,22 @@ def weights_version(model: nn.Module) -> int:
     """A number that changes whenever any of ``model``'s parameters or buffers is written in place (an optimiser
     step, ``load_state_dict``): measured geometries of older weights are not reused."""
     return sum(t._version for t in (*model.parameters(), *model.buffers()))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of ``model``'s state (names, dtypes, shapes and bytes of every parameter and buffer), computed once per
+    weights version."""
+    version = weights_version(model)
+    known = _DIGESTS.get(model)
+    if known is not None and known[0] == version:
+        return known[1]
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(memoryview(data.view(torch.uint8).numpy()))
+    _DIGESTS[model] = (version, digest.hexdigest())
+    return _DIGESTS[model][1]
 
 
 def stored_geometry(meta: dict[str, Any] | None, layer: str, input_size: int) -> MapGeometry | None:
@@ -42,17 +67,24 @@ def stored_geometry(meta: dict[str, Any] | None, layer: str, input_size: int) ->
 def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: dict[str, Any] | None = None
                    ) -> MapGeometry:
     """``model``'s geometry at ``layer`` (default: the feature layer) for an ``input_size`` input: the one its
-    checkpoint's ``meta`` stores, else :func:`measured_geometry`, measured once per model, layer, input size and
-    weights and kept while the model lives."""
+    checkpoint's ``meta`` stores, else :func:`measured_geometry`, measured once per weights (by content), layer and
+    input size."""
     layer = layer or model.family.feature_layer
     stored = stored_geometry(meta, layer, input_size)
     if stored is not None:
         return stored
-    known = _MEASURED.setdefault(model, {})
-    key = (layer, int(input_size), weights_version(model))
-    if key not in known:
-        known[key] = _measured_or_larger(model, layer, int(input_size))
-    return known[key]
+    key = (weights_digest(model), layer, int(input_size))
+    with _LOCK:
+        found = _MEASURED.get(key)
+        if found is not None:
+            _MEASURED.move_to_end(key)
+            return found
+    found = _measured_or_larger(model, layer, int(input_size))
+    with _LOCK:
+        _MEASURED[key] = found
+        while len(_MEASURED) > KEPT_GEOMETRIES:
+            _MEASURED.popitem(last=False)
+    return found
 
 
 #: How many times its size an input too small to measure may be enlarged to measure the offset there.
