@@ -53,11 +53,11 @@ from camloc.pseudo import PseudoLabelError
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.distributed import Dist, setup_distributed
 from camloc.runtime.errors import error_line, one_line_warnings
-from camloc.runtime.profiling import StageClock, format_report, stage
+from camloc.runtime.profiling import StageClock, stage
 from train.detector import refused_options, run_detector
 from train.fingerprint import fingerprint
 from train.loop import amp_dtype, make_loader, param_groups, train_epoch, validate, warmup_cosine
-from train.state import TrainingError, calibrate, resume, store_geometry, warn_unreadable, write_log
+from train.state import TrainingError, calibrate, log_epoch, resume, store_geometry, warn_unreadable
 
 #: Guards against values that would exhaust the machine (one process per worker, one tensor per batch).
 MAX_BATCH, MAX_WORKERS = 1024, 64
@@ -243,14 +243,7 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
                     if improved or val_set is None:
                         save(checkpoint_payload(model, meta, epoch=epoch + 1, val_map=score), args.out / "best.pt")
         if node.main:
-            record["epoch_images_per_s"] = record["images"] / (time.perf_counter() - started)
-            if clock:
-                record["profile"] = clock.report(record["images"], time.perf_counter() - started)
-                print(format_report(record["profile"]), file=sys.stderr)
-            history.append(record)
-            write_log(args.out / "log.jsonl", history)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                           if not isinstance(v, (list, dict))), flush=True)
+            log_epoch(record, time.perf_counter() - started, clock, history, args.out / "log.jsonl")
         node.barrier()
     if node.main:
         warn_unreadable(history)

@@ -35,7 +35,7 @@ from camloc.models import ModelError
 from camloc.models import atomic_torch_save as save
 from camloc.pseudo import PseudoRule, pseudo_labels
 from camloc.runtime.distributed import Dist
-from camloc.runtime.profiling import StageClock, format_report, stage
+from camloc.runtime.profiling import StageClock, stage
 from train.fingerprint import fingerprint
 from train.loop import (
     SYNC_EVERY,
@@ -43,11 +43,12 @@ from train.loop import (
     amp_dtype,
     check_finite,
     make_loader,
+    optimizer_step,
     param_groups,
     warmup_cosine,
     warmup_steps,
 )
-from train.state import TrainingError, restore_training, warn_unreadable, write_log
+from train.state import TrainingError, log_epoch, restore_training, warn_unreadable
 
 #: Classifier-only options refused with ``--detector`` (option, value that means "not given").
 CLASSIFIER_ONLY = (("--arch", "arch", None), ("--mode crops", "mode", "multilabel"), ("--dilate", "dilate", False),
@@ -138,13 +139,7 @@ def train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, scheduler, 
             losses = net(images, targets)
         loss = sum(v.float() for v in losses.values())
         nonfinite |= ~torch.isfinite(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        with stage("backward"):
-            scaler.scale(loss).backward()
-        with stage("optimizer step"):
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+        optimizer_step(loss, optimizer, scaler, scheduler)
         for name, value in {"train_loss": loss, **losses}.items():
             totals[name] = totals.get(name, torch.zeros((), dtype=torch.float64, device=node.device)) \
                 + value.detach().double() * len(images)
@@ -242,14 +237,7 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
                     if improved or val_index is None:
                         save(detector_payload(model, meta, epoch=epoch + 1, val_ap=score), args.out / "best.pt")
         if node.main:
-            record["epoch_images_per_s"] = record["images"] / (time.perf_counter() - started)
-            if clock:
-                record["profile"] = clock.report(record["images"], time.perf_counter() - started)
-                print(format_report(record["profile"]), file=sys.stderr)
-            history.append(record)
-            write_log(args.out / "log.jsonl", history)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                           if not isinstance(v, (list, dict))), flush=True)
+            log_epoch(record, time.perf_counter() - started, clock, history, args.out / "log.jsonl")
         node.barrier()
     if node.main:
         warn_unreadable(history)

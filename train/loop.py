@@ -144,6 +144,18 @@ def validate(model: CamModel, meta: dict[str, Any], val_set, val_index: CocoInde
     return result
 
 
+def optimizer_step(loss: Tensor, optimizer, scaler, scheduler) -> None:
+    """One training step from ``loss`` (the classifier's and the detector's loops alike): gradients through the
+    (possibly scaling) ``scaler``, the optimizer's step, the schedule's."""
+    optimizer.zero_grad(set_to_none=True)
+    with stage("backward"):
+        scaler.scale(loss).backward()
+    with stage("optimizer step"):
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+
 def amp_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU has it, else fp16 (with a gradient scaler); only used on CUDA."""
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
@@ -205,13 +217,7 @@ def train_epoch(net: nn.Module, model: CamModel, meta: dict[str, Any], loader: D
             logits = net(images)[0]
             loss = criterion(logits.float(), targets)
         nonfinite |= ~torch.isfinite(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        with stage("backward"):
-            scaler.scale(loss).backward()
-        with stage("optimizer step"):
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+        optimizer_step(loss, optimizer, scaler, scheduler)
         total += loss.detach().double() * len(images)
         count += len(images)
         steady.step(step, len(images))

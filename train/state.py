@@ -28,6 +28,7 @@ from camloc.models import atomic_torch_save as save
 from camloc.models.geometry import META_KEY, geometry_entries
 from camloc.pipeline.analysis import view_sizes
 from camloc.runtime.distributed import Dist
+from camloc.runtime.profiling import StageClock, format_report
 from train.fingerprint import resume_refusal
 
 
@@ -61,6 +62,21 @@ def store_geometry(checkpoints: list[Path], node: Dist) -> None:
             measured.append((weights, entries))
         meta[META_KEY] = entries
         save(checkpoint_payload(model, meta, **extras), checkpoint)
+
+
+def log_epoch(record: dict[str, Any], seconds: float, clock: StageClock | None, history: list[dict[str, Any]],
+              log: Path) -> None:
+    """The end of an epoch on the main process (the classifier's and the detector's loops alike): its images per
+    second over ``seconds`` (and ``clock``'s profile, printed), ``record`` appended to ``history`` and ``log``
+    rewritten, and one line of its figures."""
+    record["epoch_images_per_s"] = record["images"] / seconds
+    if clock:
+        record["profile"] = clock.report(record["images"], seconds)
+        print(format_report(record["profile"]), file=sys.stderr)
+    history.append(record)
+    write_log(log, history)
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                   if not isinstance(v, (list, dict))), flush=True)
 
 
 def warn_unreadable(history: list[dict[str, Any]]) -> None:
