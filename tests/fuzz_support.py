@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from hypothesis import HealthCheck, settings
 from PIL import Image, features
 
+from camloc.synthetic import generate_split
 from tests.helpers import gradient_image
 
 #: The settings of every Hypothesis test in the fuzz suite: same examples on every run, no database.
@@ -107,6 +110,14 @@ def flip_bytes(data: bytes, seed: int, count: int, window: int | None = None) ->
     for _ in range(count):
         out[int(rng.integers(min(window or len(out), len(out))))] = int(rng.integers(256))
     return bytes(out)
+
+
+def scene_data(root: Path, count: int, seed: int) -> dict:
+    """``count`` 64-px synthetic scenes of the demo checkpoint's six categories in ``root``: the images folder, the
+    annotations (``ann``) and their file (``ann_path``)."""
+    ann = generate_split(root, "val", count, 6, 64, seed=seed)
+    (root / "ann.json").write_text(json.dumps(ann))
+    return {"root": root, "images": root / "val", "ann": ann, "ann_path": root / "ann.json"}
 
 
 @contextlib.contextmanager

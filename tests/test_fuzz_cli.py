@@ -18,9 +18,8 @@ import torch
 
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.models.classes import COCO_CATEGORIES
-from camloc.synthetic import generate_split
 from eval.cli import main as eval_main
-from tests.fuzz_support import torch_threads
+from tests.fuzz_support import scene_data, torch_threads
 from train.cli import main as train_main
 
 OUTPUTS = ("detections.json", "metrics.json", "last.pt", "best.pt", "log.jsonl")
@@ -35,10 +34,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """Four 64-px synthetic scenes with the demo checkpoint's six categories."""
-    root = tmp_path_factory.mktemp("data")
-    ann = generate_split(root, "val", 4, 6, 64, seed=0)
-    (root / "ann.json").write_text(json.dumps(ann))
-    return {"root": root, "images": root / "val", "ann": ann, "ann_path": root / "ann.json"}
+    return scene_data(tmp_path_factory.mktemp("data"), 4, seed=0)
 
 
 def run(main, argv: list[str], capsys) -> tuple[int, str]:

@@ -23,7 +23,7 @@ from camloc.io.lock import LOCK_NAME
 from camloc.synthetic import generate_split
 from eval.cli import main as eval_main
 from tests.conftest import ROOT
-from tests.fuzz_support import torch_threads
+from tests.fuzz_support import scene_data, torch_threads
 
 HELD = """
 import os, sys, time
@@ -68,10 +68,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """Six 64-px synthetic scenes with the demo checkpoint's six categories."""
-    root = tmp_path_factory.mktemp("data")
-    ann = generate_split(root, "val", 6, 6, 64, seed=1)
-    (root / "ann.json").write_text(json.dumps(ann))
-    return {"root": root, "images": root / "val", "ann": ann, "ann_path": root / "ann.json"}
+    return scene_data(tmp_path_factory.mktemp("data"), 6, seed=1)
 
 
 def eval_argv(data: dict, out: Path, *extra: str) -> list[str]:
