@@ -171,23 +171,45 @@ def _spots(bbox: Sequence[float], tag_w: float, tag_h: float, size: tuple[int, i
     return spots[np.sort(first)]
 
 
+#: How far from its box (in tag widths and heights) a key may go when no spot along the box is free.
+NEARBY_TAGS = 2
+
+
+def _nearby_spots(bbox: Sequence[float], tag_w: float, tag_h: float, size: tuple[int, int]) -> np.ndarray:
+    """Top-left corners ``(n, 2)`` for a tag anywhere within :data:`NEARBY_TAGS` tags of a box (a grid of a quarter
+    tag wide, half a tag high; kept inside the image, none twice), nearest to the box first: the last places
+    a key looks for when every spot along its box (:func:`_spots`) is taken."""
+    x, y, w, h = (float(v) for v in bbox)
+    lefts = np.arange(x - (NEARBY_TAGS + 1) * tag_w, x + w + NEARBY_TAGS * tag_w + 1, max(tag_w / 4, 1.0))
+    tops = np.arange(y - (NEARBY_TAGS + 1) * tag_h, y + h + NEARBY_TAGS * tag_h + 1, max(tag_h / 2, 1.0))
+    spots = np.stack(np.meshgrid(lefts, tops), -1).reshape(-1, 2)
+    spots[:, 0] = spots[:, 0].clip(0.0, max(0.0, size[0] - tag_w))
+    spots[:, 1] = spots[:, 1].clip(0.0, max(0.0, size[1] - tag_h))
+    spots = np.unique(spots, axis=0)
+    gap_x = np.maximum(0.0, np.maximum(x - (spots[:, 0] + tag_w), spots[:, 0] - (x + w)))
+    gap_y = np.maximum(0.0, np.maximum(y - (spots[:, 1] + tag_h), spots[:, 1] - (y + h)))
+    return spots[np.argsort(np.hypot(gap_x, gap_y), kind="stable")]
+
+
 def layout_tags(boxes: Sequence[LabelledBox], size: tuple[int, int],
                 measure: Callable[[str], tuple[float, float]]) -> list[tuple[str, tuple[float, ...]] | None]:
     """Where each box's tag goes: ``(text, (x0, y0, x1, y1))`` per box, in order — earlier boxes choose first.
 
-    A box's full label goes at its first spot (:func:`_spots`) that covers no tag placed before it (nor
-    comes closer to one than :data:`TAG_GAP` pixels);
-    failing that its key does; failing that too, the key goes where it covers the least of the others.
-    So every box is tagged, and tags never overlap while a free spot exists. ``measure(text)`` is the
-    tag's ``(width, height)``.
+    A box's full label goes at its first spot along the box (:func:`_spots`) that covers no tag placed before it
+    (nor comes closer to one than :data:`TAG_GAP` pixels); failing that its key does; failing that, the key goes
+    to the free spot nearest the box within :data:`NEARBY_TAGS` tags (:func:`_nearby_spots`); failing that too,
+    where it covers the least of the others. So every box is tagged, and tags never overlap while a free spot
+    exists near the box. ``measure(text)`` is the tag's ``(width, height)``.
     """
     placed = np.zeros((0, 4))
     result = []
     for box in boxes:
         choice = None
-        for text in dict.fromkeys(t for t in (box.label, box.key or box.label) if t):
+        key = box.key or box.label
+        attempts = [(text, _spots) for text in dict.fromkeys(t for t in (box.label, key) if t)]
+        for text, where in attempts + ([(key, _nearby_spots)] if key else []):
             tag_w, tag_h = measure(text)
-            spots = _spots(box.bbox, tag_w, tag_h, size)
+            spots = where(box.bbox, tag_w, tag_h, size)
             tags = np.concatenate([spots, spots + np.array([tag_w, tag_h])], axis=1)
             apart = placed + np.array([-TAG_GAP, -TAG_GAP, TAG_GAP, TAG_GAP])
             covered = (np.clip(np.minimum(tags[:, None, 2], apart[None, :, 2])
@@ -195,7 +217,7 @@ def layout_tags(boxes: Sequence[LabelledBox], size: tuple[int, int],
                        * np.clip(np.minimum(tags[:, None, 3], apart[None, :, 3])
                                  - np.maximum(tags[:, None, 1], apart[None, :, 1]), 0, None)).sum(1)
             best = int(np.argmin(covered))  # the first spot that covers nothing, if there is one
-            if covered[best] == 0 or text == (box.key or box.label):
+            if covered[best] == 0 or where is _nearby_spots:
                 choice = (text, tuple(float(v) for v in tags[best]))
                 break
         if choice is not None:  # None: a box with neither label nor key

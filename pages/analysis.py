@@ -31,6 +31,7 @@ from camloc.boxes import DEFAULT_RECIPE, make_recipe
 from camloc.cam import make_method
 from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
+from camloc.models.geometry.measured import STIMULI as MEASURE_STIMULI
 from camloc.pipeline.analysis import TTA_SCALES
 from pages.inputs import InputImage
 from pages.methods import CAM, AppMethod
@@ -193,6 +194,11 @@ def compute_views(store: Computed, image: InputImage, model_key: str, method: Ap
     found = {key: store.get(key) for key in keys}
     missing = [key for key, analysis in found.items() if analysis is None]
     if missing:
+        pending = localizer.unmeasured_geometries([key[-1] for key in missing])
+        if pending:  # once per model on this machine: not in the first pass's time, nor silent
+            with st.spinner(f"Measuring where this model's map cells look in the image (once per model: kept on "
+                            f"this machine; {MEASURE_STIMULI} test patterns)…"):
+                localizer.measure_geometries(pending)
         total = method.passes_per_view * len(missing)
         slow = (estimate_seconds(model_key, method, len(missing)) or 0.0) > PROGRESS_AFTER
         what = f"Computing {method.label} for {image.name}"

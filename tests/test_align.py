@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -29,6 +30,8 @@ def tiny():
 def made_up_geometry(monkeypatch):
     """Every model measures :data:`MADE_UP` (the Localizer's plumbing is tested here, the measuring elsewhere)."""
     monkeypatch.setattr("camloc.models.geometry.cache.measured_geometry", lambda model, size, layer=None: MADE_UP)
+    monkeypatch.setattr("camloc.models.geometry.cache._MEASURED", OrderedDict())  # nothing measured before counts
+    monkeypatch.setenv("CAMLOC_CACHE_DIR", "none")
 
 
 def test_seed_keeps_the_stretched_grid_bit_for_bit(tiny, made_up_geometry):
@@ -68,6 +71,20 @@ def test_aligned_views_carry_their_frames(tiny, made_up_geometry):
     torch.testing.assert_close(six.raw_maps, joined.raw_maps)
     heat = plain.heatmaps()
     assert heat.shape == (len(plain.classes), 60, 80) and float(heat.min()) >= 0 and float(heat.max()) == 1.0
+
+
+def test_the_geometries_a_localizer_needs_are_listed_until_measured(tiny, made_up_geometry):
+    """What the app measures (under a spinner) before its first aligned analysis: each view size's geometry once."""
+    assert Localizer(*tiny, img_size=64, recipe="seed").unmeasured_geometries() == []  # align none: nothing
+    localizer = Localizer(*tiny, img_size=64, recipe="multilevel-tta", align="measured")
+    pending = localizer.unmeasured_geometries()
+    assert [size for _, size in pending] == [48, 64, 80]
+    assert localizer.unmeasured_geometries([(1.0, True)]) == [pending[1]]
+    localizer.measure_geometries(pending[:1])
+    assert localizer.unmeasured_geometries() == pending[1:]
+    localizer.measure_geometries(pending[1:])
+    assert localizer.unmeasured_geometries() == []
+    assert localizer.analyze(gradient_image(40, 50))[0].frame == MADE_UP.frame(48)
 
 
 def test_align_is_checked(tiny):

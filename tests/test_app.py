@@ -28,7 +28,6 @@ from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
 from camloc.models import atomic_torch_save, build_torchvision, load_model, pretrained, save_checkpoint
 from camloc.models.classes import COCO_NAMES
-from camloc.pipeline.analysis import TTA_SCALES
 from camloc.synthetic import generate
 from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
 from pages.analysis import PLAIN_MAPS, views_label
@@ -247,10 +246,10 @@ def test_explore_draws_the_best_boxes_lists_all_and_says_how_many_are_hidden(mon
     """Issue 17: the default recipe drew every box (down to scores of 1e-4) and the table gave the box as four
     unlabelled numbers, not sorted by score, with fewer digits than the picture."""
     at = page("explore.py", monkeypatch, tmp_path).run()
-    at.sidebar.selectbox(key="recipe").set_value("multilevel-flip").run()
-    assert at.sidebar.radio(key="box_scale").value == 2  # multilevel-flip's boxes: at 2× the feature grid
+    at.sidebar.selectbox(key="recipe").set_value("multilevel-tta").run()
+    assert at.sidebar.radio(key="box_scale").value == "full"  # multilevel-tta's boxes: at the image's resolution
     at.sidebar.selectbox(key="recipe").set_value(DEFAULT_RECIPE).run()
-    assert at.sidebar.radio(key="box_scale").value == "full"  # the default's: at the image's resolution
+    assert at.sidebar.radio(key="box_scale").value == 2  # the default's (multilevel-flip): at 2× the feature grid
     table = boxes_table(at)
     total = len(table)
     assert total >= 3 and list(table.columns[:6]) == ["#", "x", "y", "w", "h", "score"]
@@ -384,7 +383,7 @@ def test_the_demo_model_says_it_only_knows_shapes(monkeypatch, tmp_path):
 
 
 @pytest.mark.realdata
-def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures, tag_layouts):
+def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures, tag_layouts, coco80_geometry):
     """The issue-17 walk: a real COCO photo, its ground truth and the shared COCO-80 model — readable boxes,
     every one tagged (ground truth too), one probability per class, and no IoU where the class is absent."""
     for suffix in (".pth", ".json"):
@@ -432,7 +431,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
 
 
 @pytest.mark.realdata
-def test_explore_with_a_real_coco_model_and_image(monkeypatch, tmp_path):
+def test_explore_with_a_real_coco_model_and_image(monkeypatch, tmp_path, coco80_geometry):
     for suffix in (".pth", ".json"):
         shutil.copy(COCO80.with_suffix(suffix), tmp_path / COCO80.with_suffix(suffix).name)
     at = page("explore.py", monkeypatch, tmp_path).run()
@@ -487,7 +486,7 @@ def test_one_probability_per_image_and_class_on_every_page(monkeypatch, coco_che
     top = top_table(at).iloc[0]
     figure = format_score(top["probability"])
     assert f"of “{top['class']}” (p = {figure})" in heat_caption(at)
-    views = views_label(tuple((s, f) for s in TTA_SCALES for f in (False, True)))  # the default recipe's six
+    views = views_label(((1.0, False), (1.0, True)))  # the default recipe's (multilevel-flip) two
     assert f"Probabilities of {views}, as the boxes use them." in texts(at.caption)
     at.switch_page("pages/compare.py").run()
     assert f"“{top['class']}” in shapes_000001.jpg (p = {figure}, {views}" in texts(at.caption)
@@ -546,7 +545,8 @@ def test_compare_shows_the_methods_and_recipes_with_iou_and_a_costly_method_when
     shown = offered(DEFAULT_RECIPE)
     cheap = [m.label for m in shown if not m.opt_in]
     assert {"CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "LayerCAM fused"} <= set(cheap)
-    assert [m.label for m in shown if m.opt_in] == ["Score-CAM"] and "TTA-CAM" not in [m.label for m in shown]
+    assert [m.label for m in shown if m.opt_in] == ["Score-CAM"] and "TTA-CAM" in cheap  # the default: two views
+    assert "TTA-CAM" not in [m.label for m in offered("multilevel-tta")]  # a recipe that averages the TTA views
     captions = [c for c in image_captions(at) if not c.startswith("The maps")]  # not the colour bar's
     assert [c.split(":")[0].split(" (")[0] for c in captions] == [*cheap, *RECIPES]
     assert all("top box IoU" in c for c in captions)  # the example is annotated and the model knows its classes
@@ -560,7 +560,7 @@ def test_compare_shows_the_methods_and_recipes_with_iou_and_a_costly_method_when
     no_exception(at)
     assert at.session_state["forward_passes"] == first + 1  # Score-CAM: one view of the image, as said
     captions = [c for c in image_captions(at) if not c.startswith("The maps")]
-    assert [c.split(":")[0].split(" (")[0] for c in captions] == [*cheap, "Score-CAM", *RECIPES]
+    assert [c.split(":")[0].split(" (")[0] for c in captions] == [*(m.label for m in shown), *RECIPES]  # in order
     assert "Score-CAM (one view)" in compare_table(at)["method"].tolist()
     at.selectbox(key="class_name").select_index(1).run()
     # every method computed every class at once, but a costly one (fused LayerCAM) computes the class shown
@@ -1081,8 +1081,9 @@ def test_methods_state_their_cost_and_score_cam_computes_one_view_with_progress(
 
     monkeypatch.setattr(dg.DeltaGenerator, "progress", watched)
     at = page("explore.py", monkeypatch, tmp_path).run()
+    at.sidebar.selectbox(key="recipe").set_value("multilevel-tta").run()  # a recipe of six views
     picker = at.sidebar.selectbox(key="method")
-    for method in offered(DEFAULT_RECIPE)[1:]:
+    for method in offered("multilevel-tta")[1:]:
         assert f"- {method.label}: ≈ " in picker.help and f"{method.label} · ≈ " in " ".join(picker.options)
     assert "TTA-CAM is not offered: recipe multilevel-tta already averages the six TTA views." in picker.help
     passes = at.session_state["forward_passes"]
@@ -1102,7 +1103,8 @@ def test_tta_cam_only_where_it_differs_and_eigencam_says_it_is_class_agnostic(mo
     """Issue 22, 10: under the six-view default TTA-CAM gave CAM's result exactly; EigenCAM was captioned as a map
     of one class."""
     at = page("explore.py", monkeypatch, tmp_path).run()
-    assert "TTA-CAM" not in at.sidebar.selectbox(key="method").options
+    at.sidebar.selectbox(key="recipe").set_value("multilevel-tta").run()
+    assert not any(o.startswith("TTA-CAM") for o in at.sidebar.selectbox(key="method").options)
     at.sidebar.selectbox(key="recipe").set_value("multilevel-flip").run()
     assert any(o.startswith("TTA-CAM") for o in at.sidebar.selectbox(key="method").options)
     at.sidebar.selectbox(key="method").set_value("EigenCAM").run()

@@ -69,7 +69,7 @@ def tiny_training_run(out: Path, data: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, coco80_geometry):
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     for suffix in (".pth", ".json"):
         shutil.copy(COCO80.with_suffix(suffix), checkpoints / COCO80.with_suffix(suffix).name)

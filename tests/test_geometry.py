@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,6 +107,7 @@ def test_measured_geometry_sees_where_the_weights_look():
 
 
 def test_model_geometry_is_measured_once_then_stored_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMLOC_CACHE_DIR", "none")
     model, meta = build_model("mobilenet_v2", ["a", "b"], input_size=64)
     calls = []
     fake = MapGeometry((32.0, 32.0), (3.0, -4.0), "measured")
@@ -124,6 +127,94 @@ def test_model_geometry_is_measured_once_then_stored_and_read_back(tmp_path, mon
     assert len(calls) == 3  # 48 was new
     assert model_geometry(loaded, None, 64, loaded_meta) == fake and len(calls) == 3  # read from the checkpoint
     assert model_geometry(loaded, "features", 48, loaded_meta) == fake and len(calls) == 3
+
+
+def test_measured_geometry_is_kept_on_disk_once_per_machine(tmp_path, monkeypatch):
+    """A new process (the in-memory cache emptied) reads the measured geometry back from the cache folder; a file
+    that cannot be read is measured again and rewritten; a folder that cannot be written warns and goes on;
+    ``none`` keeps nothing."""
+    from camloc.models.geometry import cache, store
+
+    monkeypatch.setenv("CAMLOC_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    fake = MapGeometry((32.0, 32.0), (3.0, -4.0), "measured")
+    monkeypatch.setattr(cache, "measured_geometry", lambda m, size, layer=None: calls.append(size) or fake)
+
+    def new_process():
+        monkeypatch.setattr(cache, "_MEASURED", type(cache._MEASURED)())
+
+    model, _ = build_model("mobilenet_v2", ["a", "b"], input_size=64)
+    new_process()
+    assert model_geometry(model, None, 64) == fake and model_geometry(model, None, 96) == fake and calls == [64, 96]
+    [kept] = (tmp_path / "cache" / "geometry").glob("*.json")
+    assert kept.name == f"{cache.weights_digest(model)}.json" and not list(kept.parent.glob("*.tmp"))
+    new_process()
+    assert model_geometry(model, None, 64) == fake and model_geometry(model, None, 96) == fake and calls == [64, 96]
+    kept.write_text('{"version": 1, "entries": [{"lay')  # cut short
+    new_process()
+    assert model_geometry(model, None, 64) == fake and calls == [64, 96, 64]
+    assert json.loads(kept.read_text())["version"] == store.MEASUREMENT_VERSION
+    monkeypatch.setattr(store, "MEASUREMENT_VERSION", store.MEASUREMENT_VERSION + 1)  # another measurement
+    new_process()
+    assert model_geometry(model, None, 64) == fake and calls == [64, 96, 64, 64]
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CAMLOC_CACHE_DIR", str(tmp_path / "file"))  # a folder that cannot be made
+    new_process()
+    with pytest.warns(UserWarning, match="measured again next time"):
+        assert model_geometry(model, None, 64) == fake
+    monkeypatch.setenv("CAMLOC_CACHE_DIR", "none")
+    new_process()
+    assert model_geometry(model, None, 64) == fake and len(calls) == 6 and store.cache_folder() is None
+    monkeypatch.delenv("CAMLOC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert store.cache_folder() == tmp_path / "xdg" / "camloc" / "geometry"
+
+
+def test_sessions_needing_the_same_geometry_at_once_measure_it_once(tmp_path, monkeypatch):
+    """Two app sessions (threads; processes alike) asking for new weights' geometry at the same time: the second
+    waits for the first's measurement and reads it from disk."""
+    import threading
+    import time
+
+    from camloc.models.geometry import cache
+
+    monkeypatch.setenv("CAMLOC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_MEASURED", type(cache._MEASURED)())
+    calls = []
+    fake = MapGeometry((32.0, 32.0), (1.0, 2.0), "measured")
+
+    def slow(model, size, layer=None):
+        calls.append(size)
+        time.sleep(0.5)
+        return fake
+
+    monkeypatch.setattr(cache, "measured_geometry", slow)
+    model, _ = build_model("mobilenet_v2", ["a", "b"], input_size=64)
+    found = []
+    sessions = [threading.Thread(target=lambda: found.append(model_geometry(model, None, 64))) for _ in range(2)]
+    for session in sessions:
+        session.start()
+    for session in sessions:
+        session.join()
+    assert found == [fake, fake] and calls == [64]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("layer", ["features", "features.13"])
+def test_the_kept_geometries_are_what_measuring_gives(layer):
+    """tests/data/geometry (the shared weights' geometries every test session starts with) holds what
+    :func:`measured_geometry` measures now: a change of the measurement without a new ``MEASUREMENT_VERSION``
+    fails here."""
+    from camloc.models.geometry import cache, store
+    from tests.conftest import COCO80, KEPT_GEOMETRIES
+
+    model, _ = load_model(COCO80)
+    kept = json.loads((KEPT_GEOMETRIES / f"{cache.weights_digest(model)}.json").read_text())
+    assert kept["version"] == store.MEASUREMENT_VERSION
+    [entry] = [e for e in kept["entries"] if e["layer"] == layer and e["input_size"] == 336]
+    measured = measured_geometry(model, 336, layer)
+    assert list(measured.offset) == pytest.approx(entry["offset"], abs=1e-3)
+    assert list(measured.stride) == entry["stride"] and measured.source == entry["source"]
 
 
 @pytest.mark.parametrize("stored,message", [

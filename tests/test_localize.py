@@ -34,9 +34,9 @@ def test_every_selected_class_yields_boxes_in_original_pixels(tiny, recipe):
         assert x + w <= 130 and y + h <= 90 and 0.0 <= det["score"] <= 1.0
 
 
-def test_the_default_recipe_averages_six_views_and_a_flip_recipe_the_mirrored_one(tiny):
-    localizer = Localizer(*tiny, img_size=64)
-    assert localizer.recipe.name == DEFAULT_RECIPE and localizer.views() == Localizer(*tiny, tta=True).views()
+def test_the_tta_recipe_averages_six_views_and_the_default_flip_recipe_the_mirrored_one(tiny):
+    localizer = Localizer(*tiny, img_size=64, recipe="multilevel-tta")
+    assert localizer.views() == Localizer(*tiny, tta=True).views() and len(localizer.views()) == 6
     image = gradient_image(50, 70)
     six = localizer.analyze(image)[0]
     alone = [localizer.analyze(image, views=[view])[0] for view in localizer.views()]
@@ -44,8 +44,10 @@ def test_the_default_recipe_averages_six_views_and_a_flip_recipe_the_mirrored_on
     with pytest.raises(ValueError, match="six views"):
         localizer.detections(alone[0])
     assert localizer.detections(six)
-    localizer = Localizer(*tiny, img_size=64, recipe="multilevel-flip")
+    localizer = Localizer(*tiny, img_size=64)
+    assert localizer.recipe.name == DEFAULT_RECIPE == "multilevel-flip" and localizer.align == "measured"
     assert localizer.views() == [(1.0, False), (1.0, True)]
+    localizer = Localizer(*tiny, img_size=64, align="none")  # the views averaged as they are (aligned: test_align)
     image = gradient_image(50, 70)
     both = localizer.analyze(image)[0]
     one, mirrored = (localizer.analyze(image, views=[view])[0] for view in localizer.views())

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from camloc.boxes import DEFAULT_RECIPE
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import Detections, GroundTruth, ImageLabels
 from camloc.io.digest import file_digest
@@ -71,7 +72,7 @@ def test_the_file_is_coco_with_the_labels_and_its_provenance(scenes, tmp_path):
                for a in document["annotations"])
     info = document["info"]
     assert info["source"]["checkpoint_sha256"] == file_digest(DEMO_CHECKPOINT)
-    assert info["source"]["recipe"] == "multilevel-tta" and info["source"]["kind"] == "classifier"
+    assert info["source"]["recipe"] == DEFAULT_RECIPE and info["source"]["kind"] == "classifier"
     assert info["filter"] == {**PseudoRule().as_dict(), "top_k": 2}
     assert info["images"] == len(document["images"]) == 8 and info["boxes"] == len(document["annotations"])
 

@@ -27,7 +27,8 @@ def test_registry_names_defaults_and_options():
     assert {"seed", "evidence", "multilevel", "instances"} <= set(RECIPES) and DEFAULT_RECIPE in RECIPES
     assert make_recipe("seed").parameters() == {"classes": "all", "flip": False, "tta": False, "thresholds": None,
                                                 "threshold": "otsu", "mode": "all"}
-    assert make_recipe(DEFAULT_RECIPE).tta and make_recipe("multilevel-flip").flip
+    assert make_recipe("multilevel-tta").tta and make_recipe("multilevel-flip").flip
+    assert DEFAULT_RECIPE == "multilevel-flip" and make_recipe(DEFAULT_RECIPE).default_align == "measured"
     assert not make_recipe("multilevel").flip and not make_recipe("multilevel").tta
     with pytest.raises(ValueError, match="tta must be True or False"):
         make_recipe("multilevel", tta="yes")

@@ -1,6 +1,7 @@
 """Box recipes on real COCO images with the shared COCO-80 weights (coco-mini val2017 ∖ train2017)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,8 +19,9 @@ DISJOINT_ANN = VAL_IMAGES.parent / "annotations" / "instances_val2017_mini_disjo
 
 @pytest.fixture(scope="module")
 def analysed():
-    """The default recipe's six views of the 92 disjoint val images, one forward pass per view, shared by all
-    recipes: the plain view and the default's average of all six."""
+    """The default recipe's views of the 92 disjoint val images, one forward pass per view, shared by all recipes:
+    the plain view laid as the course recipe lays it (the grid stretched over the image: alignment moves maps,
+    never changes them) and the default's aligned average of its views."""
     assert WEIGHTS.is_dir()
     localizer = Localizer.from_checkpoint(COCO80, device="cpu")
     gt = json.loads(DISJOINT_ANN.read_text())
@@ -31,7 +33,9 @@ def analysed():
         for view in views:
             per_view[view] += localizer.analyze(paths, views=[view])
     default = [Analysis.average(group) for group in zip(*(per_view[view] for view in views))]
-    return localizer, gt, images, per_view[(1.0, False)], default
+    assert localizer.align == "measured"
+    plain = [replace(analysis, frame=None) for analysis in per_view[(1.0, False)]]
+    return localizer, gt, images, plain, default
 
 
 def test_seed_is_the_course_recipe_on_real_images(analysed):

@@ -128,6 +128,22 @@ def test_layout_tags_full_labels_where_free_keys_elsewhere_never_untagged():
     assert all(free[:8])  # 8 spots around one box: the first 8 tags share none
 
 
+def test_a_crowded_key_goes_to_the_nearest_free_place_not_over_another_tag():
+    """Boxes of a real photo (2 ground-truth, 13 predicted at 2× the feature grid) where every spot along box 11
+    was taken: its key covered box 6's tag. It now goes to the nearest free place near its box."""
+    bboxes = [(77, 25, 521, 370), (168, 199, 191, 153), (0, 51, 640, 343), (46, 86, 343, 309), (411, 51, 229, 326),
+              (457, 86, 183, 137), (503, 240, 137, 103), (91, 206, 91, 120), (480, 103, 69, 103), (229, 137, 69, 51),
+              (251, 309, 46, 51), (114, 274, 23, 34), (114, 223, 23, 34), (251, 154, 23, 17), (0, 411, 23, 69)]
+    boxes = [LabelledBox(b, (255, 0, 0), f"{i} 0.00{i}", str(i)) for i, b in enumerate(bboxes, start=1)]
+    layout = layout_tags(boxes, (640, 480), lambda text: (12 * len(text) + 8, 26))
+    tags = [tag for _, tag in layout]
+    assert all(text in (b.label, b.key) for (text, _), b in zip(layout, boxes))
+    assert not any(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+                   for i, a in enumerate(tags) for b in tags[:i])
+    for (x, y, w, h), (x0, y0, x1, y1) in zip(bboxes, tags):  # each tag near its box
+        assert max(x - x1, x0 - (x + w), 0) <= 2 * (x1 - x0) and max(y - y1, y0 - (y + h), 0) <= 2 * (y1 - y0)
+
+
 def test_ground_truth_and_detection_tags_do_not_cover_each_other():
     """Issue 17: ground-truth labels were hidden under prediction labels (two separate drawings)."""
     truth = LabelledBox((120, 120, 240, 160), GROUND_TRUTH_COLOR, "GT1", "GT1")

@@ -53,6 +53,8 @@ class EvidenceScored(Recipe):
     classes: str | tuple[int, ...] = "prob:0.001"
     nms_iou: float = 0.5
     box_scale: int | None = None
+    #: Maps laid on the image by the model's measured geometry (issue 21's evidence: docs/decisions.md).
+    default_align: ClassVar[str] = "measured"
 
     def __post_init__(self) -> None:
         super().__post_init__()

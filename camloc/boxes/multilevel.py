@@ -1,6 +1,6 @@
 """Multi-level recipes: proposals cut at several levels of each map (``multilevel``), split into instances
-(``instances``), on maps refined with the mirrored image (``multilevel-flip``) or six views (``multilevel-tta``,
-the default)."""
+(``instances``), on maps refined with the mirrored image (``multilevel-flip``, the default) or six views
+(``multilevel-tta``)."""
 
 from __future__ import annotations
 
@@ -89,8 +89,10 @@ class Instances(MultiLevel):
 class MultiLevelFlip(MultiLevel):
     """:class:`MultiLevel` on maps refined with the mirrored image (``flip``, two forward passes).
 
-    The default until the README's rule chose :class:`MultiLevelTTA` (two forward passes instead of
-    six; ``bench/recipes.py``). Its boxes are traced at 2× the feature grid
+    The default (with its maps aligned: the evidence recipes' ``default_align``), chosen by the rule of
+    docs/decisions.md when issue 21 laid maps where the network looks: AP 2.00× / AP50 1.69× ``seed`` on 92
+    real images, 3.40× / 3.09× on synthetic scenes, lower bounds above 1, at two forward passes where
+    :class:`MultiLevelTTA` takes six (``bench/recipes.py --methods cam``). Its boxes are traced at 2× the feature grid
     (``box_scale=2``, on the maps' device) and scaled to the image: AP and AP50 within the
     bootstrap intervals of tracing at the image's resolution on real and synthetic images, at
     1/4–1/12 of the box stage's time (``bench/box_resolution.py``; README). ``box_scale="full"``
@@ -107,10 +109,10 @@ class MultiLevelTTA(MultiLevel):
     """:class:`MultiLevel` on maps averaged over six views (``tta``: scales 0.75 / 1 / 1.25, each with its
     mirror; six forward passes).
 
-    The default, chosen by the README's rule (fixed before the comparison): among all map methods ×
-    recipes × gates within 10× the previous default's time, the only candidates whose AP and AP50
-    ratios to ``seed`` have 95 % intervals above 1 on real and synthetic images are ``multilevel`` and
-    this; this has the higher gain (``bench/recipes.py``; README).
+    The default before maps were aligned, chosen by the rule of docs/decisions.md (fixed before the comparison):
+    among all map methods × recipes × gates within 10× the previous default's time, the only candidates whose
+    AP and AP50 ratios to ``seed`` had 95 % intervals above 1 on real and synthetic images were ``multilevel``
+    and this; this had the higher gain (``bench/recipes.py``). With alignment, :class:`MultiLevelFlip` won.
     """
 
     tta: bool = True

@@ -232,4 +232,4 @@ def make_recipe(name: str | Recipe, **options: Any) -> Recipe:
     return cls(**known_options("recipe", cls, options))
 
 
-DEFAULT_RECIPE = "multilevel-tta"
+DEFAULT_RECIPE = "multilevel-flip"

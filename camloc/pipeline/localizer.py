@@ -26,7 +26,7 @@ from camloc.evaluation import Detections
 from camloc.io.images import ImageSource
 from camloc.io.preprocess import check_pixels, normalise, pixels_of, resize_square
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, CamModel, load_model, probabilities
-from camloc.models.geometry import model_geometry
+from camloc.models.geometry import known_geometry, model_geometry
 from camloc.pipeline.analysis import (
     TTA_SCALES,
     Analysis,
@@ -189,6 +189,24 @@ class Localizer(Predictor):
     def view_size(self, scale: float) -> int:
         """The network input side of a view at ``scale``."""
         return view_size(self.img_size, scale)
+
+    def unmeasured_geometries(self, views: Sequence[tuple[float, bool]] | None = None) -> list[tuple[str | None, int]]:
+        """The ``(layer, input size)`` geometries that ``views`` (default: :meth:`views`) need and the model has not
+        had measured yet (empty with ``align="none"``): :meth:`measure_geometries` measures them, or the first
+        analysis does."""
+        if self.align == "none":
+            return []
+        sizes = sorted({self.view_size(scale) for scale, _ in (views or self.views())})
+        layers = [self.map_method.map_layer(self.model)]
+        if getattr(self.map_method, "align", False):  # fused layers: each its own geometry
+            layers += [name for name, _ in self.map_method.chosen_layers(self.model)]
+        return [(layer, size) for layer in dict.fromkeys(layers) for size in sizes
+                if not known_geometry(self.model, layer, size, self.meta)]
+
+    def measure_geometries(self, pending: Sequence[tuple[str | None, int]]) -> None:
+        """Measure the geometries :meth:`unmeasured_geometries` lists (kept for every later analysis)."""
+        for layer, size in pending:
+            model_geometry(self.model, layer, size, self.meta)
 
     def frame(self, size: int, width: int, flip: bool = False) -> MapFrame | None:
         """Where the cells of a ``width``-cell-wide map of a ``size``-pixel input sit in the image (a mirrored view's

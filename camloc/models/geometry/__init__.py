@@ -23,9 +23,16 @@ layer, input size, weights) and reads it from the checkpoint's metadata when tra
 
 from camloc.models.geometry.analytic import analytic_geometry
 from camloc.models.geometry.base import GeometryError, MapGeometry, NarrowMapError
-from camloc.models.geometry.cache import META_KEY, geometry_entries, model_geometry, stored_geometry, weights_version
+from camloc.models.geometry.cache import (
+    META_KEY,
+    geometry_entries,
+    known_geometry,
+    model_geometry,
+    stored_geometry,
+    weights_version,
+)
 from camloc.models.geometry.measured import measured_geometry, mirror_offset, receptive_field_centre, stimuli
 
 __all__ = ["META_KEY", "GeometryError", "MapGeometry", "NarrowMapError", "analytic_geometry", "geometry_entries",
-           "measured_geometry", "mirror_offset", "model_geometry", "receptive_field_centre", "stimuli",
-           "stored_geometry", "weights_version"]
+           "known_geometry", "measured_geometry", "mirror_offset", "model_geometry", "receptive_field_centre",
+           "stimuli", "stored_geometry", "weights_version"]

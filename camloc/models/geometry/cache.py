@@ -1,5 +1,6 @@
 """A model's geometry: the one its checkpoint stores, or measured once per weights (their content: the same weights
-loaded twice are measured once in a process), layer and input size; what a checkpoint stores."""
+loaded twice are measured once; kept on disk, :mod:`~camloc.models.geometry.store`), layer and input size; what a
+checkpoint stores."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from camloc.models.geometry.analytic import analytic_geometry
 from camloc.models.geometry.base import GeometryError, MapGeometry, NarrowMapError
 from camloc.models.geometry.measured import measured_geometry
+from camloc.models.geometry.store import load_geometry, measuring, save_geometry
 
 if TYPE_CHECKING:
     from camloc.models.cammodel import CamModel
@@ -68,7 +70,7 @@ def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: di
                    ) -> MapGeometry:
     """``model``'s geometry at ``layer`` (default: the feature layer) for an ``input_size`` input: the one its
     checkpoint's ``meta`` stores, else :func:`measured_geometry`, measured once per weights (by content), layer and
-    input size."""
+    input size — kept in the process and on disk (:mod:`camloc.models.geometry.store`: once per machine)."""
     layer = layer or model.family.feature_layer
     stored = stored_geometry(meta, layer, input_size)
     if stored is not None:
@@ -79,12 +81,36 @@ def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: di
         if found is not None:
             _MEASURED.move_to_end(key)
             return found
-    found = _measured_or_larger(model, layer, int(input_size))
+    found = load_geometry(*key)
+    if found is None:
+        with measuring(key[0]):
+            found = load_geometry(*key)  # measured by another process or session while this one waited
+            if found is None:
+                found = _measured_or_larger(model, layer, key[2])
+                save_geometry(*key, found)
     with _LOCK:
         _MEASURED[key] = found
         while len(_MEASURED) > KEPT_GEOMETRIES:
             _MEASURED.popitem(last=False)
     return found
+
+
+def known_geometry(model: CamModel, layer: str | None, input_size: int, meta: dict[str, Any] | None = None) -> bool:
+    """Whether :func:`model_geometry` has ``model``'s geometry at hand (stored in ``meta``, measured in this process
+    or kept on disk) — ``False``: asking for it measures it (a few seconds to a minute on a CPU)."""
+    layer = layer or model.family.feature_layer
+    if stored_geometry(meta, layer, input_size) is not None:
+        return True
+    key = (weights_digest(model), layer, int(input_size))
+    with _LOCK:
+        if key in _MEASURED:
+            return True
+    kept = load_geometry(*key)
+    if kept is None:
+        return False
+    with _LOCK:
+        _MEASURED[key] = kept
+    return True
 
 
 #: How many times its size an input too small to measure may be enlarged to measure the offset there.
