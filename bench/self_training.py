@@ -17,7 +17,8 @@ boxes of the training images (the supervised upper bound, for scale); (b2) a sec
 training images (``python -m camloc.pseudo --checkpoint`` (b)'s ``last.pt``, the same filter and image-level
 labels) and the same detector and schedule, started afresh, trains on those (``train --rounds 2``). Every
 detector starts from the classifier's backbone and keeps it frozen (``--freeze-backbone``: the pyramid and heads
-train; a CPU budget), AdamW, the schedules of :data:`SCHEDULES`. COCO AP, AP50, AP75, AR100; ratios to (a) over the same resamples of the images.
+train; a CPU budget), AdamW, the schedules of :data:`SCHEDULES`. COCO AP, AP50, AP75, AR100; ratios to (a) over
+the same resamples of the images.
 
 ``PYTHONPATH=. python bench/self_training.py [--sets synthetic,real] [--boot 200] [--keep DIR [--reuse]]``
 """
