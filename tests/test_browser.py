@@ -40,13 +40,17 @@ BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-qu
 #: Watches the main area from now on: counts the states in which a caption names the photo ``name`` while a
 #: picture of the run before (greyed, ``data-stale``) is still shown.
 WATCH_STALE = """name => {
-  window.__named = false; window.__staleWhileNamed = 0;
+  window.__named = false; window.__staleWhileNamed = 0; window.__staleSeen = [];
   const main = document.querySelector('[data-testid="stMain"]');
   const check = () => {
     const captions = [...main.querySelectorAll('[data-testid="stCaptionContainer"]')].map(e => e.innerText);
     if (!captions.some(text => text.includes(name))) return;
     window.__named = true;
-    if (main.querySelector('[data-stale="true"] img')) window.__staleWhileNamed += 1;
+    const stale = main.querySelector('[data-stale="true"] img');
+    if (!stale) return;
+    window.__staleWhileNamed += 1;  // what was stale, and what named the new photo meanwhile: for the failure message
+    window.__staleSeen.push([stale.closest('[data-stale="true"]').getAttribute('data-testid'), stale.alt,
+                             captions.filter(text => text.includes(name)).join(' / ').slice(0, 160)]);
   };
   new MutationObserver(check).observe(main, {subtree: true, childList: true, attributes: true, characterData: true});
 }"""
@@ -217,8 +221,9 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     page.locator('input[type="file"]').set_input_files(str(STREET))
     page.wait_for_selector(f"text=in {STREET.name} (p = ", timeout=300_000)
     settle(page)
-    seen, stale_while_named = page.evaluate("[window.__named, window.__staleWhileNamed]")
-    assert seen and stale_while_named == 0, f"{stale_while_named} page states showed a stale picture under the new name"
+    seen, stale_while_named, what = page.evaluate("[window.__named, window.__staleWhileNamed, window.__staleSeen]")
+    assert seen and stale_while_named == 0, (f"{stale_while_named} page states showed a stale picture under the new "
+                                             f"name (element, alt text, naming caption): {what[:3]}")
     no_exception(page)
     go_to(page, "Explore")
     page.wait_for_selector(f"text={STREET.name} (640×480)")  # the upload made on Compare, shown on every page

@@ -73,6 +73,7 @@ def test_the_file_is_coco_with_the_labels_and_its_provenance(scenes, tmp_path):
     info = document["info"]
     assert info["source"]["checkpoint_sha256"] == file_digest(DEMO_CHECKPOINT)
     assert info["source"]["recipe"] == DEFAULT_RECIPE and info["source"]["kind"] == "classifier"
+    assert info["source"]["align"] == "measured"  # the default recipe's maps, laid where the model looks
     assert info["filter"] == {**PseudoRule().as_dict(), "top_k": 2}
     assert info["images"] == len(document["images"]) == 8 and info["boxes"] == len(document["annotations"])
 

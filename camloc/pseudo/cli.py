@@ -25,6 +25,7 @@ from camloc.io.images import ImageError
 from camloc.models import MAX_INPUT_SIZE, MIN_INPUT_SIZE, ModelError
 from camloc.models.classes import class_mismatch
 from camloc.pipeline import Localizer
+from camloc.pipeline.analysis import ALIGNMENTS
 from camloc.pipeline.predictor import Predictor
 from camloc.pseudo.labelling import PseudoLabelError, pseudo_labels
 from camloc.pseudo.rule import PseudoRule
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
                    help=f"box recipe of a classifier's maps (default {DEFAULT_RECIPE})")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="map method of a classifier")
+    p.add_argument("--align", choices=ALIGNMENTS,
+                   help="how a classifier's maps are laid on the image: none (the grid stretched over it) or measured "
+                        "(each cell where the model's measured geometry says it looks); default: the recipe's")
     p.add_argument("--img-size", type=int, help="a classifier's input size (default: the checkpoint's)")
     p.add_argument("--min-relative", type=float, default=DEFAULTS.min_relative,
                    help="keep boxes scoring ≥ this × their class's best box in the image")
@@ -84,10 +88,11 @@ def load_source(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
     if sidecar.is_file():
         described["sidecar_sha256"] = file_digest(sidecar)
     localizer = Localizer.from_checkpoint(args.checkpoint, method=args.method, recipe=args.recipe, classes="all",
-                                          img_size=args.img_size, device=args.device, precision=args.precision,
+                                          align=args.align, img_size=args.img_size, device=args.device,
+                                          precision=args.precision,
                                           max_dets=0)  # every box of the labelled classes: the filter caps them
     return localizer, {**described, "arch": localizer.meta["arch"], "method": localizer.method,
-                       "recipe": args.recipe, "img_size": localizer.img_size,
+                       "recipe": args.recipe, "align": localizer.align, "img_size": localizer.img_size,
                        "views": [list(v) for v in localizer.views()]}
 
 
