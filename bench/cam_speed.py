@@ -248,7 +248,8 @@ def alignment_cost(args: argparse.Namespace) -> None:
     images = example_images()[:4]
     plain, aligned = (Localizer(model, meta, img_size=320, device="cpu", align=align) for align in ("none", "measured"))
     none_s, measured_s = timed_pair(lambda: plain.analyze(images), lambda: aligned.analyze(images), args.repeat)
-    print(f"   the default recipe's six views of {len(images)} images (demo model @ 320, every class's map): "
+    print(f"   the default recipe's {len(plain.views())} views of {len(images)} images (demo model @ 320, every "
+          "class's map; its geometry stored in its checkpoint): "
           f"none {len(images) / none_s:.2f} images/s, measured {len(images) / measured_s:.2f} images/s → "
           f"time ratio {measured_s / none_s:.2f} (target ≈ 1)")
 
