@@ -100,6 +100,7 @@ def test_images_without_labels_stay_as_negatives_and_unreadable_ones_are_left_ou
     ("other classes", "not COCO's or"),
     ("no images", "lists no images"),
     ("bad rule", "top_k must be"),
+    ("bad align", "argument --align: invalid choice: 'centred'"),
 ])
 def test_bad_input_is_one_line(scenes, tmp_path, capsys, case, expected):
     data = json.loads((scenes / "annotations" / "instances_train.json").read_text())
@@ -111,7 +112,8 @@ def test_bad_input_is_one_line(scenes, tmp_path, capsys, case, expected):
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     try:
-        code = run_pseudo(scenes, ann, tmp_path / "p.json", *(["--top-k", "0"] if case == "bad rule" else []))
+        extra = {"bad rule": ["--top-k", "0"], "bad align": ["--align", "centred"]}.get(case, [])
+        code = run_pseudo(scenes, ann, tmp_path / "p.json", *extra)
     except SystemExit as exc:  # argparse's own exit for a bad option
         code = exc.code
     assert code == 2
