@@ -66,32 +66,47 @@ def stored_geometry(meta: dict[str, Any] | None, layer: str, input_size: int) ->
     return None
 
 
-def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: dict[str, Any] | None = None
-                   ) -> MapGeometry:
-    """``model``'s geometry at ``layer`` (default: the feature layer) for an ``input_size`` input: the one its
-    checkpoint's ``meta`` stores, else :func:`measured_geometry`, measured once per weights (by content), layer and
-    input size — kept in the process and on disk (:mod:`camloc.models.geometry.store`: once per machine)."""
-    layer = layer or model.family.feature_layer
-    stored = stored_geometry(meta, layer, input_size)
-    if stored is not None:
-        return stored
-    key = (weights_digest(model), layer, int(input_size))
+def _kept(key: tuple[str, str, int]) -> MapGeometry | None:
+    """The geometry measured for ``key`` (weights digest, layer, input size) in this process, else kept on disk (then
+    kept in the process too); ``None`` when it was never measured."""
     with _LOCK:
         found = _MEASURED.get(key)
         if found is not None:
             _MEASURED.move_to_end(key)
             return found
     found = load_geometry(*key)
-    if found is None:
-        with measuring(key[0]):
-            found = load_geometry(*key)  # measured by another process or session while this one waited
-            if found is None:
-                found = _measured_or_larger(model, layer, key[2])
-                save_geometry(*key, found)
+    if found is not None:
+        _keep(key, found)
+    return found
+
+
+def _keep(key: tuple[str, str, int], geometry: MapGeometry) -> None:
+    """Keep ``geometry`` in the process, forgetting the least recently used past :data:`KEPT_GEOMETRIES`."""
     with _LOCK:
-        _MEASURED[key] = found
+        _MEASURED[key] = geometry
         while len(_MEASURED) > KEPT_GEOMETRIES:
             _MEASURED.popitem(last=False)
+
+
+def model_geometry(model: CamModel, layer: str | None, input_size: int, meta: dict[str, Any] | None = None
+                   ) -> MapGeometry:
+    """``model``'s geometry at ``layer`` (default: the feature layer) for an ``input_size`` input: the one its
+    checkpoint's ``meta`` stores, else :func:`measured_geometry`, measured once per weights (by content), layer and
+    input size — kept in the process and on disk (:mod:`camloc.models.geometry.store`: once per machine)."""
+    layer = layer or model.family.feature_layer
+    found = stored_geometry(meta, layer, input_size)
+    if found is not None:
+        return found
+    key = (weights_digest(model), layer, int(input_size))
+    found = _kept(key)
+    if found is not None:
+        return found
+    with measuring(key[0]):
+        found = load_geometry(*key)  # measured by another process or session while this one waited
+        if found is None:
+            found = _measured_or_larger(model, layer, key[2])
+            save_geometry(*key, found)
+    _keep(key, found)
     return found
 
 
@@ -99,18 +114,8 @@ def known_geometry(model: CamModel, layer: str | None, input_size: int, meta: di
     """Whether :func:`model_geometry` has ``model``'s geometry at hand (stored in ``meta``, measured in this process
     or kept on disk) — ``False``: asking for it measures it (a few seconds to a minute on a CPU)."""
     layer = layer or model.family.feature_layer
-    if stored_geometry(meta, layer, input_size) is not None:
-        return True
-    key = (weights_digest(model), layer, int(input_size))
-    with _LOCK:
-        if key in _MEASURED:
-            return True
-    kept = load_geometry(*key)
-    if kept is None:
-        return False
-    with _LOCK:
-        _MEASURED[key] = kept
-    return True
+    return (stored_geometry(meta, layer, input_size) is not None
+            or _kept((weights_digest(model), layer, int(input_size))) is not None)
 
 
 #: How many times its size an input too small to measure may be enlarged to measure the offset there.
