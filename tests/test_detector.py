@@ -165,15 +165,18 @@ class _Sized(list):
 
 
 @pytest.mark.slow
-def test_a_second_round_relabels_with_the_first_detector(scenes, tmp_path):
+def test_each_round_relabels_with_the_previous_rounds_detector(scenes, tmp_path):
     out = tmp_path / "run"
-    assert train_main(tiny(scenes, out, "--epochs", "1", "--rounds", "2")) == 0
-    pseudo = json.loads((out / "round2" / "pseudo.json").read_text())
-    assert pseudo["info"]["source"]["kind"] == "detector"
+    assert train_main(tiny(scenes, out, "--epochs", "1", "--rounds", "3")) == 0
     labels = json.loads((scenes / "annotations" / "instances_train.json").read_text())
     present = {(a["image_id"], a["category_id"]) for a in labels["annotations"]}
-    assert {(a["image_id"], a["category_id"]) for a in pseudo["annotations"]} <= present  # labelled classes only
-    assert (out / "round2" / "last.pt").is_file() and load_detector(out / "round2" / "best.pt")[1]["kind"] == "detector"
+    for number, previous in ((2, out), (3, out / "round2")):
+        pseudo = json.loads((out / f"round{number}" / "pseudo.json").read_text())
+        assert pseudo["info"]["source"] == {"kind": "detector", "checkpoint": str(previous / "best.pt")}
+        assert f"round {number}:" in pseudo["info"]["description"]
+        assert {(a["image_id"], a["category_id"]) for a in pseudo["annotations"]} <= present  # labelled classes only
+        assert load_detector(out / f"round{number}" / "best.pt")[1]["kind"] == "detector"
+    assert not (out / "round4").exists()
 
 
 @pytest.mark.slow
@@ -196,6 +199,7 @@ def test_torchrun_with_two_cpu_processes(scenes, tmp_path):
     ("classifier option", "--dilate is a classifier option"),
     ("unknown detector", "--detector: detector 'ssd_vgg16_fpn' is not HEAD_BACKBONE_fpn"),
     ("rounds without detector", "--rounds goes with --detector"),
+    ("no rounds", "--rounds must be at least 1 (got 0)"),
 ])
 def test_bad_training_input_is_one_line(scenes, tmp_path, capsys, case, expected):
     data = json.loads((scenes / "annotations" / "instances_train.json").read_text())
@@ -209,6 +213,8 @@ def test_bad_training_input_is_one_line(scenes, tmp_path, capsys, case, expected
         args.append("--dilate")
     elif case == "unknown detector":
         args[args.index("--detector") + 1] = "ssd_vgg16_fpn"
+    elif case == "no rounds":
+        args += ["--rounds", "0"]
     else:
         args = [*args[2:], "--rounds", "2", "--arch", "mobilenet_v2"]
     try:

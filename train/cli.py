@@ -74,9 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--detector", metavar="ARCH",
                    help=f"train a detector instead (e.g. {DEFAULT_DETECTOR}, fcos_resnet50_fpn) on --ann's boxes "
                         "(python -m camloc.pseudo's pseudo-labels, or true boxes)")
-    p.add_argument("--rounds", type=int, default=1, choices=[1, 2],
-                   help="--detector: 2 = the trained detector re-labels the training images and a second one "
-                        "trains on those (OUT/round2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="--detector: N ≥ 2 = each trained detector re-labels the training images and the next one "
+                        "trains on those (OUT/round2, OUT/round3, …)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet | PATH (checkpoint / state_dict+json; a detector takes a classifier's backbone "
                         "of its own arch) | none")
@@ -144,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             problems.append(f"--detector: {exc}")
     elif args.rounds != 1:
         problems.append("--rounds goes with --detector")
+    if args.rounds < 1:
+        problems.append(f"--rounds must be at least 1 (got {args.rounds})")
     args.arch = args.arch or (None if args.detector else "resnet50")
     if problems:
         p.error("; ".join(problems))

@@ -1,9 +1,9 @@
 """``python -m train --detector ARCH``: a detection network trained on boxes — camloc's pseudo-labels
 (``python -m camloc.pseudo``) or true ones — with the classifier loop's habits: progress bar, ``last.pt`` /
 ``best.pt`` / ``log.jsonl`` written atomically, ``--resume`` to the same weights, torchrun (DDP), AMP on a GPU,
-``--profile``, validation COCO AP per epoch with camloc's evaluator. ``--rounds 2``: the trained detector re-labels
-the training images (the image-level labels of ``--ann``, :class:`camloc.pseudo.PseudoRule`) and a second
-detector, started afresh, trains on those in ``OUT/round2``.
+``--profile``, validation COCO AP per epoch with camloc's evaluator. ``--rounds N``: each trained detector re-labels
+the training images (the image-level labels of ``--ann``, :class:`camloc.pseudo.PseudoRule`) and the next
+detector, started afresh, trains on those (``OUT/round2``, ``OUT/round3``, …).
 """
 
 from __future__ import annotations
@@ -244,28 +244,31 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
     return {"history": history, "best": best}
 
 
-def relabel(args: argparse.Namespace, node: Dist) -> Path:
-    """The second round's pseudo-labels: the first round's ``best.pt`` boxes each training image's labelled
-    classes (the image-level labels of ``--ann``), kept by the default :class:`~camloc.pseudo.PseudoRule`."""
-    out = args.out / "round2" / "pseudo.json"
+def relabel(args: argparse.Namespace, node: Dist, source: Path, out: Path, number: int) -> Path:
+    """Round ``number``'s pseudo-labels, ``out``: the previous round's detector (its ``best.pt``, ``source``) boxes
+    each training image's labelled classes (the image-level labels of ``--ann``), kept by the default
+    :class:`~camloc.pseudo.PseudoRule`."""
     if node.main and not (args.resume and out.is_file()):
-        detector = Detector.from_checkpoint(args.out / "best.pt", device=node.device)
+        detector = Detector.from_checkpoint(source, device=node.device)
         document = pseudo_labels(detector, args.images, ImageLabels(args.ann), PseudoRule(), args.batch_size,
                                  args.workers, args.limit,
-                                 {"description": "camloc pseudo-labels, round 2: boxes of the first round's "
-                                                 "detector", "source": {"kind": "detector",
-                                                                        "checkpoint": str(args.out / "best.pt")}})
+                                 {"description": f"camloc pseudo-labels, round {number}: boxes of round "
+                                                 f"{number - 1}'s detector",
+                                  "source": {"kind": "detector", "checkpoint": str(source)}})
         atomic_write_json(out, document)
     node.barrier()
     return out
 
 
 def run_detector(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
-    """``--rounds`` rounds of detector training (the second on the first one's pseudo-labels)."""
-    result = train_round(args, node)
-    if args.rounds == 2:
-        second = copy(args)
-        second.ann, second.out = relabel(args, node), args.out / "round2"
-        result = {"round1": result, "round2": train_round(second, node)}
-    return result
-
+    """``--rounds`` rounds of detector training: round 1 on ``--ann``'s boxes in ``OUT``, round ``k ≥ 2`` on
+    round ``k − 1``'s pseudo-labels in ``OUT/round{k}`` (started afresh, the same settings)."""
+    result = {"round1": train_round(args, node)}
+    previous = args.out
+    for number in range(2, args.rounds + 1):
+        this = copy(args)
+        this.out = args.out / f"round{number}"
+        this.ann = relabel(args, node, previous / "best.pt", this.out / "pseudo.json", number)
+        result[f"round{number}"] = train_round(this, node)
+        previous = this.out
+    return result if args.rounds > 1 else result["round1"]
