@@ -18,6 +18,7 @@ from camloc.evaluation import GroundTruth, coco_evaluate
 from camloc.io.data import CocoIndex
 from camloc.localize import Localizer
 from camloc.models import ModelError, atomic_torch_save, load_model
+from camloc.pseudo import DEFAULT_RULES
 from camloc.synthetic import generate
 from eval.cli import main as eval_main
 from tests.conftest import ROOT
@@ -174,6 +175,7 @@ def test_each_round_relabels_with_the_previous_rounds_detector(scenes, tmp_path)
         pseudo = json.loads((out / f"round{number}" / "pseudo.json").read_text())
         assert pseudo["info"]["source"] == {"kind": "detector", "checkpoint": str(previous / "best.pt")}
         assert f"round {number}:" in pseudo["info"]["description"]
+        assert pseudo["info"]["filter"] == DEFAULT_RULES["detector"].as_dict()
         assert {(a["image_id"], a["category_id"]) for a in pseudo["annotations"]} <= present  # labelled classes only
         assert load_detector(out / f"round{number}" / "best.pt")[1]["kind"] == "detector"
     assert not (out / "round4").exists()

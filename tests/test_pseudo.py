@@ -13,7 +13,7 @@ from camloc.boxes import DEFAULT_RECIPE
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.evaluation import Detections, GroundTruth, ImageLabels
 from camloc.io.digest import file_digest
-from camloc.pseudo import PseudoRule
+from camloc.pseudo import DEFAULT_RULES, PseudoRule, default_rule
 from camloc.pseudo.cli import main as pseudo_main
 from camloc.synthetic import generate
 
@@ -74,7 +74,7 @@ def test_the_file_is_coco_with_the_labels_and_its_provenance(scenes, tmp_path):
     assert info["source"]["checkpoint_sha256"] == file_digest(DEMO_CHECKPOINT)
     assert info["source"]["recipe"] == DEFAULT_RECIPE and info["source"]["kind"] == "classifier"
     assert info["source"]["align"] == "measured"  # the default recipe's maps, laid where the model looks
-    assert info["filter"] == {**PseudoRule().as_dict(), "top_k": 2}
+    assert info["filter"] == {**DEFAULT_RULES["classifier"].as_dict(), "top_k": 2}  # the option over the default
     assert info["images"] == len(document["images"]) == 8 and info["boxes"] == len(document["annotations"])
 
 
@@ -167,3 +167,10 @@ def test_the_filter_equals_a_plain_reference(rows, top_k, min_relative, nms_iou)
     assert sorted(kept.score.tolist()) == sorted(rows[i][3] for i in expected)
     order = [(i, c) for i, c in zip(kept.image.tolist(), kept.category.tolist())]
     assert order == sorted(order, key=lambda p: (list(labels).index(p[0]), p[1]))
+
+
+def test_each_kind_of_source_has_its_default_filter_and_options_change_only_what_they_name():
+    assert default_rule("classifier") == DEFAULT_RULES["classifier"] != DEFAULT_RULES["detector"] == PseudoRule()
+    assert default_rule("detector", top_k=5, nms_iou=None) == PseudoRule(top_k=5)
+    with pytest.raises(ValueError, match="nms_iou must be in"):
+        default_rule("classifier", nms_iou=0.0)

@@ -2,7 +2,7 @@
 (``python -m camloc.pseudo``) or true ones — with the classifier loop's habits: progress bar, ``last.pt`` /
 ``best.pt`` / ``log.jsonl`` written atomically, ``--resume`` to the same weights, torchrun (DDP), AMP on a GPU,
 ``--profile``, validation COCO AP per epoch with camloc's evaluator. ``--rounds N``: each trained detector re-labels
-the training images (the image-level labels of ``--ann``, :class:`camloc.pseudo.PseudoRule`) and the next
+the training images (the image-level labels of ``--ann``, a detector's default filter) and the next
 detector, started afresh, trains on those (``OUT/round2``, ``OUT/round3``, …).
 """
 
@@ -33,7 +33,7 @@ from camloc.io.data import CocoIndex, DataError, Unreadable
 from camloc.io.reader import read_split
 from camloc.models import ModelError
 from camloc.models import atomic_torch_save as save
-from camloc.pseudo import PseudoRule, pseudo_labels
+from camloc.pseudo import DEFAULT_RULES, pseudo_labels
 from camloc.runtime.distributed import Dist
 from camloc.runtime.profiling import StageClock, stage
 from train.fingerprint import fingerprint
@@ -246,12 +246,12 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
 
 def relabel(args: argparse.Namespace, node: Dist, source: Path, out: Path, number: int) -> Path:
     """Round ``number``'s pseudo-labels, ``out``: the previous round's detector (its ``best.pt``, ``source``) boxes
-    each training image's labelled classes (the image-level labels of ``--ann``), kept by the default
-    :class:`~camloc.pseudo.PseudoRule`."""
+    each training image's labelled classes (the image-level labels of ``--ann``), kept by a detector's default
+    filter (:data:`~camloc.pseudo.DEFAULT_RULES`)."""
     if node.main and not (args.resume and out.is_file()):
         detector = Detector.from_checkpoint(source, device=node.device)
-        document = pseudo_labels(detector, args.images, ImageLabels(args.ann), PseudoRule(), args.batch_size,
-                                 args.workers, args.limit,
+        document = pseudo_labels(detector, args.images, ImageLabels(args.ann), DEFAULT_RULES["detector"],
+                                 args.batch_size, args.workers, args.limit,
                                  {"description": f"camloc pseudo-labels, round {number}: boxes of round "
                                                  f"{number - 1}'s detector",
                                   "source": {"kind": "detector", "checkpoint": str(source)}})

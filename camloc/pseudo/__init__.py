@@ -3,6 +3,6 @@ instances file (``python -m camloc.pseudo``). :class:`PseudoRule` says which box
 :func:`pseudo_labels` makes the document; no ground-truth box is ever read."""
 
 from camloc.pseudo.labelling import PseudoLabelError, pseudo_labels
-from camloc.pseudo.rule import PseudoRule
+from camloc.pseudo.rule import DEFAULT_RULES, PseudoRule, default_rule
 
-__all__ = ["PseudoLabelError", "PseudoRule", "pseudo_labels"]
+__all__ = ["DEFAULT_RULES", "PseudoLabelError", "PseudoRule", "default_rule", "pseudo_labels"]

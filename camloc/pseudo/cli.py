@@ -28,11 +28,11 @@ from camloc.pipeline import Localizer
 from camloc.pipeline.analysis import ALIGNMENTS
 from camloc.pipeline.predictor import Predictor
 from camloc.pseudo.labelling import PseudoLabelError, pseudo_labels
-from camloc.pseudo.rule import PseudoRule
+from camloc.pseudo.rule import DEFAULT_RULES, PseudoRule, default_rule
 from camloc.runtime.devices import resolve_device
 from camloc.runtime.errors import error_line
 
-DEFAULTS = PseudoRule()
+RULE_OPTIONS = ("min_relative", "top_k", "nms_iou", "min_side")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,12 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how a classifier's maps are laid on the image: none (the grid stretched over it) or measured "
                         "(each cell where the model's measured geometry says it looks); default: the recipe's")
     p.add_argument("--img-size", type=int, help="a classifier's input size (default: the checkpoint's)")
-    p.add_argument("--min-relative", type=float, default=DEFAULTS.min_relative,
-                   help="keep boxes scoring ≥ this × their class's best box in the image")
-    p.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="at most this many boxes per labelled class")
-    p.add_argument("--nms-iou", type=float, default=DEFAULTS.nms_iou, help="NMS per class at this IoU")
-    p.add_argument("--min-side", type=float, default=DEFAULTS.min_side,
-                   help="drop boxes narrower or lower than this × the image's shorter side")
+    cam, det = DEFAULT_RULES["classifier"], DEFAULT_RULES["detector"]
+    p.add_argument("--min-relative", type=float,
+                   help="keep boxes scoring ≥ this × their class's best box in the image (default "
+                        f"{cam.min_relative} for a classifier's boxes, {det.min_relative} for a detector's)")
+    p.add_argument("--top-k", type=int, help="at most this many boxes per labelled class (default "
+                                             f"{cam.top_k} for a classifier, {det.top_k} for a detector)")
+    p.add_argument("--nms-iou", type=float, help=f"NMS per class at this IoU (default {cam.nms_iou} for a classifier, "
+                                                 f"{det.nms_iou} for a detector)")
+    p.add_argument("--min-side", type=float,
+                   help="drop boxes narrower or lower than this × the image's shorter side (default "
+                        f"{cam.min_side})")
     p.add_argument("--score-threshold", type=float, default=0.05, help="a detector's lowest score considered")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="loader processes decoding images")
@@ -68,11 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.img_size is not None and not MIN_INPUT_SIZE <= args.img_size <= MAX_INPUT_SIZE:
         p.error(f"--img-size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
     try:
-        args.rule = PseudoRule(args.min_relative, args.top_k, args.nms_iou, args.min_side)
+        rule_for(args, "classifier")  # a bad value is refused here, before anything is loaded
         args.device = str(resolve_device(args.device))
     except ValueError as exc:
         p.error(str(exc))
     return args
+
+
+def rule_for(args: argparse.Namespace, kind: str) -> PseudoRule:
+    """The filter for a ``kind`` source: its default (:data:`~camloc.pseudo.rule.DEFAULT_RULES`) with the options
+    given on the command line."""
+    return default_rule(kind, **{name: getattr(args, name) for name in RULE_OPTIONS})
 
 
 def load_source(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
@@ -105,7 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     problem = class_mismatch(source.category_ids, source.class_names, labels.category_names, args.ann.name)
     if problem:
         raise PseudoLabelError(f"--checkpoint {args.checkpoint}: {problem}")
-    document = pseudo_labels(source, args.images, labels, args.rule, args.batch_size, args.workers, args.limit,
+    document = pseudo_labels(source, args.images, labels, rule_for(args, described["kind"]), args.batch_size,
+                             args.workers, args.limit,
                              {"description": "camloc pseudo-labels: boxes of each image's labelled classes; no "
                                              "ground-truth box was read", "source": described,
                               "labels": args.ann.name})

@@ -17,7 +17,7 @@ from camloc.evaluation import Detections, ImageLabels
 from camloc.io.reader import read_split
 from camloc.pipeline import Localizer
 from camloc.pipeline.predictor import Predictor
-from camloc.pseudo.rule import PseudoRule
+from camloc.pseudo.rule import DEFAULT_RULES, PseudoRule
 
 
 class PseudoLabelError(ValueError):
@@ -42,11 +42,12 @@ def source_boxes(source: Predictor, pixels: list, ids: list[int], labels: dict[i
     return source.detect(pixels, ids)
 
 
-def pseudo_labels(source: Predictor, folder: str | Path, labels: ImageLabels, rule: PseudoRule = PseudoRule(),
+def pseudo_labels(source: Predictor, folder: str | Path, labels: ImageLabels, rule: PseudoRule | None = None,
                   batch_size: int = 8, workers: int = 0, limit: int | None = None,
                   info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The COCO instances document of ``labels``' images (the first ``limit`` by id) with ``source``'s boxes of
-    each image's labelled classes, kept by ``rule``, as annotations (``bbox``, ``area`` = w·h, ``iscrowd`` 0 and
+    each image's labelled classes, kept by ``rule`` (default: the source kind's,
+    :data:`~camloc.pseudo.rule.DEFAULT_RULES`), as annotations (``bbox``, ``area`` = w·h, ``iscrowd`` 0 and
     the box's ``score``). Each image entry gets ``image_labels`` (its labelled category ids) and its decoded
     ``width``/``height``. Images without labels stay as negatives (nothing to box); an image with a labelled
     class that got no box, or that cannot be read, is left out and counted in ``info``."""
@@ -61,6 +62,7 @@ def pseudo_labels(source: Predictor, folder: str | Path, labels: ImageLabels, ru
                                f"({labels.category_names[unknown[0]]!r}), which the model does not know "
                                f"({len(unknown)} such categories); use a model of these categories")
     chosen = labeller(source)
+    rule = rule or DEFAULT_RULES["classifier" if isinstance(source, Localizer) else "detector"]
     todo = [im for im in images if per_image[im["id"]]]
     sizes: dict[int, tuple[int, int]] = {}
     parts, unreadable = [], []

@@ -3,7 +3,7 @@ boxes, distinct instances, the best ones of each class."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -76,3 +76,20 @@ class PseudoRule:
         best = found.score[ranked][first] if len(group) else np.zeros(0)
         chosen = ranked[(rank < self.top_k) & (found.score[ranked] >= self.min_relative * best)]
         return found.rows(chosen)
+
+
+#: The filter each kind of source gets unless told otherwise (picked on the synthetic seed-2 tuning set, never on a
+#: measured set: docs/decisions.md, "Self-training a detector", point 6). A classifier's recipe boxes are kept
+#: broadly — the recipe has already suppressed its duplicates (NMS at 0.5), and a map's weaker instances score far
+#: below its best — so that the detector sees more of the instances; a detector's boxes, several overlapping
+#: candidates per object, strictly — its best three per class after NMS at 0.3 — so that a duplicate is not
+#: taught as another instance.
+DEFAULT_RULES: dict[str, PseudoRule] = {"classifier": PseudoRule(min_relative=0.3, top_k=8, nms_iou=0.5),
+                                        "detector": PseudoRule()}
+
+
+def default_rule(kind: str, **changes: float | int | None) -> PseudoRule:
+    """The default filter of a ``"classifier"`` or ``"detector"`` source, with the options in ``changes`` that are
+    not ``None`` changed (a bad value: :class:`ValueError` naming it)."""
+    return replace(DEFAULT_RULES[kind], **{name: value for name, value in changes.items() if value is not None})
+
