@@ -92,4 +92,3 @@ def default_rule(kind: str, **changes: float | int | None) -> PseudoRule:
     """The default filter of a ``"classifier"`` or ``"detector"`` source, with the options in ``changes`` that are
     not ``None`` changed (a bad value: :class:`ValueError` naming it)."""
     return replace(DEFAULT_RULES[kind], **{name: value for name, value in changes.items() if value is not None})
-
