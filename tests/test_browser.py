@@ -24,7 +24,7 @@ from camloc.models.pretrained import OFFLINE_ENV
 from camloc.synthetic import generate
 from camloc.viz import format_score
 from pages.methods import offered
-from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
+from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES, user_environment
 from tests.helpers import gradient_image
 from train.cli import main as train_main
 
@@ -79,7 +79,7 @@ def server(tmp_path_factory, coco80_geometry):
         shutil.copy(COCO80.with_suffix(suffix), checkpoints / COCO80.with_suffix(suffix).name)
     tiny_training_run(checkpoints / "shapes-tiny", tmp_path_factory.mktemp("shapes"))
     port = free_port()
-    env = dict(os.environ, CAMLOC_CHECKPOINTS=str(checkpoints), **{OFFLINE_ENV: "1"})
+    env = user_environment(CAMLOC_CHECKPOINTS=str(checkpoints), **{OFFLINE_ENV: "1"})
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1", "--server.headless", "true",
                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
