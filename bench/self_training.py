@@ -237,8 +237,8 @@ def report(title: str, truth: GroundTruth, images: list[dict], rows: dict[str, l
 
 def verdict(results: dict[str, dict[str, dict[str, tuple[float, float, float]]]]) -> None:
     """The rule of docs/decisions.md: a gain on a set when the lower bounds of a self-trained row's AP and AP50
-    ratios to (a) are above 1; self-training (one round, (b); two rounds, (b2): each judged alone) is a gain
-    (README) when it is one on both sets."""
+    ratios to (a) are above 1; self-training (each row of :data:`SELF_TRAINED` that was measured, judged alone: (b),
+    (b2), the tuned variant's (t2)) is a gain (README) when it is one on both sets."""
     print("\n### The rule (docs/decisions.md, \"Self-training a detector\")\n")
     for name in [r for r in SELF_TRAINED if all(r in ratios for ratios in results.values())]:
         gains = {}
