@@ -9,6 +9,7 @@ costly even for one class (Score-CAM) is computed when asked, by the button in i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -46,22 +47,50 @@ def one_view(method: AppMethod, recipe: str) -> bool:
     return method.one_view and recipe_views(recipe) > 1 and not st.session_state.get("all_views", False)
 
 
+@dataclass(frozen=True)
+class RecipeArea:
+    """Where the recipes' tiles go: the “Maps from” picker, its note, a progress line, the tiles and their
+    table. Laid out twice a run at the same place — empty in the page's skeleton, then by the fragment that
+    fills it — so that each of the last photo's tiles and tables is replaced by an element at its own place
+    before anything names the new photo (see :func:`skeleton_slot`)."""
+
+    picker: Any
+    note: Any
+    status: Any
+    grid: TileGrid
+
+    @classmethod
+    def lay_out(cls) -> RecipeArea:
+        return cls(st.empty(), st.empty(), st.empty(), TileGrid(len(RECIPES), "recipe"))
+
+
 @st.fragment
 def recipe_tiles(item, model_key: str, model, meta: dict[str, Any], scene: Scene, methods: list[AppMethod]) -> None:
     """Every recipe on one method's maps (a fragment: picking the method reruns only these tiles)."""
+    area = RecipeArea.lay_out()
     labels = [m.label for m in methods]
     carry("compare_maps", CAM.label, options_filter(labels))
-    source = METHODS[st.radio("Maps from", labels, horizontal=True, key="compare_maps")]
-    st.caption("Each recipe with its default options." + (" One view of the image (the sidebar's box asks for the "
-                                                           "recipes' views)." if source.one_view else ""))
-    grid = TileGrid(len(RECIPES), "recipe")
-    status = st.empty()
-    for tile, name in zip(grid.tiles, RECIPES):
+    source = METHODS[area.picker.radio("Maps from", labels, horizontal=True, key="compare_maps")]
+    area.note.caption("Each recipe with its default options." + (
+        " One view of the image (the sidebar's box asks for the recipes' views)." if source.one_view else ""))
+    for tile, name in zip(area.grid.tiles, RECIPES):
         maps = analyze(item, model_key, model, meta, source, name, focus=scene.k, one_view=one_view(source, name),
-                       where=status)
+                       where=area.status)
         found = maps.detections(scene.k, name)
         scene.fill(tile, name, maps, found)
-        grid.add_boxes(name, found, scene)
+        area.grid.add_boxes(name, found, scene)
+
+
+def skeleton_slot(area: Any) -> Any:
+    """A placeholder in ``area`` (a container made in its place in the skeleton), made once the skeleton is queued.
+
+    Streamlit's server queues a run's deltas and, until it flushes them, *composes* a delta written to a place
+    already in the queue into that earlier slot. A placeholder made at the top of the skeleton and later filled
+    with the new photo's name would reach the browser first, above the previous photo's pictures (and a block
+    written over a placeholder would arrive as a block of the same kind, which the browser fills with the old
+    children). The first delta of this placeholder comes after the skeleton, so whatever it says comes after
+    every old picture is gone."""
+    return area.empty()
 
 
 def costly_tile(tile: Any, method: AppMethod, context: tuple, model_key: str, views: int) -> None:
@@ -104,21 +133,24 @@ alpha = side.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
 carry("colormap", "jet", options_filter(COLORMAPS))
 colormap = side.selectbox("Colormap", sorted(COLORMAPS), key="colormap")
 
-# the skeleton, before anything is computed: every picture of the previous photo is replaced at once
-heading, hint = st.empty(), st.container()
+# the skeleton, before anything is computed: each picture, table and line of the previous photo is replaced by
+# an element at its own place, and only then is the new photo named (see skeleton_slot)
+heading_area, hint = st.container(), st.empty()
 st.subheader("Methods")
 setting = describe_options(options)
 st.caption(f"Boxes: recipe {recipe}" + (f" ({setting})" if setting else "") + " on each method's map, numbered best "
            f"first; drawn: {display.rule} (sidebar); the tables list the boxes drawn, the last one counts them all.")
-status = st.empty()
+status_area = st.container()
 method_grid = TileGrid(len(methods), "method")
 st.image(colorbar(colormap), caption="The maps, 0 at each one's minimum and 1 at its maximum")
 st.subheader("Box recipes")
-recipes_area = st.empty()  # nothing (an element, not a block: a block would keep the last photo's tiles) until
-recipes_area.empty()  # the tiles are drawn
+recipes_area = st.empty()
+with recipes_area.container():  # where the fragment's own container will be, laid out as it will lay it out
+    RecipeArea.lay_out()
 st.subheader("Every method × recipe")
 table_note, table = st.empty(), st.empty()
-heading.caption(f"Computing the class probabilities of {item.name}…")  # named once nothing of the last photo is left
+heading, status = skeleton_slot(heading_area), skeleton_slot(status_area)
+heading.caption(f"Computing the class probabilities of {item.name}…")
 
 try:
     ranking = analyze(item, model_key, model, meta, recipe=recipe, where=status)
@@ -138,7 +170,7 @@ demo_hint(model_key, meta, item, hint)
 found = ranking.detections(k, recipe, options)
 scene.fill(method_grid.tiles[0], CAM.label, ranking, found)
 method_grid.add_boxes(CAM.label, found, scene)
-with recipes_area.container():
+with recipes_area:
     recipe_tiles(item, model_key, model, meta, scene, methods)
 
 table_note.caption("Each recipe with its default options; every box counted, drawn or not."
@@ -169,5 +201,5 @@ for method in computed:  # the table, a method's row of recipes at a time
                        where=status)
         label = method.label + (" (one view)" if maps.overrides else "")
         rows.append({"method": label, "recipe": name, **scored(maps.detections(k, name), truth)})
-    show_table(pd.DataFrame(rows), where=table.container(), height="content")
+    show_table(pd.DataFrame(rows), where=table, height="content")
 status.empty()

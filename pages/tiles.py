@@ -95,4 +95,4 @@ class TileGrid:
         if shown is None:
             self.table.caption("No tile draws a box.")
         else:
-            show_table(shown, where=self.table.container())
+            show_table(shown, where=self.table)
