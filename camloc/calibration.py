@@ -42,7 +42,7 @@ from camloc.models import (
 from camloc.models.geometry import META_KEY, geometry_entries
 from camloc.pipeline.analysis import view_sizes
 from camloc.runtime.devices import resolve_device
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, say
 
 #: The gate's floor (every class below it is skipped: the recipes' own), the quantile and the evidence a class
 #: needs.
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             meta[META_KEY] = geometry_entries(model, view_sizes(meta["input_size"]))
         save_checkpoint(model.cpu(), meta, args.out)
     except (ModelError, DataError, OutputError, OSError) as exc:
-        print(error_line(exc, (ModelError, DataError, OutputError, OSError)), file=sys.stderr)
+        say(error_line(exc, (ModelError, DataError, OutputError, OSError)))
         return 2
     raised = sum(t > FLOOR for t in meta["class_thresholds"])
     print(f"wrote {args.out}: thresholds for {raised} of {meta['num_classes']} classes above the floor {FLOOR} "

@@ -17,7 +17,6 @@ set is a pure function of its arguments.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from camloc.io.atomic import atomic_write_json
+from camloc.runtime.errors import say
 
 MIN_VISIBLE = 40
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate(args.out, args.train, args.val, args.classes, args.size, args.seed, args.max_objects)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return 2
     print(f"wrote {args.train} train and {args.val} val images to {args.out}")
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from camloc.pipeline import Localizer
 from camloc.pipeline.analysis import ALIGNMENTS
 from camloc.pipeline.detections import MAX_DETECTIONS
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
-from camloc.runtime.errors import error_line, one_line_warnings
+from camloc.runtime.errors import error_line, one_line_warnings, say
 from camloc.runtime.memory import DeviceMemoryError, memory_budget, parse_memory
 from camloc.runtime.workerpool import default_box_workers
 from eval import progress
@@ -293,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                 return None
             predictor = build_predictor(args, truth)
             if node.main:
-                print(plan_line(args, images, predictor, node), file=sys.stderr, flush=True)
+                say(plan_line(args, images, predictor, node))
             metrics = run_evaluation(args, truth, images, predictor, settings, node)
     finally:
         node.close()
@@ -311,13 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         with one_line_warnings():
             run(args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out})",
-              file=sys.stderr)
+        say(f"\ninterrupted; continue with the same command plus --resume (progress in {args.out})")
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(error_line(exc, (CliError, EvaluationError, ModelError, DataError, ImageError, OutputError, OSError,
-                               ProgressError, DeviceMemoryError)), file=sys.stderr)
+        say(error_line(exc, (CliError, EvaluationError, ModelError, DataError, ImageError, OutputError, OSError,
+                             ProgressError, DeviceMemoryError)))
         return 2
     return 0

@@ -42,7 +42,7 @@ from camloc.io.reader import SplitImages, collate, decode_batch
 from camloc.pipeline import Localizer
 from camloc.pipeline.boxstage import BoxPipeline, BoxStage, FinishedBatch, Truth, no_hits
 from camloc.runtime.distributed import Dist, setup_distributed
-from camloc.runtime.errors import in_stage
+from camloc.runtime.errors import in_stage, say
 from camloc.runtime.memory import Halving
 from camloc.runtime.profiling import StageClock, format_report, stage
 from camloc.runtime.workerpool import OrderedPool
@@ -248,7 +248,7 @@ def run_evaluation(args: argparse.Namespace, truth: GroundTruth, images: list[di
         report = clock.report(ran, time.perf_counter() - start)
         metrics["profile"] = report
         atomic_write_json(args.out / "metrics.json", metrics, indent=1)
-        print("\n" + format_report(report), file=sys.stderr)
+        say("\n" + format_report(report))
     return metrics
 
 
@@ -273,8 +273,8 @@ def finish_run(args: argparse.Namespace, images: list[dict], settings: dict[str,
     names = {im["id"]: im["file_name"] for im in images}
     failed = [{"image_id": i, "file_name": names[i], "reason": r} for i, r in sorted(unreadable.items())]
     if failed:
-        print(f"warning: {len(failed)} of {len(images)} images could not be read and are left out of the metrics "
-              f"(listed in metrics.json; first: {failed[0]['file_name']})", file=sys.stderr)
+        say(f"warning: {len(failed)} of {len(images)} images could not be read and are left out of the metrics "
+            f"(listed in metrics.json; first: {failed[0]['file_name']})")
     metrics, text = results.outputs([im["id"] for im in images if im["id"] in results.done])
     if faith is not None:
         metrics["faithfulness"] = faith.result()

@@ -8,6 +8,7 @@ process tries the same ``--out``, and can kill it there.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.io.lock import LOCK_NAME
+from camloc.runtime.errors import say
 from camloc.synthetic import generate_split
 from eval.cli import main as eval_main
 from tests.conftest import ROOT
@@ -185,6 +187,32 @@ def test_a_second_training_on_the_same_out_is_refused(data, tmp_path):
         first.process.kill()
     assert code == 0, err[-2000:]
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+class Writes(io.RawIOBase):
+    """A raw stream that keeps each write it gets (each one a system call on a real file)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.calls.append(bytes(data))
+        return len(data)
+
+
+def test_a_line_on_stderr_is_one_write(monkeypatch):
+    """The ranks of a torchrun run share stderr, and Python's stderr writes through: ``print`` wrote a refusal
+    and its newline in two writes, and two ranks' refusals came out on one line (seen in a full test run)."""
+    assert subprocess.run([sys.executable, "-c", "import sys; print(sys.stderr.write_through)"],
+                          capture_output=True, text=True, check=True).stdout.strip() == "True"
+    raw = Writes()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))
+    print("error: printed", file=sys.stderr)
+    say("error: said")
+    assert raw.calls == [b"error: printed", b"\n", b"error: said\n"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from camloc.models import atomic_torch_save as save
 from camloc.pseudo import PseudoLabelError
 from camloc.runtime.devices import GPU_BATCH, MAX_GPU_LOADERS, loader_defaults, resolve_device
 from camloc.runtime.distributed import Dist, setup_distributed
-from camloc.runtime.errors import error_line, one_line_warnings
+from camloc.runtime.errors import error_line, one_line_warnings, say
 from camloc.runtime.profiling import StageClock, stage
 from train.detector import refused_options, run_detector
 from train.fingerprint import fingerprint
@@ -215,13 +214,13 @@ def run(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
         start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler, settings,
                                             args.resume_anyway)
     elif args.resume and node.main:
-        print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
+        say(f"note: no {last} to resume from; starting a new run")
     net = DistributedDataParallel(model) if node.world > 1 else model
     if node.main:
-        print(f"train: {len(train_set)} samples on {node.device}"
-              f"{f' × {node.world} processes' if node.world > 1 else ''}, batch {args.batch_size} per process, "
-              f"{args.workers} loader workers per process, {args.arch} at {args.img_size} px, "
-              f"{'bf16/fp16 autocast' if node.device.type == 'cuda' else 'float32'}", file=sys.stderr, flush=True)
+        say(f"train: {len(train_set)} samples on {node.device}"
+            f"{f' × {node.world} processes' if node.world > 1 else ''}, batch {args.batch_size} per process, "
+            f"{args.workers} loader workers per process, {args.arch} at {args.img_size} px, "
+            f"{'bf16/fp16 autocast' if node.device.type == 'cuda' else 'float32'}")
     for epoch in range(start_epoch, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
         clock = StageClock(node.device) if args.profile else None
@@ -267,15 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             (run_detector if args.detector else run)(args, node)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"\ninterrupted; continue with the same command plus --resume ({args.out / 'last.pt'})",
-                  file=sys.stderr)
+            say(f"\ninterrupted; continue with the same command plus --resume ({args.out / 'last.pt'})")
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(error_line(exc, (TrainingError, DataError, ModelError, EvaluationError, OutputError, OSError,
-                               PseudoLabelError)),
-              file=sys.stderr)
+        say(error_line(exc, (TrainingError, DataError, ModelError, EvaluationError, OutputError, OSError,
+                             PseudoLabelError)))
         return 2
     finally:
         if dist.is_initialized():

@@ -35,6 +35,7 @@ from camloc.models import ModelError
 from camloc.models import atomic_torch_save as save
 from camloc.pseudo import DEFAULT_RULES, pseudo_labels
 from camloc.runtime.distributed import Dist
+from camloc.runtime.errors import say
 from camloc.runtime.profiling import StageClock, stage
 from train.fingerprint import fingerprint
 from train.loop import (
@@ -207,13 +208,13 @@ def train_round(args: argparse.Namespace, node: Dist) -> dict[str, Any]:
         start_epoch, best, history = resume(last, model, meta, optimizer, scheduler, scaler, settings,
                                             args.resume_anyway)
     elif args.resume and node.main:
-        print(f"note: no {last} to resume from; starting a new run", file=sys.stderr)
+        say(f"note: no {last} to resume from; starting a new run")
     net = DistributedDataParallel(model) if node.world > 1 else model
     if node.main:
         arithmetic = "bf16/fp16 autocast" if node.device.type == "cuda" else "float32"
-        print(f"train: {len(samples)} images on {node.device}{f' × {node.world} processes' if node.world > 1 else ''}"
-              f", batch {args.batch_size} per process, {args.workers} loader workers per process, detector "
-              f"{args.detector} at {args.img_size} px, {arithmetic}", file=sys.stderr, flush=True)
+        say(f"train: {len(samples)} images on {node.device}{f' × {node.world} processes' if node.world > 1 else ''}"
+            f", batch {args.batch_size} per process, {args.workers} loader workers per process, detector "
+            f"{args.detector} at {args.img_size} px, {arithmetic}")
     for epoch in range(start_epoch, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
         clock = StageClock(node.device) if args.profile else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from camloc.models import atomic_torch_save as save
 from camloc.models.geometry import META_KEY, geometry_entries
 from camloc.pipeline.analysis import view_sizes
 from camloc.runtime.distributed import Dist
+from camloc.runtime.errors import say
 from camloc.runtime.profiling import StageClock, format_report
 from train.fingerprint import resume_refusal
 
@@ -72,7 +72,7 @@ def log_epoch(record: dict[str, Any], seconds: float, clock: StageClock | None, 
     record["epoch_images_per_s"] = record["images"] / seconds
     if clock:
         record["profile"] = clock.report(record["images"], seconds)
-        print(format_report(record["profile"]), file=sys.stderr)
+        say(format_report(record["profile"]))
     history.append(record)
     write_log(log, history)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
@@ -85,8 +85,8 @@ def warn_unreadable(history: list[dict[str, Any]]) -> None:
     val = sorted({name for record in history for name in record.get("val_unreadable_images", [])})
     if train or val:
         first = (train or val)[0]
-        print(f"warning: {len(train)} training and {len(val)} validation images could not be read and were "
-              f"skipped (listed in log.jsonl; first: {first})", file=sys.stderr)
+        say(f"warning: {len(train)} training and {len(val)} validation images could not be read and were "
+            f"skipped (listed in log.jsonl; first: {first})")
 
 
 def _finite(obj: Any) -> bool:

@@ -10,7 +10,6 @@ method, input size) and the filter.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from camloc.pipeline.predictor import Predictor
 from camloc.pseudo.labelling import PseudoLabelError, pseudo_labels
 from camloc.pseudo.rule import DEFAULT_RULES, PseudoRule, default_rule
 from camloc.runtime.devices import resolve_device
-from camloc.runtime.errors import error_line
+from camloc.runtime.errors import error_line, say
 
 RULE_OPTIONS = ("min_relative", "top_k", "nms_iou", "min_side")
 
@@ -135,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written", file=sys.stderr)
+        say("\ninterrupted; nothing was written")
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(error_line(exc, (PseudoLabelError, EvaluationError, ModelError, DataError, ImageError, OutputError,
-                               OSError, ValueError)), file=sys.stderr)
+        say(error_line(exc, (PseudoLabelError, EvaluationError, ModelError, DataError, ImageError, OutputError,
+                             OSError, ValueError)))
         return 2
     return 0

@@ -39,6 +39,13 @@ def in_stage(name: str) -> Iterator[None]:
         raise
 
 
+def say(text: str) -> None:
+    """Write ``text`` and its newline to stderr in one write: Python's stderr writes through, so ``print`` would
+    make two, and the lines of processes sharing it (torchrun's ranks) could run together on one line."""
+    sys.stderr.write(f"{text}\n")
+    sys.stderr.flush()
+
+
 def _message(exc: BaseException) -> str:
     """The exception's message on one line; an error re-raised from a worker process (DataLoader's "Caught X in
     DataLoader worker process N. Original Traceback …") is reduced to the original error's own last line."""
@@ -76,7 +83,7 @@ def one_line_warnings() -> Iterator[None]:
             if not category.__module__.startswith("camloc"):
                 shown(message, category, filename, lineno, file, line)
                 return
-            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+            say(f"warning: {' '.join(str(message).split())}")
 
         warnings.showwarning = show
         yield

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import gc
 import re
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
+from camloc.runtime.errors import say as say_on_stderr
 from camloc.runtime.errors import stage_of
 
 #: The working memory of a per-batch stage on the CPU, unless told otherwise.
@@ -92,7 +92,7 @@ class Halving:
     def __init__(self, size: int, device: torch.device | None = None, say: Callable[[str], None] | None = None):
         self.size = max(1, int(size))
         self.device = device
-        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.say = say or say_on_stderr
 
     def run(self, items: Sequence[T], work: Callable[[Sequence[T]], Any], name: Callable[[T], str] = str
             ) -> list[Any]:
