@@ -5,7 +5,7 @@ app computes it — with the app's options, every class at once, or the class sh
 backpropagates through the network for each class — against one CAM pass, on the shared COCO-80
 MobileNetV2 (input 448) and a 640×480 COCO photo. Rounds interleave the methods, so a change of
 the machine's load touches them all alike; the figure is the median over the rounds of each
-method's time over CAM's in the same round. Writes ``pages/method_costs.json``.
+method's time over CAM's in the same round. Writes ``app_pages/method_costs.json``.
 
     PYTHONPATH=. .venv/bin/python bench/app_method_costs.py [--rounds 5]
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from app_pages.methods import CAM, COSTS_FILE, METHODS, AppMethod
 from camloc.cam import make_method
 from camloc.localize import Localizer
 from camloc.models import load_model
-from pages.methods import CAM, COSTS_FILE, METHODS, AppMethod
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COCO80 = DATA / "weights" / "mobilenet_v2_coco80_linear.pth"

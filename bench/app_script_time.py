@@ -4,8 +4,8 @@ Runs Explore and Compare under ``streamlit.testing.v1.AppTest`` with the shared 
 and a real 640×480 COCO photo: the upload (the network's passes, Compare's for every method), then
 reruns that need no network pass: a rerun with nothing changed, a class change and an opacity change —
 the part of a re-render that is Python on the server (the browser's share is in
-``bench/app_rerender.py``). Each checkout runs in its own process (both
-have a ``pages`` package), the order alternating between rounds; median over the rounds.
+``bench/app_rerender.py``). Each checkout runs in its own process (both have an ``app_pages``
+package — ``pages`` before it was renamed), the order alternating between rounds; median over the rounds.
 
     PYTHONPATH=. .venv/bin/python bench/app_script_time.py --before /tmp/app-before [--rounds 5]
 """
@@ -34,8 +34,9 @@ from streamlit.testing.v1 import AppTest
 
 photo, model = Path(sys.argv[1]), sys.argv[2]
 times = {}
+folder = "app_pages" if Path("app_pages").is_dir() else "pages"
 for name in ("explore", "compare"):
-    at = AppTest.from_file(f"pages/{name}.py", default_timeout=600).run()
+    at = AppTest.from_file(f"{folder}/{name}.py", default_timeout=600).run()
     at.sidebar.selectbox(key="model_label").set_value(model).run()
     start = time.perf_counter()
     at.sidebar.file_uploader(key="uploads").set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()

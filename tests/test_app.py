@@ -19,6 +19,9 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
+from app_pages.analysis import PLAIN_MAPS, views_label
+from app_pages.methods import METHODS, offered
+from app_pages.pickers import BOX_SCALES
 from camloc import viz
 from camloc.boxes import DEFAULT_RECIPE, RECIPES
 from camloc.cam import METHODS as MAP_METHODS
@@ -30,9 +33,6 @@ from camloc.models import atomic_torch_save, build_torchvision, load_model, pret
 from camloc.models.classes import COCO_NAMES
 from camloc.synthetic import generate
 from camloc.viz import GROUND_TRUTH_COLOR, color_hex, distinct_colors, format_score
-from pages.analysis import PLAIN_MAPS, views_label
-from pages.methods import METHODS, offered
-from pages.pickers import BOX_SCALES
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES
 from tests.helpers import count_tags, gradient_image, image_bytes, random_head_model
 from train.cli import main as train_main
@@ -52,7 +52,7 @@ def page(name: str, monkeypatch, checkpoints=None, offline: bool = True) -> AppT
         monkeypatch.setenv("CAMLOC_CHECKPOINTS", str(checkpoints))
     if name == "app.py":  # it sets OMP_WAIT_POLICY for its own process: keep that out of the other tests
         monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    path = ROOT / name if name == "app.py" else ROOT / "pages" / name
+    path = ROOT / name if name == "app.py" else ROOT / "app_pages" / name
     return AppTest.from_file(str(path), default_timeout=TIMEOUT)
 
 
@@ -416,7 +416,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
         assert (np.abs(inside - box.color).max(-1) <= 24).mean() > 0.5
     at.sidebar.slider(key="most_boxes").set_value(5).run()
     at.sidebar.slider(key="box_floor").set_value(0.1).run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     no_exception(at)
     table = compare_table(at)
     assert table["IoU of top box"].max() > 0.3 and table["objects found (IoU ≥ 0.5)"].str.endswith("/2").all()
@@ -425,7 +425,7 @@ def test_a_real_photo_with_its_coco_ground_truth(monkeypatch, tmp_path, pictures
     no_exception(at)
     assert "IoU of top box" not in compare_table(at).columns and "0/0" not in texts(at.caption)
     assert "“toothbrush” is not in the ground truth of this image" in texts(at.caption)
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     assert not any("IoU with GT" in frame.value.columns for frame in at.dataframe)  # its boxes, if any: no IoU
     assert f"“toothbrush” is not in the ground truth of {zebra}: no IoU to show." in texts(at.caption)
 
@@ -459,15 +459,15 @@ def test_model_folder_uploads_and_class_are_shared_by_all_pages(monkeypatch, coc
     at.sidebar.file_uploader(key="uploads").set_value(("street.png", photo, "image/png")).run()
     at.selectbox(key="class_name").set_value("giraffe").run()
     passes = at.session_state["forward_passes"]
-    for target in ("pages/all_classes.py", "pages/pr_curves.py", "pages/compare.py", "pages/explore.py"):
+    for target in (f"app_pages/{name}.py" for name in ("all_classes", "pr_curves", "compare", "explore")):
         at.switch_page(target).run()
         no_exception(at)
-        if target == "pages/pr_curves.py":
+        if target == "app_pages/pr_curves.py":
             continue
         assert at.sidebar.text_input(key="checkpoint_folder").value == str(coco_checkpoints)
         assert at.sidebar.selectbox(key="model_label").value == "coco.pt"
         assert "Your upload: street.png" in texts(at.sidebar.caption)
-        if target != "pages/all_classes.py":
+        if target != "app_pages/all_classes.py":
             assert at.selectbox(key="class_name").value == "giraffe"
     assert image_captions(at)[0].startswith("street.png")
     # only the views Compare adds (gradient methods, TTA, the recipes' mirror views); none for All classes
@@ -488,12 +488,12 @@ def test_one_probability_per_image_and_class_on_every_page(monkeypatch, coco_che
     assert f"of “{top['class']}” (p = {figure})" in heat_caption(at)
     views = views_label(((1.0, False), (1.0, True)))  # the default recipe's (multilevel-flip) two
     assert f"Probabilities of {views}, as the boxes use them." in texts(at.caption)
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     assert f"“{top['class']}” in shapes_000001.jpg (p = {figure}, {views}" in texts(at.caption)
-    at.switch_page("pages/all_classes.py").run()
+    at.switch_page("app_pages/all_classes.py").run()
     legend = at.dataframe[0].value
     assert legend["class"][0] == top["class"] and format_score(legend["probability"][0]) == figure
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     at.sidebar.selectbox(key="recipe").set_value("seed").run()  # one view: another figure, said so
     assert "Probabilities of one view of the image, as the boxes use them." in texts(at.caption)
     table = top_table(at).set_index("class")
@@ -901,15 +901,15 @@ def test_a_detector_shows_its_boxes_on_explore_and_compare(monkeypatch, detector
     assert ("IoU with GT" in table.columns) == bool(truth)
     assert any(f"of “{detector.class_names[0]}”, detector fasterrcnn_mobilenet_v2_fpn" in c
                for c in image_captions(at))
-    for target in ("pages/compare.py", "pages/all_classes.py"):  # the model stays chosen on every page
+    for target in ("app_pages/compare.py", "app_pages/all_classes.py"):  # the model stays chosen on every page
         at.switch_page(target).run()
         no_exception(at)
         assert at.sidebar.selectbox(key="model_label").value == "det.pt (detector)"
         assert "A detector has no class map" in texts(at.info)
-        if target == "pages/compare.py":
+        if target == "app_pages/compare.py":
             row = at.dataframe[0].value
             assert row["model"][0] == "fasterrcnn_mobilenet_v2_fpn" and row["boxes"][0] == len(expected)
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     at.sidebar.selectbox(key="model_label").set_value("demo.pt").run()  # back to maps
     no_exception(at)
     assert "A detector has no class map" not in texts(at.info) and " of “" in heat_caption(at)
@@ -929,20 +929,20 @@ def test_an_upload_after_a_page_change_adds_to_the_earlier_ones(monkeypatch, tmp
     at = page("app.py", monkeypatch, tmp_path).run()
     upload(at, "a.png", "b.png")
     assert at.selectbox(key="shown_image").options == ["a.png", "b.png"]
-    at.switch_page("pages/all_classes.py").run()
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/all_classes.py").run()
+    at.switch_page("app_pages/explore.py").run()
     upload(at, "c.png", seed=2)
     no_exception(at)
     assert at.selectbox(key="shown_image").options == ["a.png", "b.png", "c.png"]
     assert at.selectbox(key="shown_image").value == "c.png" and image_captions(at)[0].startswith("c.png")
-    at.switch_page("pages/all_classes.py").run()
+    at.switch_page("app_pages/all_classes.py").run()
     upload(at, "a-again.png")  # the same bytes as a.png: kept once, and shown
     assert at.selectbox(key="shown_image").options == ["a.png", "b.png", "c.png"]
     assert at.selectbox(key="shown_image").value == "a.png"
     at.button(key="remove_upload").click().run()
     no_exception(at)
     assert at.selectbox(key="shown_image").options == ["b.png", "c.png"]
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     assert at.selectbox(key="shown_image").options == ["b.png", "c.png"]
     at.sidebar.button(key="clear_uploads").click().run()
     assert image_captions(at)[0].startswith("shapes_")
@@ -987,7 +987,7 @@ def test_every_setting_of_a_page_survives_a_visit_to_another_page(name, monkeypa
     write_log(tmp_path / "runs" / "r1", [{"epoch": 1, "train_loss": 1.0}])
     write_log(tmp_path / "runs" / "r2", [{"epoch": 1, "train_loss": 0.5}])
     at = page("app.py", monkeypatch, tmp_path / "runs").run()
-    at.switch_page(f"pages/{name}").run()
+    at.switch_page(f"app_pages/{name}").run()
     if name == "pr_curves.py":
         at.text_input(key="eval_folder").set_value(str(eval_folder)).run()
     keys = sorted(page_settings(at))
@@ -1002,8 +1002,8 @@ def test_every_setting_of_a_page_survives_a_visit_to_another_page(name, monkeypa
         widget.set_value(value).run()
         no_exception(at)
         expected = page_settings(at)[key].value
-        at.switch_page("pages/training_runs.py" if name != "training_runs.py" else "pages/pr_curves.py").run()
-        at.switch_page(f"pages/{name}").run()
+        at.switch_page("app_pages/training_runs.py" if name != "training_runs.py" else "app_pages/pr_curves.py").run()
+        at.switch_page(f"app_pages/{name}").run()
         no_exception(at)
         assert page_settings(at)[key].value == expected, (name, key)
 
@@ -1014,10 +1014,10 @@ def test_the_model_stays_until_the_user_picks_another_and_a_change_says_so(monke
     assert not at.toast
     at.sidebar.selectbox(key="model_label").set_value("coco.pt").run()
     assert [t.value for t in at.toast] == ["Model: now coco.pt, was Demo: synthetic shapes (offline, bundled)."]
-    at.switch_page("pages/training_runs.py").run()
+    at.switch_page("app_pages/training_runs.py").run()
     at.sidebar.text_input(key="runs_folder").set_value(str(tmp_path / "elsewhere")).run()
     no_exception(at)
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     no_exception(at)
     assert at.sidebar.text_input(key="checkpoint_folder").value == str(coco_checkpoints)
     assert at.sidebar.selectbox(key="model_label").value == "coco.pt" and not at.toast
@@ -1026,7 +1026,7 @@ def test_the_model_stays_until_the_user_picks_another_and_a_change_says_so(monke
     kept = f"coco.pt (from {coco_checkpoints})"
     assert at.sidebar.selectbox(key="model_label").value == kept and not at.toast
     assert len(at.selectbox(key="class_name").options) == 80  # still the COCO model's classes
-    at.switch_page("pages/all_classes.py").run()
+    at.switch_page("app_pages/all_classes.py").run()
     assert at.sidebar.selectbox(key="model_label").value == kept
     (coco_checkpoints / "coco.pt").unlink()  # its file is gone: the demo model, said so
     at.run()
@@ -1071,7 +1071,7 @@ def test_methods_state_their_cost_and_score_cam_computes_one_view_with_progress(
     said what it costs."""
     import streamlit.delta_generator as dg
 
-    import pages.analysis
+    import app_pages.analysis
     progress_texts = []
     real = dg.DeltaGenerator.progress
 
@@ -1087,7 +1087,7 @@ def test_methods_state_their_cost_and_score_cam_computes_one_view_with_progress(
         assert f"- {method.label}: ≈ " in picker.help and f"{method.label} · ≈ " in " ".join(picker.options)
     assert "TTA-CAM is not offered: recipe multilevel-tta already averages the six TTA views." in picker.help
     passes = at.session_state["forward_passes"]
-    monkeypatch.setattr(pages.analysis, "PROGRESS_AFTER", 0.0)  # the demo model is quick: show every bar
+    monkeypatch.setattr(app_pages.analysis, "PROGRESS_AFTER", 0.0)  # the demo model is quick: show every bar
     picker.set_value("Score-CAM").run()
     no_exception(at)
     assert at.session_state["forward_passes"] == passes + 1  # one view, not the recipe's six
@@ -1180,15 +1180,15 @@ def test_pr_curves_keep_their_colours_and_coinciding_curves_stay_apart(monkeypat
 def test_first_visit_shows_the_demo_evaluation_and_training(monkeypatch, tmp_path):
     """Issue 22, 12: PR curves and Training runs were blank until the user ran `python -m eval` or trained."""
     at = page("app.py", monkeypatch, tmp_path / "no-runs").run()
-    at.switch_page("pages/pr_curves.py").run()
+    at.switch_page("app_pages/pr_curves.py").run()
     no_exception(at)
     assert "Showing the **demo**" in texts(at.info) and at.get("plotly_chart")
     assert len(at.dataframe[0].value) == 12
-    at.switch_page("pages/training_runs.py").run()
+    at.switch_page("app_pages/training_runs.py").run()
     no_exception(at)
     assert "a training run of the bundled demo model's recipe" in texts(at.info)
     assert at.get("plotly_chart") and int(at.metric[0].value) == 8  # the demo's 8 epochs
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("app_pages/dataset.py").run()
     no_exception(at)
     assert tables_with(at, "score") and "demo" in at.sidebar.text_input(key="ds_dets").value
 
@@ -1230,12 +1230,12 @@ def test_no_module_names_or_internal_keys_in_the_app(monkeypatch, tmp_path, eval
     for recipe in RECIPES:  # each recipe's description and settings, on Explore and Compare
         at.sidebar.selectbox(key="recipe").set_value(recipe).run()
         seen.append(visible_text(at))
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     seen.append(visible_text(at))
     for name in ("all_classes", "pr_curves", "training_runs", "dataset"):
-        at.switch_page(f"pages/{name}.py").run()
+        at.switch_page(f"app_pages/{name}.py").run()
         seen.append(visible_text(at))
-    at.switch_page("pages/pr_curves.py").run()
+    at.switch_page("app_pages/pr_curves.py").run()
     at.text_input(key="eval_folder").set_value(str(eval_folder)).run()
     seen.append(visible_text(at))
     no_exception(at)

@@ -3,6 +3,7 @@ ground truth, change the class and the threshold and check that the rendered box
 through the other pages by the sidebar (the model and the upload follow) and open every page.
 Screenshots go to the test's folder (and to $CAMLOC_SCREENSHOT_DIR when set, for the README)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,19 +12,20 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from app_pages.methods import offered
 from camloc.boxes import DEFAULT_RECIPE, RECIPES
 from camloc.evaluation import localization_metrics
 from camloc.localize import Localizer
 from camloc.models.pretrained import OFFLINE_ENV
 from camloc.synthetic import generate
 from camloc.viz import format_score
-from pages.methods import offered
 from tests.conftest import COCO80, ROOT, VAL_ANN, VAL_IMAGES, user_environment
 from tests.helpers import gradient_image
 from train.cli import main as train_main
@@ -72,14 +74,10 @@ def tiny_training_run(out: Path, data: Path) -> None:
                        "--out", str(out)]) == 0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, coco80_geometry):
-    checkpoints = tmp_path_factory.mktemp("checkpoints")
-    for suffix in (".pth", ".json"):
-        shutil.copy(COCO80.with_suffix(suffix), checkpoints / COCO80.with_suffix(suffix).name)
-    tiny_training_run(checkpoints / "shapes-tiny", tmp_path_factory.mktemp("shapes"))
+@contextlib.contextmanager
+def streamlit_app(env: dict[str, str]) -> Iterator[str]:
+    """`streamlit run app.py` on a free port, until the block ends; yields its address once it is healthy."""
     port = free_port()
-    env = user_environment(CAMLOC_CHECKPOINTS=str(checkpoints), **{OFFLINE_ENV: "1"})
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1", "--server.headless", "true",
                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
@@ -95,13 +93,25 @@ def server(tmp_path_factory, coco80_geometry):
     else:
         process.kill()
         pytest.fail(f"streamlit did not become healthy: {process.stdout.read().decode()[-2000:]}")
-    yield url
-    process.terminate()
     try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, coco80_geometry):
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    for suffix in (".pth", ".json"):
+        shutil.copy(COCO80.with_suffix(suffix), checkpoints / COCO80.with_suffix(suffix).name)
+    tiny_training_run(checkpoints / "shapes-tiny", tmp_path_factory.mktemp("shapes"))
+    with streamlit_app(user_environment(CAMLOC_CHECKPOINTS=str(checkpoints), **{OFFLINE_ENV: "1"})) as url:
+        yield url
 
 
 @pytest.fixture
@@ -238,6 +248,28 @@ def test_upload_change_class_and_threshold_changes_boxes(page, server, tmp_path)
     settle(page)
     assert page.locator('[data-testid="stFileChipIconError"]').count() == 0
     no_exception(page)
+
+
+def test_a_bookmarked_page_is_the_app_even_as_a_fresh_servers_first_visit(tmp_path):
+    """A fresh server whose first visitor opened /compare (a bookmark) ran the page's module on its own: Streamlit
+    took the modules beside app.py in a folder named ``pages/`` for a legacy multipage app until some session ran
+    app.py — the sidebar listed 23 modules (analysis, geometry, inputs, …) and the page had not app.py's layout."""
+    from playwright.sync_api import sync_playwright
+
+    titles = ["Explore", "All classes", "Compare", "PR curves", "Training runs", "Dataset browser"]
+    with streamlit_app(user_environment(CAMLOC_CHECKPOINTS=str(tmp_path), **{OFFLINE_ENV: "1"})) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        tab = browser.new_page(viewport={"width": 1500, "height": 1000})
+        tab.set_default_timeout(120_000)
+        tab.goto(f"{url}/pr_curves", wait_until="domcontentloaded")
+        tab.wait_for_selector('h1:has-text("Precision-recall curves")')
+        settle(tab)
+        links = tab.locator('[data-testid="stSidebarNav"] a')
+        assert [links.nth(i).inner_text().splitlines()[-1] for i in range(links.count())] == titles
+        assert tab.locator('[data-testid="stMain"]').bounding_box()["width"] > 1000  # app.py's wide layout
+        no_exception(tab)
+        browser.close()
 
 
 def test_numbers_read_the_same_in_tables_and_pictures(page, server):

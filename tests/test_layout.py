@@ -24,7 +24,7 @@ STAGES = ["io", "models", "cam", "boxes", "evaluation", "pipeline", "runtime"]
 
 
 def library_modules() -> list[Path]:
-    return sorted(p for folder in ("camloc", "eval", "train", "pages") for p in (ROOT / folder).rglob("*.py"))
+    return sorted(p for folder in ("camloc", "eval", "train", "app_pages") for p in (ROOT / folder).rglob("*.py"))
 
 
 def module_name(path: Path) -> str:
@@ -95,5 +95,5 @@ def test_the_package_list_holds_every_package():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = set(find_packages(ROOT, include=config["packages"]["find"]["include"]))
     wanted = {module_name(p.parent) if p.name == "__init__.py" else "" for p in library_modules()} - {""}
-    wanted = {name for name in wanted if not name.startswith("pages")}
+    wanted = {name for name in wanted if not name.startswith("app_pages")}
     assert wanted <= found and {"camloc.boxes", "camloc.io", "camloc.models", "camloc.pipeline"} <= found

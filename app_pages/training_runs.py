@@ -10,13 +10,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from app_pages.model_picker import checkpoint_folder
+from app_pages.run_log import Run, RunLogError, find_runs, read_run
+from app_pages.state import carry, options_filter
+from app_pages.tables import show_table
 from camloc.demo import DEMO_RUN
 from camloc.demo import RECIPE as DEMO_DATA
 from camloc.demo import TRAIN_ARGS as DEMO_TRAIN_ARGS
-from pages.model_picker import checkpoint_folder
-from pages.run_log import Run, RunLogError, find_runs, read_run
-from pages.state import carry, options_filter
-from pages.tables import show_table
 
 CURVES = (  # (subplot, log key, label)
     (1, "train_loss", "training loss"),

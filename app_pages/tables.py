@@ -14,8 +14,8 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
+from app_pages.geometry import best_match
 from camloc.viz import format_score
-from pages.geometry import best_match
 
 SWATCH = "colour"
 NUMBER_FORMAT = "%.3g"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages.pr_chart import Curve, class_colours, coinciding, coinciding_note, pr_figure
+from app_pages.state import carry, options_filter
+from app_pages.tables import show_table
+from app_pages.words import plural
 from camloc.demo import DEMO_EVAL
 from camloc.viz import format_score
-from pages.pr_chart import Curve, class_colours, coinciding, coinciding_note, pr_figure
-from pages.state import carry, options_filter
-from pages.tables import show_table
-from pages.words import plural
 
 #: COCO's 12 stats in pycocotools' order, with what each one averages.
 STATS = {"AP": "AP at IoU 0.50:0.95", "AP50": "AP at IoU 0.50", "AP75": "AP at IoU 0.75",

@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages.pictures import encoded, pick_box_display
+from app_pages.state import carry, options_filter
+from app_pages.tables import NO_TRUTH, boxes_table, show_table
+from app_pages.words import plural
 from camloc.demo import DEMO_EVAL, EXAMPLES
 from camloc.io.images import ImageError, load_image
 from camloc.viz import color_hex, distinct_colors, draw_boxes
-from pages.pictures import encoded, pick_box_display
-from pages.state import carry, options_filter
-from pages.tables import NO_TRUTH, boxes_table, show_table
-from pages.words import plural
 
 
 @st.cache_data(max_entries=8)

@@ -8,18 +8,18 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app_pages import detector_view
+from app_pages.analysis import align_toggle, analyze
+from app_pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
+from app_pages.methods import CAM, recipe_views
+from app_pages.model_picker import pick_model
+from app_pages.pickers import describe_options, pick_class, pick_method, pick_recipe, ranked_classes
+from app_pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
+from app_pages.state import carry, options_filter
+from app_pages.tables import boxes_table, show_table
+from app_pages.words import truth_caption
 from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
-from pages import detector_view
-from pages.analysis import align_toggle, analyze
-from pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
-from pages.methods import CAM, recipe_views
-from pages.model_picker import pick_model
-from pages.pickers import describe_options, pick_class, pick_method, pick_recipe, ranked_classes
-from pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
-from pages.state import carry, options_filter
-from pages.tables import boxes_table, show_table
-from pages.words import truth_caption
 
 
 @st.fragment

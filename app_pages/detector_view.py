@@ -11,13 +11,13 @@ import pandas as pd
 import streamlit as st
 from torch import nn
 
+from app_pages.geometry import best_iou
+from app_pages.inputs import InputImage, decode, describe, ground_truth, pick_image
+from app_pages.pickers import pick_class
+from app_pages.pictures import encoded, pick_box_display, tagged_boxes
+from app_pages.tables import boxes_table, show_table
 from camloc.detector import Detector
 from camloc.viz import draw_labelled, format_score
-from pages.geometry import best_iou
-from pages.inputs import InputImage, decode, describe, ground_truth, pick_image
-from pages.pickers import pick_class
-from pages.pictures import encoded, pick_box_display, tagged_boxes
-from pages.tables import boxes_table, show_table
 
 NO_MAP = ("A detector has no class map: it finds boxes directly (trained by `python -m train --detector`). "
           "Pick a classifier checkpoint to see maps.")

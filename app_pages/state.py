@@ -1,5 +1,5 @@
 """Widget state that outlives a page and follows the image: the model and folder are shared by all pages,
-and a class picked for one image stays with that image (the uploads: :mod:`pages.uploads`).
+and a class picked for one image stays with that image (the uploads: :mod:`app_pages.uploads`).
 
 Streamlit drops a widget's value when a run does not draw it (another page) and keeps it when its
 options change (another image). :func:`carry` fixes both: called just before a keyed widget is

@@ -6,15 +6,15 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from app_pages import detector_view
+from app_pages.analysis import Maps, analyze
+from app_pages.inputs import choose_images, decode, demo_hint, pick_image
+from app_pages.model_picker import pick_model
+from app_pages.pickers import chosen_recipe, ranked_classes
+from app_pages.state import carry, options_filter
+from app_pages.tables import show_table
 from camloc.detector import is_detector_meta
 from camloc.viz import cam_grid, color_hex, colorbar, distinct_colors, format_score, multiclass_overlay
-from pages import detector_view
-from pages.analysis import Maps, analyze
-from pages.inputs import choose_images, decode, demo_hint, pick_image
-from pages.model_picker import pick_model
-from pages.pickers import chosen_recipe, ranked_classes
-from pages.state import carry, options_filter
-from pages.tables import show_table
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -13,11 +13,11 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
+from app_pages.model_picker import DEMO_KEY
+from app_pages.state import carry, options_filter
+from app_pages.uploads import clear_uploads, digest, newest_upload, remember_uploads, remove_upload, uploads
 from camloc.demo import EXAMPLES, example_images
 from camloc.io.images import FORMATS, ImageError, load_image
-from pages.model_picker import DEMO_KEY
-from pages.state import carry, options_filter
-from pages.uploads import clear_uploads, digest, newest_upload, remember_uploads, remove_upload, uploads
 
 #: The file name extensions the uploader takes: those of every format ``load_image`` opens (GIF and
 #: WebP included: their first frame), so the browser refuses nothing that camloc can read.

@@ -27,16 +27,16 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from app_pages.inputs import InputImage
+from app_pages.methods import CAM, AppMethod
+from app_pages.progress import passes_progress
+from app_pages.state import carry, remembered
 from camloc.boxes import DEFAULT_RECIPE, make_recipe
 from camloc.cam import make_method
 from camloc.localize import Analysis, Localizer
 from camloc.models import CamModel
 from camloc.models.geometry.measured import STIMULI as MEASURE_STIMULI
 from camloc.pipeline.analysis import TTA_SCALES
-from pages.inputs import InputImage
-from pages.methods import CAM, AppMethod
-from pages.progress import passes_progress
-from pages.state import carry, remembered
 
 #: A recipe that takes each method's maps as they are (the course recipe: no mirror image), for the
 #: views of an analysis with no recipe in mind.

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from app_pages.methods import CAM, METHODS, AppMethod, costs_help, offered, recipe_averages_tta, recipe_views
+from app_pages.state import carry, options_filter, remembered
 from camloc.boxes import DEFAULT_RECIPE, FULL_RESOLUTION, RECIPES
 from camloc.boxes.contours import BOX_MODES
-from pages.methods import CAM, METHODS, AppMethod, costs_help, offered, recipe_averages_tta, recipe_views
-from pages.state import carry, options_filter, remembered
 
 THRESHOLD_MODES = ("Otsu", "Fraction of max")
 #: The box resolutions offered for recipes with a ``box_scale`` option (× the feature grid, or the image's).

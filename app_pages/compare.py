@@ -15,20 +15,20 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from app_pages import detector_view
+from app_pages.analysis import analyze, estimate_seconds
+from app_pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
+from app_pages.methods import CAM, METHODS, AppMethod, offered, recipe_views
+from app_pages.model_picker import pick_model
+from app_pages.pickers import describe_options, pick_class, pick_recipe, ranked_classes
+from app_pages.pictures import pick_box_display
+from app_pages.state import carry, options_filter
+from app_pages.tables import show_table
+from app_pages.tiles import NOT_IN_TRUTH, Scene, TileGrid, scored
+from app_pages.words import truth_caption
 from camloc.boxes import RECIPES
 from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
-from pages import detector_view
-from pages.analysis import analyze, estimate_seconds
-from pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
-from pages.methods import CAM, METHODS, AppMethod, offered, recipe_views
-from pages.model_picker import pick_model
-from pages.pickers import describe_options, pick_class, pick_recipe, ranked_classes
-from pages.pictures import pick_box_display
-from pages.state import carry, options_filter
-from pages.tables import show_table
-from pages.tiles import NOT_IN_TRUTH, Scene, TileGrid, scored
-from pages.words import truth_caption
 
 _ASKED = "_costly_asked"  # {(image digest, model key, method label)} the user asked Compare to compute
 

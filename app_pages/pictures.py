@@ -18,9 +18,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from app_pages.analysis import Maps
+from app_pages.state import carry
 from camloc.viz import GROUND_TRUTH_COLOR, LabelledBox, distinct_colors, draw_labelled, format_score, overlay_heatmap
-from pages.analysis import Maps
-from pages.state import carry
 
 MOST_BOXES = 5
 SCORE_FLOOR = 0.1

@@ -11,10 +11,10 @@ from typing import Any
 
 import streamlit as st
 
+from app_pages.state import carry
 from camloc.demo import DEMO_CHECKPOINT
 from camloc.detector import checkpoint_kind, load_any
 from camloc.models import DETECTOR_KIND, CamModel, ModelError, pretrained
-from pages.state import carry
 
 TORCHVISION_MODELS = {"torchvision ResNet-50 (ImageNet → COCO)": "resnet50",
                       "torchvision MobileNetV2 (ImageNet → COCO)": "mobilenet_v2"}
@@ -90,7 +90,7 @@ def load_choice(key: str, mtime: float) -> tuple[CamModel, dict[str, Any]]:
     """Load a model by key (``file:PATH`` or ``torchvision:ARCH``); ``mtime`` invalidates on change."""
     kind, _, value = key.partition(":")
     if kind == "file":
-        return load_any(value)  # a classifier, or a detector (meta kind: detector; pages/detector_view.py)
+        return load_any(value)  # a classifier, or a detector (meta kind: detector; app_pages/detector_view.py)
     return pretrained.load_imagenet_coco(pretrained.imagenet_weights(value))
 
 

@@ -11,11 +11,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from app_pages.analysis import Maps
+from app_pages.geometry import best_iou
+from app_pages.pictures import BoxDisplay, encoded, scene
+from app_pages.tables import boxes_table, show_table
 from camloc.viz import format_score
-from pages.analysis import Maps
-from pages.geometry import best_iou
-from pages.pictures import BoxDisplay, encoded, scene
-from pages.tables import boxes_table, show_table
 
 #: Tiles per row: a quarter of the page each, so that tags and captions stay readable.
 PER_ROW = 4
