@@ -15,19 +15,17 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app_pages import detector_view
 from app_pages.analysis import analyze, estimate_seconds
-from app_pages.inputs import annotations_input, choose_images, decode, demo_hint, ground_truth, pick_image
+from app_pages.inputs import demo_hint, ground_truth
 from app_pages.methods import CAM, METHODS, AppMethod, offered, recipe_views
-from app_pages.model_picker import pick_model
 from app_pages.pickers import describe_options, pick_class, pick_recipe, ranked_classes
 from app_pages.pictures import pick_box_display
 from app_pages.state import carry, options_filter
+from app_pages.subject import pick_subject
 from app_pages.tables import show_table
 from app_pages.tiles import NOT_IN_TRUTH, Scene, TileGrid, scored
 from app_pages.words import truth_caption
 from camloc.boxes import RECIPES
-from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
 
 _ASKED = "_costly_asked"  # {(image digest, model key, method label)} the user asked Compare to compute
@@ -105,21 +103,8 @@ def costly_tile(tile: Any, method: AppMethod, context: tuple, model_key: str, vi
 
 st.title("Compare methods and box recipes")
 side = st.sidebar
-picked = pick_model()
-images = choose_images(None if picked is None else picked[2])
-gt_data = annotations_input(st.sidebar.expander("Ground truth"))
-if picked is None or not images:
-    st.stop()
-model_key, model, meta = picked
-if is_detector_meta(meta):  # a detector's boxes, no maps
-    detector_view.show("compare", model_key, model, meta, images, gt_data)
-    st.stop()
+model_key, model, meta, gt_data, item, decoded, class_slot = pick_subject("compare")
 names = meta["class_names"]
-class_slot, image_slot, remove_slot = st.columns([3, 3, 2], vertical_alignment="bottom")  # above the pictures
-item = pick_image(images, image_slot, remove_slot)
-decoded = decode(item)
-if decoded is None:
-    st.stop()
 recipe, options = pick_recipe()
 methods = offered(recipe)
 if any(m.one_view for m in methods) and recipe_views(recipe) > 1:

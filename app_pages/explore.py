@@ -8,17 +8,15 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app_pages import detector_view
 from app_pages.analysis import align_toggle, analyze
-from app_pages.inputs import annotations_input, choose_images, decode, demo_hint, describe, ground_truth, pick_image
+from app_pages.inputs import demo_hint, describe, ground_truth
 from app_pages.methods import CAM, recipe_views
-from app_pages.model_picker import pick_model
 from app_pages.pickers import describe_options, pick_class, pick_method, pick_recipe, ranked_classes
 from app_pages.pictures import encoded, heat_picture, pick_box_display, png_bytes, scene
 from app_pages.state import carry, options_filter
+from app_pages.subject import pick_subject
 from app_pages.tables import boxes_table, show_table
 from app_pages.words import truth_caption
-from camloc.detector import is_detector_meta
 from camloc.viz import COLORMAPS, colorbar, format_score
 
 
@@ -35,23 +33,8 @@ def top_classes(names: list[str], ranked: list[int], probs, views: str) -> None:
 
 st.title("Explore class activation maps")
 side = st.sidebar
-picked = pick_model()
-images = choose_images(None if picked is None else picked[2])
-gt_data = annotations_input(st.sidebar.expander("Ground truth"))
-if picked is None or not images:
-    if picked is not None:
-        st.info("Upload an image (or restore the bundled examples) to start.")
-    st.stop()
-model_key, model, meta = picked
-if is_detector_meta(meta):  # a detector's boxes, no maps
-    detector_view.show("explore", model_key, model, meta, images, gt_data)
-    st.stop()
+model_key, model, meta, gt_data, item, decoded, class_slot = pick_subject("explore")
 names = meta["class_names"]
-class_slot, image_slot, remove_slot = st.columns([3, 3, 2], vertical_alignment="bottom")  # above the pictures
-item = pick_image(images, image_slot, remove_slot)
-decoded = decode(item)
-if decoded is None:
-    st.stop()
 image = decoded.image
 status = st.empty()  # a long computation's progress bar, above the pictures it makes
 

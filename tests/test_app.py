@@ -1242,3 +1242,16 @@ def test_no_module_names_or_internal_keys_in_the_app(monkeypatch, tmp_path, eval
     found = sorted({m.group(0) for text in seen for m in INTERNALS.finditer(text)})
     assert not found, found
     assert "traced at the image's resolution" in "".join(seen)  # a setting in words
+
+
+@pytest.mark.parametrize("name", ["explore.py", "compare.py"])
+def test_a_map_page_without_an_image_says_what_to_do(name, monkeypatch, tmp_path):
+    """No upload and no bundled example (an install without them): one line saying what to do, on both map pages
+    (Compare stopped silently before they shared their start, app_pages/subject.py)."""
+    import app_pages.inputs
+
+    monkeypatch.setattr(app_pages.inputs, "example_images", lambda: [])
+    at = page(name, monkeypatch, tmp_path).run()
+    no_exception(at)
+    assert texts(at.info) == "Upload an image (or restore the bundled examples) to start."
+    assert not at.main.get("imgs")
